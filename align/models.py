@@ -36,6 +36,10 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # Adapters on the last N transformer layers only (None: all layers). The layers below then hold no trainable
+    # parameter, so autograd records nothing there and the backward pass stops at layer L-N: on SmolLM2-135M
+    # (30 layers) last_layers=8 trains a reward model 2x faster per pair than adapters everywhere.
+    last_layers: int | None = None
 
 
 @dataclass
@@ -189,18 +193,30 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def peft_lora_config(lora: LoraConfig, task_type: str = "CAUSAL_LM"):
-    """Our `model.lora` section as a peft config; task_type SEQ_CLS also trains a classifier's `score` head."""
+def peft_lora_config(lora: LoraConfig, num_layers: int, task_type: str = "CAUSAL_LM"):
+    """Our `model.lora` section as a peft config for a model of `num_layers` transformer layers; task_type SEQ_CLS
+    also trains a classifier's `score` head."""
     import peft
 
     return peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                           target_modules=list(lora.target_modules), task_type=task_type)
+                           target_modules=list(lora.target_modules), task_type=task_type,
+                           layers_to_transform=lora_layers(lora, num_layers))
+
+
+def lora_layers(lora: LoraConfig, num_layers: int) -> list[int] | None:
+    """The indices of the layers that get adapters: all (None) or the last `lora.last_layers`."""
+    if lora.last_layers is None:
+        return None
+    if not 1 <= lora.last_layers <= num_layers:
+        raise ValueError(f"model.lora.last_layers={lora.last_layers} must be between 1 and the model's "
+                         f"{num_layers} layers, or null for all layers")
+    return list(range(num_layers - lora.last_layers, num_layers))
 
 
 def attach_lora(model, lora: LoraConfig, task_type: str = "CAUSAL_LM"):
     import peft
 
-    return peft.get_peft_model(model, peft_lora_config(lora, task_type))
+    return peft.get_peft_model(model, peft_lora_config(lora, model.config.num_hidden_layers, task_type))
 
 
 def save_model(model, tokenizer, out: Path) -> None:

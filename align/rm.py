@@ -201,6 +201,7 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
                            "truncated_sequences": truncated, "bad_rows_skipped": len(train_report.bad_rows)})
 
     metrics: dict = {}
+    held: dict = {}
     evaluate = lambda: heldout_metrics(raw_model, eval_pairs, pad, cfg.train.pack_length,  # noqa: E731
                                        accelerator.device, cfg.train.precision)
     if step == 0 and eval_pairs and accelerator.is_main_process:
@@ -244,9 +245,10 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
                 progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{batch_metrics['accuracy']:.2f}")
                 window_pairs, window_start = 0, time.perf_counter()
             if eval_pairs and accelerator.is_main_process and (step % cfg.train.eval_every == 0 or step == total_steps):
-                held = evaluate()
-                metrics.update({f"rm/eval_{k}": v for k, v in held.items() if not k.endswith("_rewards")})
-                tracker.log({f"rm/eval/{k}": v for k, v in held.items() if not k.endswith("_rewards")}, step=step)
+                held = {**evaluate(), "step": step}
+                scalars = {k: v for k, v in held.items() if not k.endswith("_rewards") and k != "step"}
+                metrics.update({f"rm/eval_{k}": v for k, v in scalars.items()})
+                tracker.log({f"rm/eval/{k}": v for k, v in scalars.items()}, step=step)
             if accelerator.is_main_process and step % cfg.train.save_every == 0 and step < total_steps:
                 save_training_state(out, step, raw_model, optimizer, {"wandb_id": tracker.run_id},
                                     cfg.train.keep_checkpoints)
@@ -260,7 +262,8 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
         if accelerator.is_main_process:
             metrics["rm/train_loss"] = loss.item()
             if eval_pairs:
-                held = evaluate()
+                if held.get("step") != step:  # the loop evaluates at the last step unless it was resumed there
+                    held = evaluate()
                 (out / "eval_rewards.json").write_text(json.dumps(
                     {"chosen": held["chosen_rewards"], "rejected": held["rejected_rewards"]}))
             check_finite_parameters(raw_model, "rm", step)

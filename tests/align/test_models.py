@@ -62,3 +62,20 @@ def test_lora_trains_only_adapters_and_merges_into_a_plain_model(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # no extra arguments
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_last_layers_puts_adapters_on_the_top_layers_only_and_backward_stops_there():
+    # tiny-random has 2 layers: last_layers=1 must adapt layer 1 only, and layer 0 must get no gradient at all
+    model, _ = load_model(ModelConfig(name="tiny-random", lora=LoraConfig(enabled=True, r=4, last_layers=1)))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n and "lora_" in n for n in trainable)
+    model(torch.tensor([[1, 2, 3, 4]])).logits.sum().backward()  # lora_B starts at 0, so it gets the gradient
+    assert all(p.grad is None for n, p in model.named_parameters() if ".layers.0." in n)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("last_layers", [0, 3])
+def test_lora_last_layers_outside_the_model_is_a_clear_error(last_layers):
+    with pytest.raises(ValueError, match=rf"model.lora.last_layers={last_layers} must be between 1 and the "
+                                         r"model's 2 layers, or null for all layers"):
+        load_model(ModelConfig(name="tiny-random", lora=LoraConfig(enabled=True, last_layers=last_layers)))
