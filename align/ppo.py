@@ -435,11 +435,15 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
         if main:
             check_finite_parameters(raw_policy, "ppo", iteration)
             save_model(raw_policy, tokenizer, out)
-            summary = {"ppo/iterations": iteration, "ppo/kl_coef": kl_coef}
+            last = _last_metrics(out)
+            summary = {"ppo/iterations": iteration, "ppo/kl_coef": kl_coef,
+                       "ppo/kl_within_target": float(last.get("ppo/kl", 0.0) <= t.kl_target)}
             tracker.summary(summary)
-            finish_stage(out, "complete", metrics=_last_metrics(out), steps=iteration, wandb_run=tracker.run_id)
+            finish_stage(out, "complete", metrics={**last, **summary}, steps=iteration, wandb_run=tracker.run_id)
             tracker.finish(0)
-            print(f"\n[align] ppo finished -> {out}\n    load it with: AutoModelForCausalLM.from_pretrained('{out}')")
+            print(f"\n[align] ppo finished -> {out}\n    mean KL to the reference at the last iteration: "
+                  f"{last.get('ppo/kl', float('nan')):.3f} nats per response (train.kl_target={t.kl_target})"
+                  f"\n    load it with: AutoModelForCausalLM.from_pretrained('{out}')")
     except BaseException as error:
         if main:
             close_failed_stage(out, error, iteration, tracker)

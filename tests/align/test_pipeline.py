@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +74,11 @@ def test_ppo_wandb_run_has_per_component_rewards_and_sample_tables_from_several_
     tables = run["tables"]["ppo/samples"]
     assert len({t["step"] for t in tables}) >= 2  # the table keeps its history across steps
     assert tables[0]["columns"][:5] == ["iteration", "prompt", "completion", "total", "instruction_following"]
+    # the manifest says whether the last iteration's mean KL stayed within train.kl_target
+    manifest = json.loads((uninterrupted / "ppo" / "manifest.json").read_text())
+    target = yaml.safe_load((uninterrupted / "ppo" / "config.yaml").read_text())["train"]["kl_target"]
+    kl = manifest["metrics"]["ppo/kl"]
+    assert manifest["metrics"]["ppo/kl_within_target"] == float(kl <= target)
 
 
 def test_no_secret_reaches_any_file_the_pipeline_writes(uninterrupted):
