@@ -62,12 +62,12 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]: left padding does not shift positions
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
-    rows = torch.arange(len(input_ids))  # [b]: which original row each live batch row is
+    rows = list(range(len(input_ids)))  # which original row each live batch row is
     position = positions[:, -1:]  # [b, 1]
     new_tokens: list[list[int]] = [[] for _ in range(len(input_ids))]
     for step in range(max_new_tokens):
         tokens = next_token(out.logits[:, -1, :].float())  # [b]
-        for row, token in zip(rows.tolist(), tokens.tolist()):
+        for row, token in zip(rows, tokens.tolist()):
             new_tokens[row].append(token)
         live = tokens != eos  # [b]
         if step == max_new_tokens - 1 or not live.any():
@@ -75,7 +75,8 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
         if not live.all():  # drop finished rows from everything that carries the batch dimension
             keep = live.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
-            rows, tokens, position, attention_mask = rows[keep], tokens[keep], position[keep], attention_mask[keep]
+            rows = [rows[i] for i in keep.tolist()]
+            tokens, position, attention_mask = tokens[keep], position[keep], attention_mask[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
         position = position + 1
         out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=position,
