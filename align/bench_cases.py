@@ -99,6 +99,20 @@ def align_lora(settings):
     return LoraConfig(enabled=settings.lora, r=LORA_R, alpha=LORA_ALPHA, target_modules=list(LORA_TARGETS))
 
 
+def stage_basics(settings, workdir: Path, train_data: str, max_rows: int) -> dict:
+    """The sections every align stage config in the bench shares: run (seed, threads), model (LoRA or full),
+    training data without an eval split, no tracking."""
+    from align.data import DataConfig
+    from align.models import ModelConfig
+    from align.stage import RunConfig
+    from align.tracking import TrackingConfig
+
+    return dict(run=RunConfig(name="bench", root=str(workdir / "runs"), seed=settings.seed, threads=settings.threads),
+                model=ModelConfig(name=settings.model, lora=align_lora(settings)),
+                data=DataConfig(train=train_data, eval=None, max_rows=max_rows),
+                tracking=TrackingConfig(backend="none"))
+
+
 def read_logged(stage_dir: Path, key: str) -> list[float]:
     """Every value of `key` in a stage's metrics.jsonl, in step order."""
     rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -249,21 +263,16 @@ def _cpu_flags() -> list[str]:
 
 def case_sft_align(settings, workdir: Path) -> dict:
     from align.batching import packed_batches, tokenize_conversations
-    from align.data import DataConfig
-    from align.models import ModelConfig, load_tokenizer
+    from align.loop import epoch_generator
+    from align.models import load_tokenizer
     from align.sft import SFTConfig, SFTTrainConfig, train
-    from align.stage import RunConfig
-    from align.tracking import TrackingConfig
 
     steps = settings.warmup_steps + settings.sft_steps
     cfg = SFTConfig(
-        run=RunConfig(name="bench", root=str(workdir / "runs"), seed=settings.seed, threads=settings.threads),
-        model=ModelConfig(name=settings.model, lora=align_lora(settings)),
-        data=DataConfig(train="builtin:sft:train", eval=None, max_rows=settings.sft_conversations),
+        **stage_basics(settings, workdir, "builtin:sft:train", settings.sft_conversations),
         train=SFTTrainConfig(epochs=BIG, max_steps=steps, pack_length=settings.pack_length, rows_per_batch=1,
                              grad_accum=SFT_GRAD_ACCUM, log_every=1, eval_every=BIG, save_every=BIG,
                              eos_check_prompts=0),
-        tracking=TrackingConfig(backend="none"),
     )
     out = train(cfg)
     tokens_per_s = read_logged(out, "sft/tokens_per_s")
@@ -277,7 +286,7 @@ def case_sft_align(settings, workdir: Path) -> dict:
     def batches(epoch: int):
         if epoch not in epochs:
             epochs[epoch] = packed_batches(examples, t.pack_length, t.rows_per_batch, tokenizer.pad_token_id,
-                                           torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
+                                           epoch_generator(cfg.run.seed, epoch))
         return epochs[epoch]
 
     per_epoch = len(batches(0)) // t.grad_accum

@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.bench_cases import (
     TRAIN_PRECISION,
-    align_lora,
     bf16_autocast,
     lora_config,
     matmul_parameters,
@@ -22,6 +21,7 @@ from align.bench_cases import (
     read_logged,
     right_pad,
     rows_of,
+    stage_basics,
     value_model,
 )
 
@@ -59,29 +59,22 @@ def raw_generate(model, tokenizer, encoded: list[list[int]], batch_size: int, ma
 
 
 def case_ppo_align(settings, workdir: Path) -> dict:
-    from align.data import DataConfig
-    from align.models import ModelConfig
     from align.ppo import PPOConfig, PPOTrainConfig, train
     from align.rewards import RewardConfig
-    from align.stage import RunConfig
-    from align.tracking import TrackingConfig
     from reward.compose import RewardFunctionConfig
 
     path = model_path(settings)
     reward_dir = reward_model_dir(path, workdir / "reward-model", settings.seed)
     iterations = settings.warmup_steps + settings.ppo_iterations
     cfg = PPOConfig(
-        run=RunConfig(name="bench", root=str(workdir / "runs"), seed=settings.seed, threads=settings.threads),
-        model=ModelConfig(name=settings.model, lora=align_lora(settings)),
         # Every iteration uses the same prompts: the data is exactly one iteration's worth.
-        data=DataConfig(train="builtin:prompts:train", eval=None, max_rows=settings.ppo_prompts),
+        **stage_basics(settings, workdir, "builtin:prompts:train", settings.ppo_prompts),
         reward=RewardConfig(reward_model=str(reward_dir), reward_model_weight=0.5,
                             functions=[RewardFunctionConfig(name="instruction_following", weight=1.0)]),
         train=PPOTrainConfig(iterations=iterations, prompts_per_iteration=settings.ppo_prompts,
                              generation_batch_size=settings.ppo_prompts, minibatch_size=settings.ppo_minibatch,
                              max_new_tokens=settings.ppo_max_new_tokens, temperature=PPO_TEMPERATURE,
                              ppo_epochs=PPO_EPOCHS, log_every=1, save_every=10**9),
-        tracking=TrackingConfig(backend="none"),
     )
     out = train(cfg)
     parts = {part: read_logged(out, f"ppo/time/{part}")[settings.warmup_steps:]

@@ -17,7 +17,6 @@ import torch
 
 from align.bench_cases import (
     BIG,
-    align_lora,
     bf16_autocast,
     lora_config,
     matmul_parameters,
@@ -26,6 +25,7 @@ from align.bench_cases import (
     right_pad,
     rows_of,
     run_trl,
+    stage_basics,
     training_result,
     value_model,
 )
@@ -35,32 +35,22 @@ from align.bench_cases import (
 
 
 def case_rm_align(settings, workdir: Path) -> dict:
-    from align.data import DataConfig
-    from align.models import ModelConfig, load_tokenizer
+    from align.models import load_tokenizer
     from align.rm import RMConfig, RMTrainConfig, tokenize_pairs, train
-    from align.stage import RunConfig
-    from align.tracking import TrackingConfig
 
     steps = settings.warmup_steps + settings.pair_steps
     cfg = RMConfig(
-        run=RunConfig(name="bench", root=str(workdir / "runs"), seed=settings.seed, threads=settings.threads),
-        model=ModelConfig(name=settings.model, lora=align_lora(settings)),
-        data=DataConfig(train="builtin:pairs:train", eval=None, max_rows=settings.pairs),
+        **stage_basics(settings, workdir, "builtin:pairs:train", settings.pairs),
         train=RMTrainConfig(epochs=BIG, max_steps=steps, pairs_per_batch=settings.pairs_per_batch, log_every=1,
                             eval_every=BIG, save_every=BIG),
-        tracking=TrackingConfig(backend="none"),
     )
     out = train(cfg)
     pairs_per_s = read_logged(out, "rm/pairs_per_s")
     t, path = cfg.train, model_path(settings)
     pairs, _ = tokenize_pairs(load_tokenizer(path), rows_of("builtin:pairs:train", "preference", settings.pairs),
                               t.max_length)
-    per_epoch = len(pairs) // t.pairs_per_batch
     step_tokens = []
-    for step in range(len(pairs_per_s)):  # the stage's order: one shuffle per epoch, seeded like align/rm.py
-        epoch, position = divmod(step, per_epoch)
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
-        batch = [pairs[i] for i in order.tolist()[position * t.pairs_per_batch : (position + 1) * t.pairs_per_batch]]
+    for batch in stage_pair_batches(pairs, t.pairs_per_batch, cfg.run.seed, len(pairs_per_s)):
         lengths = [len(c) for c, _ in batch] + [len(r) for _, r in batch]
         step_tokens.append((sum(lengths), packed_slots(lengths, t.pack_length)))
     step_seconds = [t.pairs_per_batch / rate for rate in pairs_per_s]
@@ -69,6 +59,18 @@ def case_rm_align(settings, workdir: Path) -> dict:
         "its logged rm/pairs_per_s; tokens replayed with align.rm.tokenize_pairs and the packing of "
         "reward.model.packed_rewards", step_tokens, step_seconds, settings.warmup_steps,
         matmul_parameters(path, "value"), t.pairs_per_batch)
+
+
+def stage_pair_batches(pairs: list, pairs_per_batch: int, seed: int, steps: int):
+    """The pairs of each of the first `steps` steps of align rm / align dpo on one process, in the stage's order
+    (one `align.loop.epoch_permutation` per epoch)."""
+    from align.loop import epoch_permutation
+
+    per_epoch = len(pairs) // pairs_per_batch
+    for step in range(steps):
+        epoch, position = divmod(step, per_epoch)
+        order = epoch_permutation(len(pairs), seed, epoch)
+        yield [pairs[i] for i in order[position * pairs_per_batch : (position + 1) * pairs_per_batch]]
 
 
 def packed_slots(lengths: list[int], pack_length: int) -> int:
@@ -155,20 +157,14 @@ def case_rm_hand(settings, workdir: Path) -> dict:
 
 
 def case_dpo_align(settings, workdir: Path) -> dict:
-    from align.data import DataConfig
     from align.dpo import DPOConfig, DPOTrainConfig, tokenize_pairs, train
-    from align.models import ModelConfig, load_tokenizer
-    from align.stage import RunConfig
-    from align.tracking import TrackingConfig
+    from align.models import load_tokenizer
 
     steps = settings.warmup_steps + settings.pair_steps
     cfg = DPOConfig(
-        run=RunConfig(name="bench", root=str(workdir / "runs"), seed=settings.seed, threads=settings.threads),
-        model=ModelConfig(name=settings.model, lora=align_lora(settings)),
-        data=DataConfig(train="builtin:pairs:train", eval=None, max_rows=settings.pairs),
+        **stage_basics(settings, workdir, "builtin:pairs:train", settings.pairs),
         train=DPOTrainConfig(epochs=BIG, max_steps=steps, pairs_per_batch=settings.pairs_per_batch, log_every=1,
                              eval_every=BIG, save_every=BIG),
-        tracking=TrackingConfig(backend="none"),
     )
     printed = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
@@ -181,12 +177,8 @@ def case_dpo_align(settings, workdir: Path) -> dict:
     t, path = cfg.train, model_path(settings)
     pairs, _ = tokenize_pairs(load_tokenizer(path), rows_of("builtin:pairs:train", "preference", settings.pairs),
                               t.max_prompt_length, t.max_response_length)
-    per_epoch = len(pairs) // t.pairs_per_batch
     step_tokens = []
-    for step in range(len(pairs_per_s)):
-        epoch, position = divmod(step, per_epoch)
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
-        batch = [pairs[i] for i in order.tolist()[position * t.pairs_per_batch : (position + 1) * t.pairs_per_batch]]
+    for batch in stage_pair_batches(pairs, t.pairs_per_batch, cfg.run.seed, len(pairs_per_s)):
         lengths = [len(p) + len(c) for p, c, _ in batch] + [len(p) + len(r) for p, _, r in batch]
         step_tokens.append((sum(lengths), packed_slots(lengths, t.pack_length)))
     step_seconds = [t.pairs_per_batch / rate for rate in pairs_per_s]

@@ -32,6 +32,7 @@ from align.loop import (
     autocast,
     check_finite,
     check_finite_parameters,
+    epoch_permutation,
     stop_if_requested,
     learning_rate_at,
     restore_training_state,
@@ -200,8 +201,7 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
               f"{time.perf_counter() - started:.1f}s")
 
     def epoch_order(epoch: int) -> list[int]:
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
-        return shard(order.tolist(), accelerator)
+        return shard(epoch_permutation(len(pairs), cfg.run.seed, epoch), accelerator)
 
     steps_per_epoch = len(epoch_order(0)) // t.pairs_per_batch
     total_steps = min(steps_per_epoch * t.epochs, t.max_steps or 10**12)

@@ -374,6 +374,8 @@ def train(cfg: GRPOConfig, *, restart: bool = False) -> Path:
 
         # 4. TRL's trainer, logging through our tracker
         callback = trainer_callback(tracker, composite)
+        peft_config = peft_lora_config(cfg.model.lora, policy.config.num_hidden_layers) if cfg.model.lora.enabled \
+            else None
         trainer = GRPOTrainer(
             model=policy,
             reward_funcs=CompositeRewardFunction(composite, rows, columns, len(train_rows), tracker,
@@ -383,7 +385,7 @@ def train(cfg: GRPOConfig, *, restart: bool = False) -> Path:
             eval_dataset=prompt_dataset(eval_rows, len(train_rows)) if eval_rows else None,
             processing_class=tokenizer,
             callbacks=[callback],
-            peft_config=peft_lora_config(cfg.model.lora, policy.config.num_hidden_layers) if cfg.model.lora.enabled else None,
+            peft_config=peft_config,
         )
         print(f"[align] grpo: policy {policy_path} ({count_parameters(trainer.model)[0]:,} trainable), "
               f"reference = {reference_description(cfg)}")

@@ -122,6 +122,17 @@ def exit_code_of(error: BaseException) -> int:
     return getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt) else 1)
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random generator of one epoch's shuffle, seeded by the run's seed and the epoch alone: a resumed run
+    (and the benchmark replaying a run's batches) sees the same order."""
+    return torch.Generator().manual_seed(seed * 1000 + epoch)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """One epoch's shuffled order of n items (every process computes the same one, then takes its `shard`)."""
+    return torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
+
+
 def shard(items: list, accelerator) -> list:
     """This process's share of `items`: every process gets the same number (the remainder is left out), so all
     processes run the same number of steps and none waits forever in a collective."""

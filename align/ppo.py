@@ -35,6 +35,7 @@ from align.loop import (
     autocast,
     check_finite,
     check_finite_parameters,
+    epoch_permutation,
     stop_if_requested,
 )
 from align.models import LoraConfig, ModelConfig, attach_lora, count_parameters, load_model, save_model
@@ -304,11 +305,11 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
         """This process's prompts for `iteration`: a fixed per-epoch shuffle, so a resumed run sees the same ones."""
         start = iteration * t.prompts_per_iteration
         epoch = start // len(rows)
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
-        order = torch.cat([order, torch.randperm(len(rows), generator=torch.Generator().manual_seed(
-            cfg.run.seed * 1000 + epoch + 1))])
+        # two epochs' orders back to back, for an iteration that runs over an epoch's end
+        n, seed = len(rows), cfg.run.seed
+        order = epoch_permutation(n, seed, epoch) + epoch_permutation(n, seed, epoch + 1)
         begin = start % len(rows) + accelerator.process_index * per_process
-        return [rows[i] for i in order[begin : begin + per_process].tolist()]
+        return [rows[i] for i in order[begin : begin + per_process]]
 
     optimizer = torch.optim.AdamW([
         {"params": [p for p in policy.parameters() if p.requires_grad], "lr": t.learning_rate},

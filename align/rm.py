@@ -30,6 +30,7 @@ from align.loop import (
     autocast,
     check_finite,
     check_finite_parameters,
+    epoch_permutation,
     stop_if_requested,
     learning_rate_at,
     restore_training_state,
@@ -172,8 +173,7 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
     pad = tokenizer.pad_token_id
 
     def epoch_order(epoch: int) -> list[int]:
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch))
-        return shard(order.tolist(), accelerator)
+        return shard(epoch_permutation(len(pairs), cfg.run.seed, epoch), accelerator)
 
     steps_per_epoch = len(epoch_order(0)) // cfg.train.pairs_per_batch
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -201,7 +201,7 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
                            "truncated_sequences": truncated, "bad_rows_skipped": len(train_report.bad_rows)})
 
     metrics: dict = {}
-    held: dict = {}
+    held, held_step = {}, None  # the latest held-out evaluation and the step it was made at
     evaluate = lambda: heldout_metrics(raw_model, eval_pairs, pad, cfg.train.pack_length,  # noqa: E731
                                        accelerator.device, cfg.train.precision)
     if step == 0 and eval_pairs and accelerator.is_main_process:
@@ -245,8 +245,8 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
                 progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{batch_metrics['accuracy']:.2f}")
                 window_pairs, window_start = 0, time.perf_counter()
             if eval_pairs and accelerator.is_main_process and (step % cfg.train.eval_every == 0 or step == total_steps):
-                held = {**evaluate(), "step": step}
-                scalars = {k: v for k, v in held.items() if not k.endswith("_rewards") and k != "step"}
+                held, held_step = evaluate(), step
+                scalars = {k: v for k, v in held.items() if not k.endswith("_rewards")}
                 metrics.update({f"rm/eval_{k}": v for k, v in scalars.items()})
                 tracker.log({f"rm/eval/{k}": v for k, v in scalars.items()}, step=step)
             if accelerator.is_main_process and step % cfg.train.save_every == 0 and step < total_steps:
@@ -262,7 +262,7 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
         if accelerator.is_main_process:
             metrics["rm/train_loss"] = loss.item()
             if eval_pairs:
-                if held.get("step") != step:  # the loop evaluates at the last step unless it was resumed there
+                if held_step != step:  # the loop evaluates at the last step unless it was resumed there
                     held = evaluate()
                 (out / "eval_rewards.json").write_text(json.dumps(
                     {"chosen": held["chosen_rewards"], "rejected": held["rejected_rewards"]}))

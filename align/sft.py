@@ -28,10 +28,12 @@ from typing import Literal
 import torch
 
 from align.batching import causal_lm_loss, packed_batches, tokenize_conversations
+from align.config import to_dict
 from align.loop import (
     autocast,
     check_finite,
     check_finite_parameters,
+    epoch_generator,
     stop_if_requested,
     learning_rate_at,
     restore_training_state,
@@ -39,7 +41,6 @@ from align.loop import (
     set_learning_rate,
     shard,
 )
-from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, save_model
 from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
@@ -151,9 +152,8 @@ def train(cfg: SFTConfig, *, restart: bool = False) -> Path:
 
     # 3. packed batches; every epoch reshuffles the rows with its own seed, so a resumed run sees the same order
     def epoch_batches(epoch: int):
-        generator = torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch)
         batches = packed_batches(examples, cfg.train.pack_length, cfg.train.rows_per_batch,
-                                 tokenizer.pad_token_id, generator)
+                                 tokenizer.pad_token_id, epoch_generator(cfg.run.seed, epoch))
         return shard(batches, accelerator)
 
     eval_batches = packed_batches(eval_examples, cfg.train.pack_length, 1, tokenizer.pad_token_id,
@@ -277,7 +277,6 @@ def train(cfg: SFTConfig, *, restart: bool = False) -> Path:
     finally:
         accelerator.end_training()
     return out
-
 
 
 def _print_summary(out: Path, metrics: dict, tracker) -> None:
