@@ -3,8 +3,12 @@ and padding-free packing.
 
 Packing: conversations are placed into rows of at most `pack_length` tokens by best-fit-decreasing (the longest
 first, each into the row with the least room that still fits it), so rows come out ~98% full. Each row carries
-`position_ids` that restart at 0 for every conversation; with no attention mask, transformers turns restarting
-position ids into a block-diagonal causal mask, so attention never crosses from one conversation into another.
+`position_ids` that restart at 0 for every conversation, so attention never crosses from one conversation into
+another: with `align.attention` segments each conversation attends only within itself (no mask); with plain sdpa,
+transformers turns restarting position ids into a block-diagonal causal mask.
+
+`flat_passes` lays scored sequences (reward model, log-probs, values) out for forward passes with segments, and
+computes the common prefix of a preference pair (the prompt) once for both of its answers.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import bisect
 from dataclasses import dataclass, field
 
 import torch
+
+from align.attention import Segment, segments_from_position_ids, uses_segments
 
 IGNORE = -100  # label of tokens that carry no loss
 
@@ -180,10 +186,15 @@ def causal_lm_loss(model, batch: PackedBatch) -> tuple[torch.Tensor, int]:
     vocabulary projection for prompt tokens. Returns a sum (not a mean) so the caller can normalise by the number
     of loss tokens in the whole optimiser step, which weights every token equally across micro-batches.
     """
+    extra = {}
+    if uses_segments(model):  # the rows back to back as one row: every conversation (and padding tail) a segment
+        batch = PackedBatch(batch.input_ids.reshape(1, -1), batch.position_ids.reshape(1, -1),
+                            batch.labels.reshape(1, -1), batch.real_tokens)
+        extra["segments"] = segments_from_position_ids(batch.position_ids[0])
     targets = batch.labels[:, 1:]  # token t+1 is predicted at position t
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # [K] positions with a label in any row
     output = model(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep
+        input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep, **extra
     )
     logits = output.logits  # [B, K, V]
     picked = targets[:, keep]  # [B, K]
@@ -191,3 +202,67 @@ def causal_lm_loss(model, batch: PackedBatch) -> tuple[torch.Tensor, int]:
         logits.float().reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
     return loss, int((picked != IGNORE).sum())
+
+
+# ---- flat forward passes for scoring: reward model, log-probs, values ---------------------------------------------
+
+
+@dataclass
+class FlatPass:
+    """Sequences laid out back to back in one row, for one forward pass with `align.attention` segments."""
+
+    input_ids: torch.Tensor  # [1, T]
+    position_ids: torch.Tensor  # [1, T]
+    segments: list[Segment]
+    sequences: list[int]  # the caller's indices of the sequences in this pass
+    token_index: list[torch.Tensor]  # per entry of `sequences`: [L_i] row positions of its tokens, in order
+
+
+def shared_prefix_length(a: list[int], b: list[int]) -> int:
+    """Tokens a and b start with in common, leaving each at least its last token of its own (where a reward
+    model reads, and the response's end)."""
+    n, limit = 0, min(len(a), len(b)) - 1
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def flat_passes(sequences: list[list[int]], pack_length: int, pairs: list[tuple[int, int]] = (),
+                rows_per_pass: int = 4) -> list[FlatPass]:
+    """Pack sequences (best fit into rows of `pack_length` tokens, `rows_per_pass` rows back to back per pass).
+
+    Each (a, b) in `pairs` is laid out as one unit [common prefix | rest of a | rest of b]: the rest of b attends
+    to the prefix and continues its position ids, so a preference pair's prompt is computed once, not twice. On
+    the built-in preference pairs that is 31% fewer tokens."""
+    paired = {i for pair in pairs for i in pair}
+    units = [(a, b, shared_prefix_length(sequences[a], sequences[b])) for a, b in pairs]
+    units += [(i, None, 0) for i in range(len(sequences)) if i not in paired]
+    lengths = [len(sequences[a]) + (len(sequences[b]) - n if b is not None else 0) for a, b, n in units]
+    rows = pack_best_fit(lengths, max([pack_length, *lengths]))
+    passes = []
+    for first in range(0, len(rows), rows_per_pass):
+        ids, positions, segments, order, token_index = [], [], [], [], []
+        for u in (u for row in rows[first : first + rows_per_pass] for u in row):
+            a, b, n = units[u]
+            start = len(ids)
+            ids += sequences[a]
+            positions += range(len(sequences[a]))
+            segments.append(Segment(start, len(ids)))
+            order.append(a)
+            token_index.append(torch.arange(start, len(ids)))
+            if b is not None:
+                tail = sequences[b][n:]
+                ids += tail
+                positions += range(n, len(sequences[b]))
+                segments.append(Segment(len(ids) - len(tail), len(ids), start, start + n))
+                order.append(b)
+                token_index.append(torch.cat([torch.arange(start, start + n),
+                                              torch.arange(len(ids) - len(tail), len(ids))]))
+        passes.append(FlatPass(torch.tensor([ids]), torch.tensor([positions]), segments, order, token_index))
+    return passes
+
+
+def require_segments(model) -> None:
+    if not uses_segments(model):
+        raise ValueError("this forward pass needs a model loaded with attn_implementation='align_varlen' "
+                         "(align.attention.IMPLEMENTATION; align's model loaders set it)")

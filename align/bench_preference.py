@@ -1,7 +1,7 @@
 """The reward-model and DPO runs of `align bench` (see align/bench_cases.py for how runs are measured).
 
-Both train on the same built-in preference pairs; align's stages pack the 2B sequences of a batch into rows,
-TRL and the hand-written loops pad them into one batch.
+Both train on the same built-in preference pairs; align's stages lay the 2B sequences of a batch out back to back
+(each pair's common prefix once), TRL and the hand-written loops pad them into one batch.
 """
 
 from __future__ import annotations
@@ -51,13 +51,12 @@ def case_rm_align(settings, workdir: Path) -> dict:
                               t.max_length)
     step_tokens = []
     for batch in stage_pair_batches(pairs, t.pairs_per_batch, cfg.run.seed, len(pairs_per_s)):
-        lengths = [len(c) for c, _ in batch] + [len(r) for _, r in batch]
-        step_tokens.append((sum(lengths), packed_slots(lengths, t.pack_length)))
+        step_tokens.append(pair_pass_tokens([c for c, _ in batch] + [r for _, r in batch], t.pack_length))
     step_seconds = [t.pairs_per_batch / rate for rate in pairs_per_s]
     return training_result(
         "align rm", "align.rm.train (tracking none, no eval, log_every=1); seconds per step = pairs per batch / "
         "its logged rm/pairs_per_s; tokens replayed with align.rm.tokenize_pairs and the packing of "
-        "reward.model.packed_rewards", step_tokens, step_seconds, settings.warmup_steps,
+        "reward.model.packed_rewards (each pair's prompt once)", step_tokens, step_seconds, settings.warmup_steps,
         matmul_parameters(path, "value"), t.pairs_per_batch)
 
 
@@ -73,15 +72,14 @@ def stage_pair_batches(pairs: list, pairs_per_batch: int, seed: int, steps: int)
         yield [pairs[i] for i in order[position * pairs_per_batch : (position + 1) * pairs_per_batch]]
 
 
-def packed_slots(lengths: list[int], pack_length: int) -> int:
-    """Token slots (padding included) of packed rows as align builds them (reward.model.packed_rewards,
-    align.logprobs.pack_responses): best fit, rows of similar width grouped per forward pass, each group padded to
-    its widest row."""
-    from align.batching import pack_best_fit, row_groups
+def pair_pass_tokens(sequences: list[list[int]], pack_length: int) -> tuple[int, int]:
+    """(tokens, slots) of a step's forward passes as align lays them out (align.batching.flat_passes, sequence i
+    paired with i + B, their common prefix once): no padding, so both are the tokens the model runs."""
+    from align.batching import flat_passes
 
-    rows = pack_best_fit(lengths, max(pack_length, max(lengths)))
-    return sum(len(chunk) * max(sum(lengths[i] for i in row) for row in chunk)
-               for chunk in row_groups(rows, lengths))
+    half = len(sequences) // 2
+    tokens = sum(f.input_ids.numel() for f in flat_passes(sequences, pack_length, [(i, i + half) for i in range(half)]))
+    return tokens, tokens
 
 
 def preference_dataset(settings):
@@ -179,16 +177,16 @@ def case_dpo_align(settings, workdir: Path) -> dict:
                               t.max_prompt_length, t.max_response_length)
     step_tokens = []
     for batch in stage_pair_batches(pairs, t.pairs_per_batch, cfg.run.seed, len(pairs_per_s)):
-        lengths = [len(p) + len(c) for p, c, _ in batch] + [len(p) + len(r) for p, _, r in batch]
-        step_tokens.append((sum(lengths), packed_slots(lengths, t.pack_length)))
+        step_tokens.append(pair_pass_tokens([p + c for p, c, _ in batch] + [p + r for p, _, r in batch],
+                                            t.pack_length))
     step_seconds = [t.pairs_per_batch / rate for rate in pairs_per_s]
     return dpo_result(
         training_result(
             "align dpo", "align.dpo.train (precompute_reference=true, tracking none, no eval, log_every=1); "
             "seconds per step = pairs per batch / its logged dpo/pairs_per_s, plus each pair's share of the "
             "reference precompute time the stage prints; tokens replayed with align.dpo.tokenize_pairs and the "
-            "packing of align.logprobs.pack_responses", step_tokens, step_seconds, settings.warmup_steps,
-            matmul_parameters(path, "causal"), t.pairs_per_batch),
+            "layout of align.batching.flat_passes (each pair's prompt once)", step_tokens, step_seconds,
+            settings.warmup_steps, matmul_parameters(path, "causal"), t.pairs_per_batch),
         reference_s_per_pair)
 
 

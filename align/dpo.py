@@ -29,16 +29,17 @@ import torch.nn.functional as F
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, response_logprobs
 from align.loop import (
+    adamw,
     autocast,
     check_finite,
     check_finite_parameters,
     epoch_permutation,
-    stop_if_requested,
     learning_rate_at,
     restore_training_state,
     save_training_state,
     set_learning_rate,
     shard,
+    stop_if_requested,
 )
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, save_model
 from align.rollout import render_prompt
@@ -126,24 +127,25 @@ def tokenize_pairs(tokenizer, rows, max_prompt: int, max_response: int) -> tuple
     return pairs, cut
 
 
-def pair_logps(logprobs_fn, pairs, pad: int, pack_length: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs of chosen and rejected: ([B], [B]); the 2B sequences packed together.
-    `logprobs_fn` is `response_logprobs` bound to a model (or a reference's `logprobs`)."""
+def pair_logps(logprobs_fn, pairs, pack_length: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of chosen and rejected: ([B], [B]); the 2B sequences packed together, each pair's
+    prompt computed once. `logprobs_fn` is `response_logprobs` bound to a model (or a reference's `logprobs`)."""
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
-    logps = sequence_logps(logprobs_fn(prompts, responses, pad, pack_length), average)
+    shared = [(i, i + len(pairs)) for i in range(len(pairs))]
+    logps = sequence_logps(logprobs_fn(prompts, responses, pack_length, pairs=shared), average)
     return logps[: len(pairs)], logps[len(pairs) :]
 
 
 def policy_logps(model):
-    return lambda *args: response_logprobs(model, *args)
+    return lambda *args, **kwargs: response_logprobs(model, *args, **kwargs)
 
 
 class CachedReference:
     """Reference sequence log-probs per pair index, computed once: the reference never changes."""
 
-    def __init__(self, reference: FrozenReference, pad: int, pack_length: int, average: bool, device, precision):
-        self.reference, self.pad, self.pack_length, self.average = reference, pad, pack_length, average
+    def __init__(self, reference: FrozenReference, pack_length: int, average: bool, device, precision):
+        self.reference, self.pack_length, self.average = reference, pack_length, average
         self.device, self.precision = device, precision
         self.cache: dict[int, tuple[float, float]] = {}
 
@@ -151,7 +153,7 @@ class CachedReference:
         missing = [i for i in ids if i not in self.cache]
         if missing:
             with autocast(self.device, self.precision):
-                c, r = pair_logps(self.reference.logprobs, [pairs[i] for i in missing], self.pad, self.pack_length,
+                c, r = pair_logps(self.reference.logprobs, [pairs[i] for i in missing], self.pack_length,
                                   self.average)
             self.cache.update({i: (cv, rv) for i, cv, rv in zip(missing, c.tolist(), r.tolist())})
         return (torch.tensor([self.cache[i][0] for i in ids]), torch.tensor([self.cache[i][1] for i in ids]))
@@ -187,12 +189,11 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
                                    t.max_response_length)
     print(f"[align] dpo: {len(pairs)} pairs from {cfg.data.train}; {cut['prompts_truncated']} prompts and "
           f"{cut['responses_truncated']} responses longer than the limits were cut (kept prompt ends, response starts)")
-    pad = tokenizer.pad_token_id
 
     # 2. reference log-probs
     frozen = FrozenReference(policy, cfg.model.lora.enabled)
-    reference = CachedReference(frozen, pad, t.pack_length, average, device, t.precision)
-    eval_reference = CachedReference(frozen, pad, t.pack_length, average, device, t.precision)
+    reference = CachedReference(frozen, t.pack_length, average, device, t.precision)
+    eval_reference = CachedReference(frozen, t.pack_length, average, device, t.precision)
     if t.precompute_reference:
         started = time.perf_counter()
         for start in range(0, len(pairs), 32):
@@ -207,8 +208,7 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
     total_steps = min(steps_per_epoch * t.epochs, t.max_steps or 10**12)
     if total_steps < 1:
         raise ValueError(f"train.pairs_per_batch={t.pairs_per_batch} exceeds the {len(pairs)} pairs per process")
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.learning_rate,
-                                  weight_decay=t.weight_decay)
+    optimizer = adamw([p for p in policy.parameters() if p.requires_grad], t.learning_rate, t.weight_decay)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     raw_policy = accelerator.unwrap_model(policy)
     step, wandb_id = 0, None
@@ -231,7 +231,7 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
         ids = list(range(len(eval_pairs)))
         ref_c, ref_r = eval_reference(eval_pairs, ids)
         with autocast(device, t.precision):
-            pol_c, pol_r = pair_logps(policy_logps(raw_policy), eval_pairs, pad, t.pack_length, average)
+            pol_c, pol_r = pair_logps(policy_logps(raw_policy), eval_pairs, t.pack_length, average)
         raw_policy.train()
         return pair_stats(pol_c.float().cpu(), pol_r.float().cpu(), ref_c, ref_r, t.beta)
 
@@ -253,7 +253,7 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
             lr = learning_rate_at(step, total_steps, t.learning_rate, t.warmup_ratio, t.lr_schedule)
             set_learning_rate(optimizer, lr)
             with autocast(device, t.precision):
-                pol_c, pol_r = pair_logps(policy_logps(policy), batch, pad, t.pack_length, average)
+                pol_c, pol_r = pair_logps(policy_logps(policy), batch, t.pack_length, average)
             loss = loss_fn(pol_c.float().cpu(), pol_r.float().cpu(), ref_c, ref_r, t.beta)
             check_finite(loss.item(), "dpo", step)
             accelerator.backward(loss)

@@ -24,6 +24,12 @@ def learning_rate_at(step: int, total_steps: int, peak: float, warmup_ratio: flo
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def adamw(groups, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (a list, or param groups with their own lr), fused into one kernel per
+    step: on 2 CPU cores the per-tensor (foreach) update of SmolLM2-135M's 272 tensors took 0.44 s, fused 0.09 s."""
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def set_learning_rate(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -178,6 +178,8 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer) for `cfg`, with LoRA adapters attached when `cfg.lora.enabled`."""
     from transformers import AutoModelForCausalLM
 
+    from align.attention import attend_by_segments
+
     path = resolve_model_path(cfg.name)
     tokenizer = load_tokenizer(path, cfg.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
@@ -187,6 +189,7 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
         trust_remote_code=cfg.trust_remote_code,
         use_safetensors=True,  # weights load from safetensors, never from pickles
     )
+    attend_by_segments(model)  # packed passes attend within each sequence, without a mask (align.attention)
     if cfg.lora.enabled:
         model = attach_lora(model, cfg.lora)
     return model, tokenizer

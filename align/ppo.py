@@ -30,8 +30,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
+from align.attention import attend_by_segments
 from align.logprobs import FrozenReference, response_logprobs, response_values
 from align.loop import (
+    adamw,
     autocast,
     check_finite,
     check_finite_parameters,
@@ -261,6 +263,7 @@ def load_value_model(cfg: PPOConfig, policy_path: str):
     path = resolve_stage_model(source, cfg.run) if source else policy_path
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
                                                                use_safetensors=True)
+    attend_by_segments(model)
     if cfg.model.lora.enabled:
         model = attach_lora(model, cfg.model.lora, task_type="SEQ_CLS")
     return model, path
@@ -311,10 +314,10 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
         begin = start % len(rows) + accelerator.process_index * per_process
         return [rows[i] for i in order[begin : begin + per_process]]
 
-    optimizer = torch.optim.AdamW([
+    optimizer = adamw([
         {"params": [p for p in policy.parameters() if p.requires_grad], "lr": t.learning_rate},
         {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": t.value_learning_rate},
-    ])
+    ], t.learning_rate)
     policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
     raw_policy, raw_value = accelerator.unwrap_model(policy), accelerator.unwrap_model(value_model)
     iteration, kl_coef, wandb_id = 0, t.kl_coef, None
@@ -327,7 +330,6 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
         finish_stage(out, "running", processes=accelerator.num_processes,
                      base_model=policy_path, data_fingerprint=data_fingerprint(rows),
                      parents={"policy": policy_path, "reward_model": cfg.reward.reward_model, "value": value_path})
-    pad = tokenizer.pad_token_id
     try:
         from tqdm import tqdm
 
@@ -358,9 +360,9 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
             # 3.-4. old log-probs, reference log-probs, values (no gradients)
             started = time.perf_counter()
             with torch.no_grad(), autocast(device, t.precision):
-                old_lp = response_logprobs(raw_policy, prompt_ids, response_ids, pad, t.pack_length, t.temperature)
-                ref_lp = reference.logprobs(prompt_ids, response_ids, pad, t.pack_length, t.temperature)
-                old_values = response_values(raw_value, prompt_ids, response_ids, pad, t.pack_length)
+                old_lp = response_logprobs(raw_policy, prompt_ids, response_ids, t.pack_length, t.temperature)
+                ref_lp = reference.logprobs(prompt_ids, response_ids, t.pack_length, t.temperature)
+                old_values = response_values(raw_value, prompt_ids, response_ids, t.pack_length)
             old_lp, mask = pad_right(old_lp)
             ref_lp, _ = pad_right(ref_lp)
             old_values, _ = pad_right(old_values)
@@ -383,9 +385,9 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
                     width = max(len(r) for r in sub_r)
                     m = mask[idx, :width]
                     with autocast(device, t.precision):
-                        new_lp, entropy = response_logprobs(policy, sub_p, sub_r, pad, t.pack_length, t.temperature,
+                        new_lp, entropy = response_logprobs(policy, sub_p, sub_r, t.pack_length, t.temperature,
                                                             with_entropy=True)
-                        new_values = response_values(value_model, sub_p, sub_r, pad, t.pack_length)
+                        new_values = response_values(value_model, sub_p, sub_r, t.pack_length)
                     new_lp, entropy = pad_sequence(new_lp, batch_first=True), pad_sequence(entropy, batch_first=True)
                     new_values = pad_sequence(new_values, batch_first=True)
                     pg_loss, pg_stats = policy_loss(new_lp.cpu(), old_lp[idx, :width], advantages[idx, :width], m,

@@ -27,17 +27,19 @@ import torch.nn.functional as F
 from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.loop import (
+    adamw,
     autocast,
     check_finite,
     check_finite_parameters,
     epoch_permutation,
-    stop_if_requested,
     learning_rate_at,
     restore_training_state,
     save_training_state,
     set_learning_rate,
     shard,
+    stop_if_requested,
 )
+from align.attention import attend_by_segments
 from align.models import LoraConfig, ModelConfig, attach_lora, count_parameters, save_model
 from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
 from align.tracking import TrackingConfig, start_tracker
@@ -98,20 +100,21 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, floa
     }
 
 
-def pair_rewards(model, pairs: list[tuple[list[int], list[int]]], pad_token_id: int, pack_length: int):
-    """Rewards of chosen and rejected sequences: ([B], [B]). The 2B sequences are packed together."""
+def pair_rewards(model, pairs: list[tuple[list[int], list[int]]], pack_length: int):
+    """Rewards of chosen and rejected sequences: ([B], [B]). The 2B sequences are packed together, each pair's
+    common prefix (its prompt) computed once."""
     sequences = [c for c, _ in pairs] + [r for _, r in pairs]
-    rewards = packed_rewards(model, sequences, pad_token_id, pack_length)
+    rewards = packed_rewards(model, sequences, pack_length, pairs=[(i, i + len(pairs)) for i in range(len(pairs))])
     return rewards[: len(pairs)], rewards[len(pairs) :]
 
 
 @torch.no_grad()
-def heldout_metrics(model, pairs, pad_token_id, pack_length, device, precision, batch: int = 32) -> dict:
+def heldout_metrics(model, pairs, pack_length, device, precision, batch: int = 32) -> dict:
     model.eval()
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch):
         with autocast(device, precision):
-            c, r = pair_rewards(model, pairs[start : start + batch], pad_token_id, pack_length)
+            c, r = pair_rewards(model, pairs[start : start + batch], pack_length)
         chosen.append(c.float())
         rejected.append(r.float())
     model.train()
@@ -141,6 +144,7 @@ def load_reward_backbone(cfg: ModelConfig, path: str):
         path, num_labels=1, dtype=torch.float32, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
     )
     model.config.pad_token_id = tokenizer.pad_token_id
+    attend_by_segments(model)
     if cfg.lora.enabled:
         model = attach_lora(model, cfg.lora, task_type="SEQ_CLS")  # SEQ_CLS also trains `score`
     return model, tokenizer
@@ -170,7 +174,6 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
     eval_pairs, _ = tokenize_pairs(tokenizer, eval_rows, cfg.train.max_length)
     print(f"[align] rm: {len(pairs)} training pairs from {cfg.data.train}; {truncated} sequences longer than "
           f"max_length={cfg.train.max_length} keep their last {cfg.train.max_length} tokens")
-    pad = tokenizer.pad_token_id
 
     def epoch_order(epoch: int) -> list[int]:
         return shard(epoch_permutation(len(pairs), cfg.run.seed, epoch), accelerator)
@@ -183,8 +186,8 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
         raise ValueError(f"train.pairs_per_batch={cfg.train.pairs_per_batch} exceeds the {len(pairs)} pairs")
 
     # 4. optimiser and resumed state
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.train.learning_rate,
+                      cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     step, wandb_id = 0, None
@@ -202,7 +205,7 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
 
     metrics: dict = {}
     held, held_step = {}, None  # the latest held-out evaluation and the step it was made at
-    evaluate = lambda: heldout_metrics(raw_model, eval_pairs, pad, cfg.train.pack_length,  # noqa: E731
+    evaluate = lambda: heldout_metrics(raw_model, eval_pairs, cfg.train.pack_length,  # noqa: E731
                                        accelerator.device, cfg.train.precision)
     if step == 0 and eval_pairs and accelerator.is_main_process:
         before = evaluate()
@@ -223,7 +226,7 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
                                   cfg.train.lr_schedule)
             set_learning_rate(optimizer, lr)
             with autocast(accelerator.device, cfg.train.precision):
-                chosen, rejected = pair_rewards(model, batch, pad, cfg.train.pack_length)
+                chosen, rejected = pair_rewards(model, batch, cfg.train.pack_length)
             loss = bradley_terry_loss(chosen.float(), rejected.float(), cfg.train.margin)
             check_finite(loss.item(), "rm", step)
             accelerator.backward(loss)

@@ -30,16 +30,17 @@ import torch
 from align.batching import causal_lm_loss, packed_batches, tokenize_conversations
 from align.config import to_dict
 from align.loop import (
+    adamw,
     autocast,
     check_finite,
     check_finite_parameters,
     epoch_generator,
-    stop_if_requested,
     learning_rate_at,
     restore_training_state,
     save_training_state,
     set_learning_rate,
     shard,
+    stop_if_requested,
 )
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, save_model
@@ -169,10 +170,8 @@ def train(cfg: SFTConfig, *, restart: bool = False) -> Path:
         )
 
     # 4. optimiser, resumed state
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
-        weight_decay=cfg.train.weight_decay, fused=False,
-    )
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.train.learning_rate,
+                      cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     step, wandb_id = 0, None

@@ -4,8 +4,8 @@
     rm = RewardModel.from_pretrained("runs/default/rm")
     rm.score(["Name a colour, in lowercase."], ["blue."])   # -> [1.73]
 
-Sequences are packed without padding (as in SFT): each conversation's position ids restart at 0 so attention
-stays inside it, and the head reads the hidden state of its last token.
+Sequences are packed without padding (as in SFT): each conversation attends only within itself (`align.attention`
+segments), and the head reads the hidden state of its last token.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from align.batching import TokenizedExample, collate_packed, pack_best_fit, row_groups
+from align.attention import attend_by_segments
+from align.batching import flat_passes, require_segments
 
 
 def conversation(prompt, completion: str) -> list[dict]:
@@ -37,7 +38,7 @@ def backbone_and_head(model):
 
 
 class TokenValues(torch.nn.Module):
-    """A scalar for every position of packed rows: `forward(input_ids [B, T], position_ids [B, T]) -> [B, T]`.
+    """A scalar for every position of a packed row: `forward(input_ids, position_ids, segments) -> [B, T]`.
 
     Wraps a *ForSequenceClassification model (num_labels=1) so that the reward model (read at last tokens) and
     PPO's value model (read at every response token) are one plain module that DDP can wrap."""
@@ -46,31 +47,24 @@ class TokenValues(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, segments=None) -> torch.Tensor:
         body, head = backbone_and_head(self.model)
-        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        extra = {"segments": segments} if segments is not None else {}
+        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).last_hidden_state
         return head(hidden).squeeze(-1).float()
 
 
-def packed_rewards(values: TokenValues, sequences: list[list[int]], pad_token_id: int, pack_length: int):
-    """Scalar reward for every token sequence, read at its last token: [N]. Packs them into rows."""
-    examples = [TokenizedExample(ids, ids) for ids in sequences]
-    lengths = [len(ids) for ids in sequences]
-    rows = pack_best_fit(lengths, max(pack_length, max(lengths)))
+def packed_rewards(values: TokenValues, sequences: list[list[int]], pack_length: int,
+                   pairs: list[tuple[int, int]] = ()) -> torch.Tensor:
+    """Scalar reward for every token sequence, read at its last token: [N]. Sequences are laid out back to back
+    (`align.batching.flat_passes`); each (a, b) in `pairs` computes its common prefix once."""
+    require_segments(values)
     rewards = [None] * len(sequences)
     device = next(values.parameters()).device
-    for chunk in row_groups(rows, lengths):  # a few rows of similar width per forward pass
-        batch = collate_packed(examples, chunk, pad_token_id)
-        per_position = values(batch.input_ids.to(device), batch.position_ids.to(device))  # [B, T]
-        rows_index, ends, owners = [], [], []
-        for r, row in enumerate(chunk):
-            offset = 0
-            for i in row:
-                offset += len(sequences[i])
-                rows_index.append(r)
-                ends.append(offset - 1)
-                owners.append(i)
-        for i, value in zip(owners, per_position[rows_index, ends]):
+    for flat in flat_passes(sequences, pack_length, pairs):
+        per_position = values(flat.input_ids.to(device), flat.position_ids.to(device), flat.segments)  # [1, T]
+        ends = torch.stack([index[-1] for index in flat.token_index])
+        for i, value in zip(flat.sequences, per_position[0, ends.to(device)]):
             rewards[i] = value
     return torch.stack(rewards)
 
@@ -79,7 +73,7 @@ class RewardModel:
     """Loads a reward-model stage directory and scores (prompt, completion) pairs; no extra arguments needed."""
 
     def __init__(self, model, tokenizer, max_length: int = 1024, pack_length: int = 2048):
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model, self.tokenizer = attend_by_segments(model).eval(), tokenizer
         self.values = TokenValues(self.model)
         self.max_length, self.pack_length = max_length, pack_length
 
@@ -104,4 +98,4 @@ class RewardModel:
         sequences = [
             tokenize_for_reward(self.tokenizer, p, c, self.max_length) for p, c in zip(prompts, completions)
         ]
-        return packed_rewards(self.values, sequences, self.tokenizer.pad_token_id, self.pack_length).tolist()
+        return packed_rewards(self.values, sequences, self.pack_length).tolist()
