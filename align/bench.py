@@ -57,6 +57,7 @@ class BenchSettings:
     threads: int
     seed: int = 0
     lora: bool = False  # False: full fine-tuning on every side (TRL's default); True: LoRA r=16 on every side
+    last_layers: int | None = None  # with lora: adapters on the last N layers only, on every side
     warmup_steps: int = 1
     sft_conversations: int = 200
     sft_steps: int = 6  # measured optimiser steps of align sft and the hand-written loop (2 rows of pack_length)
@@ -126,7 +127,7 @@ ASSUMPTIONS = [
     "Precision: bf16 autocast over fp32 weights for training on every side (TRL's default bf16=True does the "
     "same); generation with bf16 weights on every side.",
     "The same parameterisation on every side: full fine-tuning (TRL's default), or LoRA r=16 on the same modules "
-    "everywhere with --lora.",
+    "everywhere with --lora (on the last N layers only with --last-layers N, as configs/ppo.yaml does).",
     "Sampled lengths differ between align's PPO rollouts and raw generate once align's policy has moved, so the "
     "raw PPO iteration time is rescaled to align's generated and trained tokens per iteration.",
 ]
@@ -288,10 +289,17 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def parameterisation(settings: dict) -> str:
+    if not settings["lora"]:
+        return "full fine-tuning"
+    layers = settings.get("last_layers")
+    return f"LoRA r=16 on the last {layers} layers" if layers else "LoRA r=16"
+
+
 def markdown(report: dict) -> str:
     s, env, machine = report["settings"], report["environment"], report.get("machine") or {}
     lines = [
-        f"# align benchmark ({s['mode']}: {s['model']}, {'LoRA r=16' if s['lora'] else 'full fine-tuning'}, "
+        f"# align benchmark ({s['mode']}: {s['model']}, {parameterisation(s)}, "
         f"{env['threads']} threads)",
         "",
         f"Machine: {machine.get('cpu', '?')}, {env['cores_usable']} usable cores, torch {env['versions']['torch']}, "
@@ -367,6 +375,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="override the model (an alias or a model directory)")
     parser.add_argument("--threads", type=int, help="intra-op threads for every run (default: usable cores)")
     parser.add_argument("--lora", action="store_true", help="LoRA r=16 on every side instead of full fine-tuning")
+    parser.add_argument("--last-layers", type=int, metavar="N",
+                        help="with --lora: adapters on the last N layers only, on every side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/out", help="output folder (default bench/out)")
     parser.add_argument("--timeout", type=float, help="seconds per run before it is stopped (default 300 quick, "
@@ -389,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     threads = args.threads or len(os.sched_getaffinity(0))
     settings = quick_settings(threads) if args.quick else full_settings(threads)
-    settings = dataclasses.replace(settings, seed=args.seed, lora=args.lora, model=args.model or settings.model)
+    if args.last_layers and not args.lora:
+        print("align bench: error: --last-layers needs --lora", file=sys.stderr)
+        return 2
+    settings = dataclasses.replace(settings, seed=args.seed, lora=args.lora, last_layers=args.last_layers,
+                                   model=args.model or settings.model)
     try:
         cases = selected_cases([c.strip() for c in args.cases.split(",") if c.strip()])
     except ValueError as err:

@@ -88,15 +88,21 @@ def lora_config(settings, task_type: str):
     if not settings.lora:
         return None
     import peft
+    from transformers import AutoConfig
 
+    layers = None
+    if settings.last_layers:
+        total = AutoConfig.from_pretrained(model_path(settings)).num_hidden_layers
+        layers = list(range(total - settings.last_layers, total))
     return peft.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS,
-                           task_type=task_type)
+                           task_type=task_type, layers_to_transform=layers)
 
 
 def align_lora(settings):
     from align.models import LoraConfig
 
-    return LoraConfig(enabled=settings.lora, r=LORA_R, alpha=LORA_ALPHA, target_modules=list(LORA_TARGETS))
+    return LoraConfig(enabled=settings.lora, r=LORA_R, alpha=LORA_ALPHA, target_modules=list(LORA_TARGETS),
+                      last_layers=settings.last_layers)
 
 
 def stage_basics(settings, workdir: Path, train_data: str, max_rows: int) -> dict:

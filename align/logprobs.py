@@ -4,9 +4,16 @@ A batch of (prompt, response) token sequences is laid out back to back (`align.b
 sequence attending only within itself (`align.attention` segments); the logits that predict response token t of a
 sequence are read at the position just before it. Only those positions go through the LM head. A preference
 pair's two sequences can share their prompt (`pairs`), which is then computed once.
+
+With LoRA on the top layers only (`model.lora.last_layers`), the layers below are frozen and the same for the
+policy, its reference (adapters off) and every update of a PPO iteration: `trunk_states` runs them once per
+iteration, and every later pass (`trunk=`) runs only the top layers on the kept hidden states.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -30,11 +37,97 @@ def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temp
     return chosen, entropy
 
 
+# ---- a frozen trunk, run once and shared --------------------------------------------------------------------------
+
+
+@dataclass
+class Trunk:
+    """Hidden states after the first `layers` (frozen) layers, per sequence: states[i] is [L_i, hidden]."""
+
+    layers: int
+    states: list[torch.Tensor]
+
+    def subset(self, indices) -> "Trunk":
+        return Trunk(self.layers, [self.states[int(i)] for i in indices])
+
+
+def decoder_body(model):
+    """The transformer body (the module holding `.layers` and `.norm`) under DDP, TokenValues, peft and
+    *ForCausalLM / *ForSequenceClassification wrappers."""
+    model = getattr(model, "module", model)  # DDP
+    while not hasattr(model, "layers"):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.model
+    return model
+
+
+@contextmanager
+def only_layers(model, layers: slice, final_norm: bool = True):
+    """Run `model` through `layers` of its body only (and its final norm only if `final_norm`)."""
+    body = decoder_body(model)
+    all_layers, norm = body.layers, body.norm
+    body.layers = torch.nn.ModuleList(list(all_layers)[layers])
+    if not final_norm:
+        body.norm = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        body.layers, body.norm = all_layers, norm
+
+
+@torch.no_grad()
+def trunk_states(model, sequences: list[list[int]], layers: int, pack_length: int) -> Trunk:
+    """Run every sequence through the first `layers` layers of `model`'s body once: the input of layer `layers`."""
+    body = decoder_body(model)
+    device = next(body.parameters()).device
+    states = [None] * len(sequences)
+    with only_layers(body, slice(0, layers), final_norm=False):
+        for flat in flat_passes(sequences, pack_length):
+            hidden = body(input_ids=flat.input_ids.to(device), position_ids=flat.position_ids.to(device),
+                          segments=flat.segments, use_cache=False).last_hidden_state[0]  # [T, hidden]
+            for k, i in enumerate(flat.sequences):
+                states[i] = hidden[flat.token_index[k].to(device)]
+    return Trunk(layers, states)
+
+
+@torch.no_grad()
+def trunk_matches(model, layers: int, values: bool = False) -> bool:
+    """Whether running `model` as trunk + top layers gives what a full run gives (a model whose forward does more
+    than embed -> layers -> norm, e.g. scales its embeddings, would not): checked on one short sequence, fp32."""
+    prompt, response = [[11, 12, 13, 14]], [[15, 16, 17, 18, 19]]
+    run = response_values if values else response_logprobs
+    trunk = trunk_states(model, [prompt[0] + response[0]], layers, 64)
+    full, split = run(model, prompt, response, 64)[0], run(model, prompt, response, 64, trunk=trunk)[0]
+    return torch.allclose(full.float(), split.float(), atol=1e-4, rtol=1e-4)
+
+
+def _inputs(flat, device, trunk: Trunk | None) -> dict:
+    """Model inputs of one flat pass: token ids, or the trunk's hidden states of its sequences (laid out in order)."""
+    inputs = {"position_ids": flat.position_ids.to(device), "segments": flat.segments, "use_cache": False}
+    if trunk is None:
+        return {**inputs, "input_ids": flat.input_ids.to(device)}
+    return {**inputs, "inputs_embeds": torch.cat([trunk.states[i] for i in flat.sequences])[None]}
+
+
+@contextmanager
+def _top_layers(model, trunk: Trunk | None):
+    if trunk is None:
+        yield
+    else:
+        with only_layers(model, slice(trunk.layers, None)):
+            yield
+
+
+# ---- log-probs and values ------------------------------------------------------------------------------------------
+
+
 def response_logprobs(model, prompts, responses, pack_length: int, temperature: float = 1.0, with_entropy=False,
-                      pairs: list[tuple[int, int]] = ()):
+                      pairs: list[tuple[int, int]] = (), trunk: Trunk | None = None):
     """Per-token log-probs (and entropies) of each response under `model`: lists of [R_i] tensors.
-    `pairs` (index pairs, e.g. chosen and rejected of one prompt) share their common prefix."""
+    `pairs` (index pairs, e.g. chosen and rejected of one prompt) share their common prefix; `trunk` (states of
+    these sequences from `trunk_states`) skips the layers below it."""
     require_segments(model)
+    if trunk is not None and pairs:
+        raise ValueError("response_logprobs: a trunk is kept per sequence, so pairs cannot share a prefix with it")
     device = next(model.parameters()).device
     sequences = [p + r for p, r in zip(prompts, responses)]
     logprobs, entropies = [None] * len(prompts), [None] * len(prompts)
@@ -42,8 +135,8 @@ def response_logprobs(model, prompts, responses, pack_length: int, temperature: 
         # response token j of sequence i sits at token_index[P_i + j] and is predicted one position earlier
         predict_at = [flat.token_index[k][len(prompts[i]) - 1 : -1] for k, i in enumerate(flat.sequences)]
         keep, where = torch.unique(torch.cat(predict_at), return_inverse=True)  # [K] sorted positions
-        logits = model(input_ids=flat.input_ids.to(device), position_ids=flat.position_ids.to(device),
-                       segments=flat.segments, use_cache=False, logits_to_keep=keep.to(device)).logits  # [1, K, V]
+        with _top_layers(model, trunk):
+            logits = model(**_inputs(flat, device, trunk), logits_to_keep=keep.to(device)).logits  # [1, K, V]
         targets = torch.cat([torch.tensor(responses[i]) for i in flat.sequences])
         lp, ent = token_logprobs_and_entropy(logits[0, where.to(device)], targets.to(device), temperature,
                                              with_entropy)
@@ -56,7 +149,7 @@ def response_logprobs(model, prompts, responses, pack_length: int, temperature: 
     return (logprobs, entropies) if with_entropy else logprobs
 
 
-def response_values(value_model, prompts, responses, pack_length: int):
+def response_values(value_model, prompts, responses, pack_length: int, trunk: Trunk | None = None):
     """Per-token values V(s_t) of each response (the state before token t): lists of [R_i] tensors.
 
     `value_model` is a `reward.model.TokenValues` (a transformer with a scalar head at every position).
@@ -65,7 +158,8 @@ def response_values(value_model, prompts, responses, pack_length: int):
     device = next(value_model.parameters()).device
     values = [None] * len(prompts)
     for flat in flat_passes([p + r for p, r in zip(prompts, responses)], pack_length):
-        per_position = value_model(flat.input_ids.to(device), flat.position_ids.to(device), flat.segments)  # [1, T]
+        with _top_layers(value_model, trunk):
+            per_position = value_model(**_inputs(flat, device, trunk))  # [1, T]
         for k, i in enumerate(flat.sequences):
             values[i] = per_position[0, flat.token_index[k][len(prompts[i]) - 1 : -1].to(device)]
     return values

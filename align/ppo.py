@@ -6,7 +6,8 @@ Each iteration, as numbered steps (Ouyang et al. 2022; Ziegler et al. 2019; Schu
 1. sample a batch of prompts; generate responses from the policy (batched, KV cache, bf16 rollout copy);
 2. score each response with the composite reward (reward model + reward functions) at its last token;
    responses that never emit EOS lose `missing_eos_penalty`;
-3. per-token log-probs of the policy and the frozen reference (with LoRA: the same model, adapters off),
+3. per-token log-probs of the policy and the frozen reference (with LoRA: the same model, adapters off; with
+   adapters on the top layers only, the frozen layers below run once per iteration for every pass),
    per-token KL with the selected estimator, and the KL-shaped reward
        r_t = -beta * KL_t  (+ score at the final token);
 4. per-token values V(s_t) from the value model (a scalar head on a transformer, from the reward model);
@@ -31,7 +32,14 @@ from torch.nn.utils.rnn import pad_sequence
 from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.attention import attend_by_segments
-from align.logprobs import FrozenReference, response_logprobs, response_values
+from align.logprobs import (
+    FrozenReference,
+    decoder_body,
+    response_logprobs,
+    response_values,
+    trunk_matches,
+    trunk_states,
+)
 from align.loop import (
     adamw,
     autocast,
@@ -269,6 +277,21 @@ def load_value_model(cfg: PPOConfig, policy_path: str):
     return model, path
 
 
+def shared_trunk_layers(lora: LoraConfig, policy, value_model) -> tuple[int, int] | None:
+    """(policy, value model) layers below the adapters: frozen, so one run per iteration serves the old and the
+    reference log-probs, the values and every update. None with full fine-tuning, adapters on every layer, or a
+    model that cannot be run in two parts (`align.logprobs.trunk_matches`)."""
+    if not (lora.enabled and lora.last_layers):
+        return None
+    layers = tuple(decoder_body(m).config.num_hidden_layers - lora.last_layers for m in (policy, value_model))
+    if min(layers) < 1:
+        return None
+    if trunk_matches(policy, layers[0]) and trunk_matches(value_model, layers[1], values=True):
+        return layers
+    print("[align] ppo: these models cannot be run in two parts; every pass runs all their layers")
+    return None
+
+
 # ---- the stage --------------------------------------------------------------------------------------------------
 
 
@@ -314,6 +337,10 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
         begin = start % len(rows) + accelerator.process_index * per_process
         return [rows[i] for i in order[begin : begin + per_process]]
 
+    trunk_layers = shared_trunk_layers(cfg.model.lora, policy, value_model)
+    if trunk_layers:
+        print(f"[align] ppo: the frozen layers below the adapters ({trunk_layers[0]} of the policy, {trunk_layers[1]} "
+              f"of the value model) run once per iteration, shared by every pass")
     optimizer = adamw([
         {"params": [p for p in policy.parameters() if p.requires_grad], "lr": t.learning_rate},
         {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": t.value_learning_rate},
@@ -357,12 +384,18 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
             scores = torch.tensor(breakdown.total, dtype=torch.float32) - t.missing_eos_penalty * (1 - finished)
             timings["score"] = time.perf_counter() - started
 
-            # 3.-4. old log-probs, reference log-probs, values (no gradients)
+            # 3.-4. old log-probs, reference log-probs, values (no gradients); a frozen trunk runs once, here
             started = time.perf_counter()
             with torch.no_grad(), autocast(device, t.precision):
-                old_lp = response_logprobs(raw_policy, prompt_ids, response_ids, t.pack_length, t.temperature)
-                ref_lp = reference.logprobs(prompt_ids, response_ids, t.pack_length, t.temperature)
-                old_values = response_values(raw_value, prompt_ids, response_ids, t.pack_length)
+                policy_trunk = value_trunk = None
+                if trunk_layers:
+                    sequences = [p + r for p, r in zip(prompt_ids, response_ids)]
+                    policy_trunk = trunk_states(raw_policy, sequences, trunk_layers[0], t.pack_length)
+                    value_trunk = trunk_states(raw_value, sequences, trunk_layers[1], t.pack_length)
+                old_lp = response_logprobs(raw_policy, prompt_ids, response_ids, t.pack_length, t.temperature,
+                                           trunk=policy_trunk)
+                ref_lp = reference.logprobs(prompt_ids, response_ids, t.pack_length, t.temperature, trunk=policy_trunk)
+                old_values = response_values(raw_value, prompt_ids, response_ids, t.pack_length, trunk=value_trunk)
             old_lp, mask = pad_right(old_lp)
             ref_lp, _ = pad_right(ref_lp)
             old_values, _ = pad_right(old_values)
@@ -386,8 +419,10 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
                     m = mask[idx, :width]
                     with autocast(device, t.precision):
                         new_lp, entropy = response_logprobs(policy, sub_p, sub_r, t.pack_length, t.temperature,
-                                                            with_entropy=True)
-                        new_values = response_values(value_model, sub_p, sub_r, t.pack_length)
+                                                            with_entropy=True,
+                                                            trunk=policy_trunk and policy_trunk.subset(idx))
+                        new_values = response_values(value_model, sub_p, sub_r, t.pack_length,
+                                                     trunk=value_trunk and value_trunk.subset(idx))
                     new_lp, entropy = pad_sequence(new_lp, batch_first=True), pad_sequence(entropy, batch_first=True)
                     new_values = pad_sequence(new_values, batch_first=True)
                     pg_loss, pg_stats = policy_loss(new_lp.cpu(), old_lp[idx, :width], advantages[idx, :width], m,

@@ -38,7 +38,8 @@ def backbone_and_head(model):
 
 
 class TokenValues(torch.nn.Module):
-    """A scalar for every position of a packed row: `forward(input_ids, position_ids, segments) -> [B, T]`.
+    """A scalar for every position of a packed row: `forward(input_ids, position_ids, segments) -> [B, T]` (or
+    `inputs_embeds` instead of `input_ids`).
 
     Wraps a *ForSequenceClassification model (num_labels=1) so that the reward model (read at last tokens) and
     PPO's value model (read at every response token) are one plain module that DDP can wrap."""
@@ -47,10 +48,11 @@ class TokenValues(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, segments=None) -> torch.Tensor:
+    def forward(self, input_ids=None, position_ids=None, segments=None, use_cache=False, inputs_embeds=None):
         body, head = backbone_and_head(self.model)
         extra = {"segments": segments} if segments is not None else {}
-        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).last_hidden_state
+        hidden = body(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
+                      use_cache=use_cache, **extra).last_hidden_state
         return head(hidden).squeeze(-1).float()
 
 

@@ -1,0 +1,101 @@
+"""Log-probs and values on flat passes, and the frozen trunk that PPO runs once per iteration."""
+
+import torch
+
+from align.logprobs import (
+    decoder_body,
+    response_logprobs,
+    response_values,
+    token_logprobs_and_entropy,
+    trunk_matches,
+    trunk_states,
+)
+from align.models import LoraConfig, ModelConfig, load_model
+
+
+def test_token_logprobs_and_entropy_by_hand():
+    """Logits [0, ln 3] -> p = [1/4, 3/4]: log p(1) = ln(3/4), H = -(1/4 ln 1/4 + 3/4 ln 3/4)."""
+    logits = torch.tensor([[0.0, float(torch.log(torch.tensor(3.0)))]])
+    lp, entropy = token_logprobs_and_entropy(logits, torch.tensor([1]))
+    torch.testing.assert_close(lp, torch.log(torch.tensor([0.75])))
+    expected = -(0.25 * torch.log(torch.tensor(0.25)) + 0.75 * torch.log(torch.tensor(0.75)))
+    torch.testing.assert_close(entropy, expected.reshape(1))
+
+
+def test_response_logprobs_equal_a_plain_forward(tiny_model_dir):
+    """Packed, several sequences per pass: each response token's log-prob is the one a lone forward gives."""
+    policy, _ = load_model(ModelConfig(name=str(tiny_model_dir)))
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
+    with torch.no_grad():
+        packed = response_logprobs(policy, prompts, responses, pack_length=64)
+        for p, r, lp in zip(prompts, responses, packed):
+            logits = policy(input_ids=torch.tensor([p + r])).logits[0]
+            expected = torch.log_softmax(logits.float(), -1)[len(p) - 1 : -1].gather(-1, torch.tensor(r)[:, None])
+            torch.testing.assert_close(lp, expected.squeeze(-1), rtol=1e-5, atol=1e-5)
+
+
+def lora_policy(tiny_model_dir):
+    """tiny-random (2 layers) with adapters on its last layer only; adapters nudged off zero so they matter."""
+    policy, _ = load_model(ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1)))
+    torch.manual_seed(0)
+    for name, param in policy.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+    return policy
+
+
+def test_a_frozen_trunk_gives_the_same_log_probs_values_and_gradients(tiny_model_dir):
+    """The bottom layer run once (trunk_states) + the top layer per pass == every layer per pass: log-probs,
+    reference log-probs (adapters off), values, and the adapters' gradients."""
+    from transformers import AutoModelForSequenceClassification
+
+    from align.attention import attend_by_segments
+    from align.models import attach_lora
+    from reward.model import TokenValues
+
+    policy = lora_policy(tiny_model_dir)
+    prompts, responses = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14, 15, 16, 17]]
+    sequences = [p + r for p, r in zip(prompts, responses)]
+    trunk = trunk_states(policy, sequences, layers=1, pack_length=64)
+    assert [s.shape for s in trunk.states] == [torch.Size([7, 64]), torch.Size([6, 64])]
+
+    def lora_grads(use_trunk: bool):
+        policy.zero_grad()
+        lps = response_logprobs(policy, prompts, responses, 64, trunk=trunk if use_trunk else None)
+        torch.cat(lps).sum().backward()
+        return {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    with_trunk, without = lora_grads(True), lora_grads(False)
+    assert with_trunk.keys() == without.keys() and len(with_trunk) > 0
+    for name in with_trunk:
+        torch.testing.assert_close(with_trunk[name], without[name], rtol=1e-5, atol=1e-6)
+    with torch.no_grad(), policy.disable_adapter():
+        for a, b in zip(response_logprobs(policy, prompts, responses, 64, trunk=trunk),
+                        response_logprobs(policy, prompts, responses, 64)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # a subset of the sequences (a PPO minibatch) reads its own states
+    with torch.no_grad():
+        torch.testing.assert_close(response_logprobs(policy, prompts[1:], responses[1:], 64, trunk=trunk.subset([1]))[0],
+                                   response_logprobs(policy, prompts[1:], responses[1:], 64)[0], rtol=1e-5, atol=1e-5)
+
+    scorer = attend_by_segments(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1))
+    values = TokenValues(attach_lora(scorer, LoraConfig(enabled=True, last_layers=1), task_type="SEQ_CLS"))
+    value_trunk = trunk_states(values, sequences, layers=1, pack_length=64)
+    with torch.no_grad():
+        for a, b in zip(response_values(values, prompts, responses, 64, trunk=value_trunk),
+                        response_values(values, prompts, responses, 64)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert trunk_matches(policy, 1) and trunk_matches(values, 1, values=True)
+    assert len(decoder_body(policy).layers) == 2  # the layers are back in place after every pass
+
+
+def test_a_trunk_run_on_the_wrong_layers_is_caught(tiny_model_dir):
+    """trunk_matches is what keeps a model whose forward cannot be split from silently using a trunk: states
+    taken after the wrong number of layers do not match a full run."""
+    policy = lora_policy(tiny_model_dir)
+    prompts, responses = [[5, 6, 7, 8]], [[11, 12, 13]]
+    wrong = trunk_states(policy, [prompts[0] + responses[0]], layers=1, pack_length=64)
+    wrong.layers = 0  # pretend the states were taken before layer 0: layer 0 would then run twice
+    with torch.no_grad():
+        assert not torch.allclose(response_logprobs(policy, prompts, responses, 64, trunk=wrong)[0],
+                                  response_logprobs(policy, prompts, responses, 64)[0], atol=1e-4)
