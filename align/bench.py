@@ -121,7 +121,8 @@ ASSUMPTIONS = [
     "Model FLOPs: 6*N per real token for training, 2*N per processed token (prompt + generated) for inference; "
     "N counts the parameters a token passes through in a matmul (a tied embedding once, as the LM head; no LM "
     "head for reward/value models). Attention-score FLOPs, recomputation (gradient checkpointing) and LoRA's "
-    "smaller backward are not counted, so the figure is the same for every side of a comparison.",
+    "smaller backward are not counted, so the figure is the same for every side of a comparison (with --last-layers "
+    "it is a full-model equivalent, and can pass the matmul peak).",
     "Peak memory is the run process's VmHWM (peak resident set), imports included; baseline_rss_mib is the "
     "resident set after importing torch and transformers.",
     "Precision: bf16 autocast over fp32 weights for training on every side (TRL's default bf16=True does the "
