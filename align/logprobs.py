@@ -12,7 +12,7 @@ iteration, and every later pass (`trunk=`) runs only the top layers on the kept 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -108,13 +108,9 @@ def _inputs(flat, device, trunk: Trunk | None) -> dict:
     return {**inputs, "inputs_embeds": torch.cat([trunk.states[i] for i in flat.sequences])[None]}
 
 
-@contextmanager
 def _top_layers(model, trunk: Trunk | None):
-    if trunk is None:
-        yield
-    else:
-        with only_layers(model, slice(trunk.layers, None)):
-            yield
+    """With a trunk: run only the layers above it."""
+    return only_layers(model, slice(trunk.layers, None)) if trunk is not None else nullcontext()
 
 
 # ---- log-probs and values ------------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ def learning_rate_at(step: int, total_steps: int, peak: float, warmup_ratio: flo
 
 
 def adamw(groups, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters (a list, or param groups with their own lr), fused into one kernel per
-    step: on 2 CPU cores the per-tensor (foreach) update of SmolLM2-135M's 272 tensors took 0.44 s, fused 0.09 s."""
+    """AdamW over the trainable parameters (a list, or param groups with their own lr), fused: one kernel per step
+    instead of a chain of operations per tensor, which on CPU cost several times more."""
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
 
 

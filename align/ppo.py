@@ -29,9 +29,9 @@ from typing import Literal
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from align.attention import attend_by_segments
 from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.attention import attend_by_segments
 from align.logprobs import (
     FrozenReference,
     decoder_body,

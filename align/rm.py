@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from align.attention import attend_by_segments
 from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.loop import (
@@ -39,7 +40,6 @@ from align.loop import (
     shard,
     stop_if_requested,
 )
-from align.attention import attend_by_segments
 from align.models import LoraConfig, ModelConfig, attach_lora, count_parameters, save_model
 from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
 from align.tracking import TrackingConfig, start_tracker
