@@ -67,6 +67,9 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if query.shape[1] != key.shape[1]:  # grouped-query attention: every query head group reads one key head
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    covered = sum(s.end - s.start for s in segments)
+    if covered != query.shape[2]:
+        raise ValueError(f"segments cover {covered} of the row's {query.shape[2]} positions")
     dropout = dropout if module.training else 0.0
     outputs = []
     for s in segments:
@@ -83,9 +86,6 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling)
         outputs.append(out)
-    covered = sum(s.end - s.start for s in segments)
-    if covered != query.shape[2]:
-        raise ValueError(f"segments cover {covered} of the row's {query.shape[2]} positions")
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -109,6 +109,12 @@ def uses_segments(model) -> bool:
             return getattr(config, "_attn_implementation", None) == IMPLEMENTATION
         model = getattr(model, "module", None) or getattr(model, "model", None)  # DDP, TokenValues
     return False
+
+
+def require_segments(model) -> None:
+    if not uses_segments(model):
+        raise ValueError("this forward pass needs a model loaded with attn_implementation='align_varlen' "
+                         "(align.attention.IMPLEMENTATION; align's model loaders set it)")
 
 
 def attend_by_segments(model):

@@ -117,21 +117,6 @@ def pack_best_fit(lengths: list[int], pack_length: int) -> list[list[int]]:
     return rows
 
 
-def row_groups(rows: list[list[int]], lengths: list[int], max_rows: int = 4, min_fill: float = 0.9):
-    """Group packed rows into forward passes of up to `max_rows` rows of similar width, so padding a pass to its
-    widest row wastes little: best fit leaves every row full but the last few, and padding a short last row to a
-    full one cost ~30% of the tokens of a small batch."""
-    widths = {id(row): sum(lengths[i] for i in row) for row in rows}
-    ordered = sorted(rows, key=lambda row: -widths[id(row)])
-    groups: list[list[list[int]]] = []
-    for row in ordered:
-        if groups and len(groups[-1]) < max_rows and widths[id(row)] >= min_fill * widths[id(groups[-1][0])]:
-            groups[-1].append(row)
-        else:
-            groups.append([row])
-    return groups
-
-
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor  # [B, T]
@@ -260,9 +245,3 @@ def flat_passes(sequences: list[list[int]], pack_length: int, pairs: list[tuple[
                                               torch.arange(len(ids) - len(tail), len(ids))]))
         passes.append(FlatPass(torch.tensor([ids]), torch.tensor([positions]), segments, order, token_index))
     return passes
-
-
-def require_segments(model) -> None:
-    if not uses_segments(model):
-        raise ValueError("this forward pass needs a model loaded with attn_implementation='align_varlen' "
-                         "(align.attention.IMPLEMENTATION; align's model loaders set it)")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from align.batching import flat_passes, require_segments
+from align.attention import require_segments
+from align.batching import flat_passes
 
 
 def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,

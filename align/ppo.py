@@ -29,7 +29,6 @@ from typing import Literal
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from align.attention import attend_by_segments
 from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import (
@@ -48,7 +47,7 @@ from align.loop import (
     epoch_permutation,
     stop_if_requested,
 )
-from align.models import LoraConfig, ModelConfig, attach_lora, count_parameters, load_model, save_model
+from align.models import LoraConfig, ModelConfig, count_parameters, load_model, save_model
 from align.rewards import RewardConfig, build_reward
 from align.rollout import generate, render_prompt
 from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
@@ -264,16 +263,13 @@ def merged_weights(policy) -> dict[str, torch.Tensor]:
 
 
 def load_value_model(cfg: PPOConfig, policy_path: str):
-    """Value model: a transformer + scalar head, from `value_model`, else the reward model, else the policy."""
-    from transformers import AutoModelForSequenceClassification
+    """Value model: a transformer + scalar head, from `value_model`, else the reward model, else the policy; loaded
+    as the reward-model stage loads its backbone, with the policy's `model.lora` adapters."""
+    from align.rm import load_reward_backbone
 
     source = cfg.value_model or cfg.reward.reward_model
     path = resolve_stage_model(source, cfg.run) if source else policy_path
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
-                                                               use_safetensors=True)
-    attend_by_segments(model)
-    if cfg.model.lora.enabled:
-        model = attach_lora(model, cfg.model.lora, task_type="SEQ_CLS")
+    model, _ = load_reward_backbone(cfg.model, path)
     return model, path
 
 

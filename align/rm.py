@@ -134,7 +134,8 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int) -> tuple[list, 
 
 
 def load_reward_backbone(cfg: ModelConfig, path: str):
-    """A *ForSequenceClassification model (num_labels=1) on the SFT weights, LoRA on the body if enabled."""
+    """A *ForSequenceClassification model (num_labels=1) on the weights at `path` (the SFT stage's, for the reward
+    model; the reward model's, for PPO's value model), LoRA on the body if enabled."""
     from transformers import AutoModelForSequenceClassification
 
     from align.models import load_tokenizer

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from align.attention import attend_by_segments
-from align.batching import flat_passes, require_segments
+from align.attention import attend_by_segments, require_segments
+from align.batching import flat_passes
 
 
 def conversation(prompt, completion: str) -> list[dict]:

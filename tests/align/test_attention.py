@@ -7,11 +7,12 @@ from align.attention import (
     IMPLEMENTATION,
     Segment,
     attend_by_segments,
+    require_segments,
     segments_from_lengths,
     segments_from_position_ids,
     uses_segments,
 )
-from align.batching import flat_passes, require_segments, shared_prefix_length
+from align.batching import flat_passes, shared_prefix_length
 
 
 def llama(vocab: int = 97):

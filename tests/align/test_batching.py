@@ -87,13 +87,3 @@ def test_packed_batches_cover_every_example_once(tokenizer):
     assert sum(b.real_tokens for b in batches) == sum(len(e.input_ids) for e in examples)
     assert all(b.input_ids.shape[1] <= 128 for b in batches)
 
-
-def test_row_groups_keep_rows_of_similar_width_together():
-    """Rows of widths 100, 100, 20 (lengths below): the two full rows share a pass, the short one goes alone,
-    so no pass pads a 20-token row to 100."""
-    from align.batching import row_groups
-
-    lengths = [60, 40, 70, 30, 20]
-    rows = [[0, 1], [2, 3], [4]]
-    assert row_groups(rows, lengths) == [[[0, 1], [2, 3]], [[4]]]
-    assert row_groups(rows, lengths, max_rows=1) == [[[0, 1]], [[2, 3]], [[4]]]
