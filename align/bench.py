@@ -125,8 +125,10 @@ ASSUMPTIONS = [
     "it is a full-model equivalent, and can pass the matmul peak).",
     "Peak memory is the run process's VmHWM (peak resident set), imports included; baseline_rss_mib is the "
     "resident set after importing torch and transformers.",
-    "Precision: bf16 autocast over fp32 weights for training on every side (TRL's default bf16=True does the "
-    "same); generation with bf16 weights on every side.",
+    "Precision: TRL and the hand-written loops train with bf16 autocast over fp32 weights (TRL's default "
+    "bf16=True); align's sft, rm and dpo with their default precision: bf16 (bf16 weights, fp32 master weights in "
+    "the optimiser, align.precision) and ppo's update with bf16 autocast: matmuls in bf16 and fp32 optimiser state "
+    "on every side. Generation with bf16 weights on every side.",
     "The same parameterisation on every side: full fine-tuning (TRL's default), or LoRA r=16 on the same modules "
     "everywhere with --lora (on the last N layers only with --last-layers N, as configs/ppo.yaml does).",
     "Sampled lengths differ between align's PPO rollouts and raw generate once align's policy has moved, so the "

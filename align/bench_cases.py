@@ -28,6 +28,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 BIG = 10**9  # "never" for eval_every / save_every
 SFT_GRAD_ACCUM = 2  # align sft's default: one packed row per micro-batch, two micro-batches per optimiser step
 TRAIN_PRECISION = "bf16 autocast, fp32 weights"
+STAGE_PRECISION = "bf16 weights, fp32 masters"  # align sft/rm/dpo default precision: bf16 (align.precision)
 
 
 # ---- process-level helpers ---------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def case_sft_align(settings, workdir: Path) -> dict:
         "step's real tokens / its logged sft/tokens_per_s, the tokens replayed with align.batching (best-fit "
         f"packing, {t.rows_per_batch} row(s) of {t.pack_length} tokens per micro-batch, grad_accum "
         f"{t.grad_accum})", step_tokens, step_seconds, settings.warmup_steps, matmul_parameters(path, "causal"),
-        conversations=len(examples))
+        conversations=len(examples), precision=STAGE_PRECISION)
 
 
 def case_sft_trl(settings, workdir: Path) -> dict:

@@ -17,6 +17,7 @@ import torch
 
 from align.bench_cases import (
     BIG,
+    STAGE_PRECISION,
     bf16_autocast,
     lora_config,
     matmul_parameters,
@@ -57,7 +58,7 @@ def case_rm_align(settings, workdir: Path) -> dict:
         "align rm", "align.rm.train (tracking none, no eval, log_every=1); seconds per step = pairs per batch / "
         "its logged rm/pairs_per_s; tokens replayed with align.rm.tokenize_pairs and the packing of "
         "reward.model.packed_rewards (each pair's prompt once)", step_tokens, step_seconds, settings.warmup_steps,
-        matmul_parameters(path, "value"), t.pairs_per_batch)
+        matmul_parameters(path, "value"), t.pairs_per_batch, precision=STAGE_PRECISION)
 
 
 def stage_pair_batches(pairs: list, pairs_per_batch: int, seed: int, steps: int):
@@ -186,7 +187,7 @@ def case_dpo_align(settings, workdir: Path) -> dict:
             "seconds per step = pairs per batch / its logged dpo/pairs_per_s, plus each pair's share of the "
             "reference precompute time the stage prints; tokens replayed with align.dpo.tokenize_pairs and the "
             "layout of align.batching.flat_passes (each pair's prompt once)", step_tokens, step_seconds,
-            settings.warmup_steps, matmul_parameters(path, "causal"), t.pairs_per_batch),
+            settings.warmup_steps, matmul_parameters(path, "causal"), t.pairs_per_batch, precision=STAGE_PRECISION),
         reference_s_per_pair)
 
 

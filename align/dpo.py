@@ -30,7 +30,6 @@ from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, response_logprobs
 from align.loop import (
     adamw,
-    autocast,
     check_finite,
     check_finite_parameters,
     epoch_permutation,
@@ -42,6 +41,7 @@ from align.loop import (
     stop_if_requested,
 )
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, save_model
+from align.precision import Precision, autocast, training_weights
 from align.rollout import render_prompt
 from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
 from align.tracking import TrackingConfig, start_tracker
@@ -63,7 +63,7 @@ class DPOTrainConfig:
     max_response_length: int = 256  # longer responses keep their start; counted and reported
     pairs_per_batch: int = 8
     pack_length: int = 1024
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Precision = "bf16"  # bf16 weights + fp32 masters, bf16-autocast (fp32 weights), fp32: align.precision
     eval_every: int = 50
     eval_max_pairs: int = 200
     save_every: int = 50
@@ -190,7 +190,9 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
     print(f"[align] dpo: {len(pairs)} pairs from {cfg.data.train}; {cut['prompts_truncated']} prompts and "
           f"{cut['responses_truncated']} responses longer than the limits were cut (kept prompt ends, response starts)")
 
-    # 2. reference log-probs
+    # 2. bf16 weights (fp32 masters for the optimiser, align.precision), then reference log-probs: a full
+    # fine-tuning run's frozen copy is made in bf16 too
+    weights = training_weights(policy, t.precision, accelerator.num_processes)
     frozen = FrozenReference(policy, cfg.model.lora.enabled)
     reference = CachedReference(frozen, t.pack_length, average, device, t.precision)
     eval_reference = CachedReference(frozen, t.pack_length, average, device, t.precision)
@@ -208,12 +210,12 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
     total_steps = min(steps_per_epoch * t.epochs, t.max_steps or 10**12)
     if total_steps < 1:
         raise ValueError(f"train.pairs_per_batch={t.pairs_per_batch} exceeds the {len(pairs)} pairs per process")
-    optimizer = adamw([p for p in policy.parameters() if p.requires_grad], t.learning_rate, t.weight_decay)
+    optimizer = adamw(weights.parameters(), t.learning_rate, t.weight_decay)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     raw_policy = accelerator.unwrap_model(policy)
     step, wandb_id = 0, None
     if resume_from:
-        state = restore_training_state(resume_from, raw_policy, optimizer)
+        state = restore_training_state(resume_from, weights, optimizer)
         step, wandb_id = state["step"], state.get("wandb_id")
         print(f"[align] dpo: resuming from {resume_from} at step {step}")
     tracker = start_tracker(cfg.tracking, out_dir=out, run_name=f"{cfg.run.name}-dpo", group=cfg.run.name,
@@ -257,10 +259,10 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
             loss = loss_fn(pol_c.float().cpu(), pol_r.float().cpu(), ref_c, ref_r, t.beta)
             check_finite(loss.item(), "dpo", step)
             accelerator.backward(loss)
-            grad_norm = float(accelerator.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
-                                                          t.max_grad_norm))
+            grad_norm = float(accelerator.clip_grad_norm_(weights.parameters(), t.max_grad_norm))
             check_finite(grad_norm, "dpo", step, "gradient norm")
             optimizer.step()
+            weights.step_done()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             window_pairs += len(batch)
@@ -280,19 +282,19 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
                 tracker.log({f"dpo/eval/{k}": metrics[f"dpo/eval_{k}"] for k in
                              ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy")}, step=step)
             if main and step % t.save_every == 0 and step < total_steps:
-                save_training_state(out, step, raw_policy, optimizer, {"wandb_id": tracker.run_id},
+                save_training_state(out, step, weights, optimizer, {"wandb_id": tracker.run_id},
                                     t.keep_checkpoints)
             if main:
                 stop_if_requested(lambda: save_training_state(
-                    out, step, raw_policy, optimizer, {"wandb_id": tracker.run_id}, t.keep_checkpoints))
+                    out, step, weights, optimizer, {"wandb_id": tracker.run_id}, t.keep_checkpoints))
             accelerator.wait_for_everyone()
         progress.close()
 
         # 5. final model
         if main:
             metrics["dpo/train_loss"] = loss.item()
-            check_finite_parameters(raw_policy, "dpo", step)
-            save_model(raw_policy, tokenizer, out)
+            check_finite_parameters(weights, "dpo", step)
+            save_model(weights.fp32_model(), tokenizer, out)
             tracker.summary(metrics)
             finish_stage(out, "complete", metrics=metrics, steps=step, wandb_run=tracker.run_id)
             tracker.finish(0)

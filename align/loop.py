@@ -1,5 +1,5 @@
-"""Small pieces every training stage's loop uses: the learning-rate schedule, autocast, checkpointing the
-trainable state, and sharing a value from the main process with the others."""
+"""Small pieces every training stage's loop uses: the learning-rate schedule, the optimiser, checkpointing the
+trainable state, and sharing a value from the main process with the others. (Precision: align.precision.)"""
 
 from __future__ import annotations
 
@@ -35,11 +35,6 @@ def set_learning_rate(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast over fp32 weights (1.6x faster training on an AVX-512-bf16 CPU), or plain fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def check_finite(value: float, stage: str, step: int, what: str = "loss") -> None:
     """Stop a stage on a NaN/inf before anything derived from it is saved."""
     if not math.isfinite(value):
@@ -53,10 +48,11 @@ def check_finite_parameters(model, stage: str, step: int) -> None:
             raise FloatingPointError(f"{stage}: parameter {name} is not finite at step {step}; stopped before saving")
 
 
-def save_training_state(out: Path, step: int, model, optimizer, state: dict, keep: int) -> Path:
-    """Checkpoint the trainable parameters (LoRA adapters, or all weights), optimizer and RNG at `step`."""
-    check_finite_parameters(model, out.name, step)
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+def save_training_state(out: Path, step: int, weights, optimizer, state: dict, keep: int) -> Path:
+    """Checkpoint the trainable parameters (LoRA adapters, or all weights), optimizer and RNG at `step`.
+    `weights`: the model, or align.precision's training weights (fp32 masters under `precision: bf16`)."""
+    check_finite_parameters(weights, out.name, step)
+    trainable = {name: p for name, p in weights.named_parameters() if p.requires_grad}
     return save_checkpoint(
         out / "checkpoints", step, trainable,
         state={"step": step, **state},
@@ -65,15 +61,15 @@ def save_training_state(out: Path, step: int, model, optimizer, state: dict, kee
     )
 
 
-def restore_training_state(checkpoint: Path, model, optimizer) -> dict:
-    """Load what `save_training_state` wrote back into `model` and `optimizer`; return its state dict."""
+def restore_training_state(checkpoint: Path, weights, optimizer) -> dict:
+    """Load what `save_training_state` wrote back into `weights` (as there) and `optimizer`; return its state."""
     from align.checkpoint import load_checkpoint
 
     tensors, state, objects = load_checkpoint(checkpoint)
-    missing = set(tensors) - {name for name, _ in model.named_parameters()}
+    missing = set(tensors) - {name for name, _ in weights.named_parameters()}
     if missing:
-        raise ValueError(f"checkpoint {checkpoint} has parameters this model lacks: {sorted(missing)[:5]}")
-    model.load_state_dict(tensors, strict=False)
+        raise ValueError(f"checkpoint {checkpoint} has parameters this model does not train: {sorted(missing)[:5]}")
+    weights.load_state_dict(tensors, strict=False)
     optimizer.load_state_dict(objects["optimizer"])
     torch.set_rng_state(objects["rng"])
     return state

@@ -41,13 +41,13 @@ from align.logprobs import (
 )
 from align.loop import (
     adamw,
-    autocast,
     check_finite,
     check_finite_parameters,
     epoch_permutation,
     stop_if_requested,
 )
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, save_model
+from align.precision import autocast
 from align.rewards import RewardConfig, build_reward
 from align.rollout import generate, render_prompt
 from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage

@@ -29,7 +29,6 @@ from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.loop import (
     adamw,
-    autocast,
     check_finite,
     check_finite_parameters,
     epoch_permutation,
@@ -41,6 +40,7 @@ from align.loop import (
     stop_if_requested,
 )
 from align.models import LoraConfig, ModelConfig, attach_lora, count_parameters, save_model
+from align.precision import Precision, autocast, training_weights
 from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
 from align.tracking import TrackingConfig, start_tracker
 from reward.model import TokenValues, packed_rewards, tokenize_for_reward
@@ -59,7 +59,7 @@ class RMTrainConfig:
     max_length: int = 512  # tokens per prompt+response; longer ones keep their end and are reported
     pairs_per_batch: int = 8
     pack_length: int = 1024
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Precision = "bf16"  # bf16 weights + fp32 masters, bf16-autocast (fp32 weights), fp32: align.precision
     eval_every: int = 50
     eval_max_pairs: int = 300
     save_every: int = 50
@@ -186,14 +186,14 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
     if total_steps < 1:
         raise ValueError(f"train.pairs_per_batch={cfg.train.pairs_per_batch} exceeds the {len(pairs)} pairs")
 
-    # 4. optimiser and resumed state
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.train.learning_rate,
-                      cfg.train.weight_decay)
+    # 4. optimiser (over fp32 masters of bf16 weights, align.precision) and resumed state
+    weights = training_weights(model, cfg.train.precision, accelerator.num_processes)
+    optimizer = adamw(weights.parameters(), cfg.train.learning_rate, cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     step, wandb_id = 0, None
     if resume_from:
-        state = restore_training_state(resume_from, raw_model, optimizer)
+        state = restore_training_state(resume_from, weights, optimizer)
         step, wandb_id = state["step"], state.get("wandb_id")
         print(f"[align] rm: resuming from {resume_from} at step {step}")
     tracker = start_tracker(cfg.tracking, out_dir=out, run_name=f"{cfg.run.name}-rm", group=cfg.run.name,
@@ -231,10 +231,10 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
             loss = bradley_terry_loss(chosen.float(), rejected.float(), cfg.train.margin)
             check_finite(loss.item(), "rm", step)
             accelerator.backward(loss)
-            grad_norm = float(accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                          cfg.train.max_grad_norm))
+            grad_norm = float(accelerator.clip_grad_norm_(weights.parameters(), cfg.train.max_grad_norm))
             check_finite(grad_norm, "rm", step, "gradient norm")
             optimizer.step()
+            weights.step_done()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             window_pairs += len(batch)
@@ -254,11 +254,11 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
                 metrics.update({f"rm/eval_{k}": v for k, v in scalars.items()})
                 tracker.log({f"rm/eval/{k}": v for k, v in scalars.items()}, step=step)
             if accelerator.is_main_process and step % cfg.train.save_every == 0 and step < total_steps:
-                save_training_state(out, step, raw_model, optimizer, {"wandb_id": tracker.run_id},
+                save_training_state(out, step, weights, optimizer, {"wandb_id": tracker.run_id},
                                     cfg.train.keep_checkpoints)
             if accelerator.is_main_process:
                 stop_if_requested(lambda: save_training_state(
-                    out, step, raw_model, optimizer, {"wandb_id": tracker.run_id}, cfg.train.keep_checkpoints))
+                    out, step, weights, optimizer, {"wandb_id": tracker.run_id}, cfg.train.keep_checkpoints))
             accelerator.wait_for_everyone()
         progress.close()
 
@@ -270,8 +270,8 @@ def train(cfg: RMConfig, *, restart: bool = False) -> Path:
                     held = evaluate()
                 (out / "eval_rewards.json").write_text(json.dumps(
                     {"chosen": held["chosen_rewards"], "rejected": held["rejected_rewards"]}))
-            check_finite_parameters(raw_model, "rm", step)
-            save_model(raw_model.model, tokenizer, out)
+            check_finite_parameters(weights, "rm", step)
+            save_model(weights.fp32_model().model, tokenizer, out)
             tracker.summary(metrics)
             finish_stage(out, "complete", metrics=metrics, steps=step, wandb_run=tracker.run_id)
             tracker.finish(0)

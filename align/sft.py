@@ -8,8 +8,9 @@ The loop, as numbered steps:
    examples longer than `train.max_length`;
 3. pack them into rows of `train.pack_length` tokens (best fit, no padding inside rows, attention kept within
    each conversation by restarting position ids);
-4. train with AdamW under bf16 autocast, normalising the loss by the number of assistant tokens in each optimiser
-   step, clipping gradients, warmup + cosine schedule;
+4. train with AdamW (on fp32 master weights while the model computes with bf16 weights: align.precision),
+   normalising the loss by the number of assistant tokens in each optimiser step, clipping gradients, warmup +
+   cosine schedule;
 5. evaluate held-out loss every `train.eval_every` steps, checkpoint every `train.save_every` steps;
 6. save the final model (LoRA merged) so `AutoModelForCausalLM.from_pretrained(stage_dir)` loads it, and check
    that greedy generation on held-out prompts stops with EOS.
@@ -31,7 +32,6 @@ from align.batching import causal_lm_loss, packed_batches, tokenize_conversation
 from align.config import to_dict
 from align.loop import (
     adamw,
-    autocast,
     check_finite,
     check_finite_parameters,
     epoch_generator,
@@ -44,6 +44,7 @@ from align.loop import (
 )
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, save_model
+from align.precision import Precision, autocast, training_weights
 from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
 from align.tracking import TrackingConfig, start_tracker
 
@@ -62,7 +63,7 @@ class SFTTrainConfig:
     pack_length: int = 1024  # tokens per packed row
     rows_per_batch: int = 1  # packed rows per micro-batch
     grad_accum: int = 2  # micro-batches per optimiser step
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast over fp32 weights, or plain fp32
+    precision: Precision = "bf16"  # bf16 weights + fp32 masters, bf16-autocast (fp32 weights), fp32: align.precision
     eval_every: int = 50
     eval_max_examples: int = 200
     save_every: int = 50
@@ -105,7 +106,7 @@ def eos_rate(model_dir: Path, prompts: list[list[dict]], precision: str, max_new
     from align.models import load_tokenizer
     from align.rollout import generate
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     generations = generate(model, load_tokenizer(str(model_dir)), prompts, max_new_tokens=max_new_tokens)
     return sum(generations.finished) / max(1, len(prompts)), generations.texts
@@ -169,14 +170,14 @@ def train(cfg: SFTConfig, *, restart: bool = False) -> Path:
             f"per process; lower it or add data"
         )
 
-    # 4. optimiser, resumed state
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.train.learning_rate,
-                      cfg.train.weight_decay)
+    # 4. optimiser (over fp32 masters of bf16 weights, align.precision), resumed state
+    weights = training_weights(model, cfg.train.precision, accelerator.num_processes)
+    optimizer = adamw(weights.parameters(), cfg.train.learning_rate, cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     step, wandb_id = 0, None
     if resume_from:
-        state = restore_training_state(resume_from, raw_model, optimizer)
+        state = restore_training_state(resume_from, weights, optimizer)
         step, wandb_id = state["step"], state.get("wandb_id")
         print(f"[align] sft: resuming from {resume_from} at step {step}")
 
@@ -227,10 +228,10 @@ def train(cfg: SFTConfig, *, restart: bool = False) -> Path:
                 step_loss += loss.item()
                 window_tokens += batch.real_tokens
             check_finite(step_loss, "sft", step)
-            grad_norm = float(accelerator.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm))
+            grad_norm = float(accelerator.clip_grad_norm_(weights.parameters(), cfg.train.max_grad_norm))
             check_finite(grad_norm, "sft", step, "gradient norm")
             optimizer.step()
+            weights.step_done()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             progress.update(1)
@@ -246,19 +247,19 @@ def train(cfg: SFTConfig, *, restart: bool = False) -> Path:
                 metrics["sft/eval_loss"] = heldout_loss(raw_model, eval_batches, accelerator.device, cfg.train.precision)
                 tracker.log({"sft/eval_loss": metrics["sft/eval_loss"]}, step=step)
             if accelerator.is_main_process and step % cfg.train.save_every == 0 and step < total_steps:
-                save_training_state(out, step, raw_model, optimizer, {"wandb_id": tracker.run_id},
+                save_training_state(out, step, weights, optimizer, {"wandb_id": tracker.run_id},
                                     cfg.train.keep_checkpoints)
             if accelerator.is_main_process:
                 stop_if_requested(lambda: save_training_state(
-                    out, step, raw_model, optimizer, {"wandb_id": tracker.run_id}, cfg.train.keep_checkpoints))
+                    out, step, weights, optimizer, {"wandb_id": tracker.run_id}, cfg.train.keep_checkpoints))
             accelerator.wait_for_everyone()
         progress.close()
 
         # 6. final model, EOS check, manifest
         if accelerator.is_main_process:
             metrics["sft/train_loss"] = step_loss
-            check_finite_parameters(raw_model, "sft", step)
-            save_model(raw_model, tokenizer, out)
+            check_finite_parameters(weights, "sft", step)
+            save_model(weights.fp32_model(), tokenizer, out)
             if eval_rows and cfg.train.eos_check_prompts:
                 prompts = [r["messages"][:-1] for r in eval_rows[: cfg.train.eos_check_prompts]]
                 metrics["sft/eos_rate"], samples = eos_rate(out, prompts, cfg.train.precision)

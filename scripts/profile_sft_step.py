@@ -2,8 +2,9 @@
 
     python scripts/profile_sft_step.py [--model smollm2-135m-instruct] [--steps 2] [--rows 20]
 
-The step is the stage's own (align.batching packing and causal_lm_loss under bf16 autocast, align.loop.adamw),
-full fine-tuning on the built-in SFT conversations with SFTTrainConfig's pack_length and grad_accum. It prints the
+The step is the stage's own (align.batching packing, causal_lm_loss, align.precision's bf16 weights with fp32
+masters by default, align.loop.adamw), full fine-tuning on the built-in SFT conversations with SFTTrainConfig's
+pack_length, rows_per_batch and grad_accum. It prints the
 operators that took the most time and the share of the step each group of them took.
 """
 
@@ -33,12 +34,14 @@ def main() -> None:
     from align.data import DataConfig, load_rows
     from align.loop import adamw
     from align.models import ModelConfig, load_model
+    from align.precision import PRECISIONS, autocast, training_weights
     from align.sft import SFTTrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=2, help="warm-up steps before the profiled one")
     parser.add_argument("--rows", type=int, default=20, help="operators to list")
+    parser.add_argument("--precision", default=SFTTrainConfig.precision, choices=PRECISIONS)
     args = parser.parse_args()
 
     set_threads(None)
@@ -48,16 +51,18 @@ def main() -> None:
     examples, _ = tokenize_conversations(tokenizer, [r["messages"] for r in rows], t.max_length)
     batches = packed_batches(examples, t.pack_length, t.rows_per_batch, tokenizer.pad_token_id,
                              torch.Generator().manual_seed(0))
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], 1e-5)
+    weights = training_weights(model, args.precision)
+    optimizer = adamw(weights.parameters(), 1e-5)
 
     def step(index: int) -> None:
         micro_batches = batches[index * t.grad_accum : (index + 1) * t.grad_accum]
         loss_tokens = sum(b.loss_tokens for b in micro_batches)
         for batch in micro_batches:
-            with torch.autocast("cpu", torch.bfloat16):
+            with autocast(torch.device("cpu"), args.precision):
                 loss, _ = causal_lm_loss(model, batch)
             (loss / loss_tokens).backward()
         optimizer.step()
+        weights.step_done()
         optimizer.zero_grad(set_to_none=True)
 
     for index in range(args.steps):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from align import attention
 from align.attention import (
     IMPLEMENTATION,
     Segment,
@@ -42,7 +43,15 @@ def test_segments_from_position_ids_split_where_positions_restart():
         segments_from_position_ids(torch.tensor([1, 2, 0]))
 
 
-def test_packed_segments_equal_each_sequence_alone_forward_and_backward():
+@pytest.fixture(params=[512, 0, 8], ids=["explicit-scores", "fused-kernel", "both"])
+def attention_path(request, monkeypatch):
+    """Segments up to SCORES_MAX_KEYS keys use explicit scores, longer ones SDPA's fused kernel: all of one, all
+    of the other, and a mix in one pass (sequences here are 5-19 tokens)."""
+    monkeypatch.setattr(attention, "SCORES_MAX_KEYS", request.param)
+    return request.param
+
+
+def test_packed_segments_equal_each_sequence_alone_forward_and_backward(attention_path):
     """Three sequences back to back with segments: every logit matches the sequence run alone, and so does the
     gradient of a loss on them (attention never crosses a segment boundary, in either direction)."""
     model = llama()
@@ -59,7 +68,7 @@ def test_packed_segments_equal_each_sequence_alone_forward_and_backward():
     torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_segment_with_a_shared_prefix_sees_the_prefix_and_itself():
+def test_a_segment_with_a_shared_prefix_sees_the_prefix_and_itself(attention_path):
     """Layout [prompt | tail a | tail b]: tail b's logits equal those of prompt+b run alone, and the prompt's
     gradient collects both tails' contributions, as two separate sequences would give."""
     model = llama()
@@ -79,12 +88,30 @@ def test_a_segment_with_a_shared_prefix_sees_the_prefix_and_itself():
     torch.testing.assert_close(shared, embeddings.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_explicit_scores_in_bf16_match_the_fused_kernel_to_bf16_precision():
+    """bf16 q/k/v of a 300-token segment with a 40-token prefix, grouped-query (6 query heads over 2 key heads):
+    explicit scores (bf16 scores, fp32 softmax inside the kernel) against SDPA's fused kernel with the same mask,
+    which keeps scores in fp32. The difference is bf16 rounding: within 2% of the output's largest value."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 300, 64, generator=gen).to(torch.bfloat16)
+    k, v = (torch.randn(1, 2, 340, 64, generator=gen).to(torch.bfloat16) for _ in range(2))
+    mask = torch.ones(300, 340, dtype=torch.bool).tril(40)
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    explicit = attention.scores_attention(q, k, v, prefix=40, scaling=None)
+    assert explicit.dtype == torch.bfloat16
+    torch.testing.assert_close(explicit.float(), fused.float(), rtol=0, atol=0.02 * fused.abs().max().item())
+
+
 def test_segments_must_cover_the_row_and_need_a_batch_of_one():
     model = llama()
     with pytest.raises(ValueError, match="segments cover 4 of the row's 6 positions"):
         model(input_ids=torch.ones(1, 6, dtype=torch.long), segments=[Segment(0, 4)])
     with pytest.raises(ValueError, match="batch of one packed row, got a batch of 2"):
         model(input_ids=torch.ones(2, 6, dtype=torch.long), segments=[Segment(0, 6)])
+    with pytest.raises(ValueError, match="in order without gaps"):
+        model(input_ids=torch.ones(1, 6, dtype=torch.long), segments=[Segment(2, 6), Segment(0, 2)])
+    with pytest.raises(ValueError, match="prefix must lie in the row before the segment"):
+        model(input_ids=torch.ones(1, 6, dtype=torch.long), segments=[Segment(0, 3), Segment(3, 6, 2, 5)])
 
 
 def test_without_segments_the_model_is_plain_sdpa():

@@ -1,0 +1,136 @@
+"""bf16 weights with fp32 masters: what the optimiser sees, how gradients add up, what a checkpoint keeps."""
+
+import copy
+
+import pytest
+import torch
+
+from align.loop import restore_training_state, save_training_state
+from align.precision import MasterWeights, ModelWeights, autocast, training_weights
+
+
+def llama(tied: bool = True):
+    """A 2-layer Llama, fp32, input and output embeddings tied (as SmolLM2's are)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    return LlamaForCausalLM(config)
+
+
+def batch(seed: int) -> torch.Tensor:
+    return torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(seed))
+
+
+def loss_of(model, ids: torch.Tensor) -> torch.Tensor:
+    with autocast(torch.device("cpu"), "bf16"):
+        return model(input_ids=ids, labels=ids).loss
+
+
+def test_the_model_holds_bf16_weights_and_the_optimiser_fp32_masters_of_them():
+    model = llama()
+    original = {name: p.detach().clone() for name, p in model.named_parameters()}
+    weights = MasterWeights(model)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # buffers are not weights
+    names = [name for name, _ in weights.named_parameters()]
+    assert names == list(original)  # the tied embedding once, under its first name
+    for name, master in weights.named_parameters():
+        assert master.dtype == torch.float32
+        assert torch.equal(master, original[name])  # exact: no round trip through bf16
+
+
+def test_micro_batch_gradients_add_up_in_fp32_in_the_masters():
+    """Expected: the bf16 model's gradient of each micro-batch, taken separately, summed in fp32 — the tied
+    embedding's gradient counting both its uses — and nothing left in the model's own .grad."""
+    model = llama()
+    weights = MasterWeights(model)
+    plain = copy.deepcopy(model)  # the same bf16 weights, no hooks
+    expected = {}
+    for seed in (1, 2):
+        plain.zero_grad(set_to_none=True)
+        loss_of(plain, batch(seed)).backward()
+        for name, p in plain.named_parameters():
+            expected[name] = expected.get(name, 0) + p.grad.float()
+    for seed in (1, 2):
+        loss_of(model, batch(seed)).backward()
+    assert all(p.grad is None for p in model.parameters())
+    for name, master in weights.named_parameters():
+        assert master.grad.dtype == torch.float32
+        torch.testing.assert_close(master.grad, expected[name], rtol=0, atol=0)
+
+
+def test_updates_smaller_than_bf16_resolution_accumulate_in_the_masters():
+    """A weight of 1.0 moved by lr * grad = 1e-4 per step (SGD, grad 1): bf16's spacing at 1.0 is 2^-7 = 0.0078,
+    so a bf16 weight updated in place would never move; the master reaches 1 - 10 * 1e-4 = 0.999 exactly as fp32
+    does, and the model's weight is the master rounded to bf16 (0.9990 -> 1.0 in bf16)."""
+    layer = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(layer.weight)
+    weights = MasterWeights(layer)
+    optimizer = torch.optim.SGD(weights.parameters(), lr=1e-4)
+    for _ in range(10):
+        layer(torch.ones(1, 1, dtype=torch.bfloat16)).sum().backward()
+        optimizer.step()
+        weights.step_done()
+        optimizer.zero_grad(set_to_none=True)
+    master = weights.parameters()[0]
+    reference = torch.ones(()) - 1e-4
+    for _ in range(9):
+        reference = reference - 1e-4  # the same ten fp32 subtractions
+    assert master.item() == pytest.approx(0.999, abs=1e-6) and master.item() == reference.item()
+    assert layer.weight.item() == master.to(torch.bfloat16).item() == 1.0
+
+
+def test_a_training_checkpoint_keeps_the_fp32_masters_and_resumes_them_exactly(tmp_path):
+    model = llama()
+    weights = MasterWeights(model)
+    optimizer = torch.optim.AdamW(weights.parameters(), lr=1e-3)
+    loss_of(model, batch(1)).backward()
+    optimizer.step()
+    weights.step_done()
+    saved = save_training_state(tmp_path, 1, weights, optimizer, {}, keep=1)
+
+    fresh = MasterWeights(llama())
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    restore_training_state(saved, fresh, fresh_optimizer)
+    for (name, a), (_, b) in zip(weights.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(a, b), name  # fp32 masters, not their bf16 rounding
+    for a, b in zip(model.parameters(), fresh.model.parameters()):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+
+
+def test_the_saved_model_is_fp32_with_lora_merged_in_fp32():
+    """After training, fp32_model() gives the masters back as the weights and a LoRA delta B @ A is added to the
+    (bf16-valued) base in fp32: a delta far below bf16's resolution survives the merge."""
+    import peft
+
+    model = peft.get_peft_model(llama(), peft.LoraConfig(r=2, target_modules=["q_proj"], lora_alpha=2))
+    weights = MasterWeights(model)
+    masters = dict(weights.named_parameters())
+    q_proj = "base_model.model.model.layers.0.self_attn.q_proj"
+    with torch.no_grad():
+        masters[f"{q_proj}.lora_B.default.weight"].fill_(1e-5)  # lora_B starts at zero: a tiny delta
+    weights.step_done()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    base = layer.base_layer.weight.detach().float().clone()  # bf16 values
+    delta = masters[f"{q_proj}.lora_B.default.weight"] @ masters[f"{q_proj}.lora_A.default.weight"]
+    delta = delta.detach() * layer.scaling["default"]
+    merged = weights.fp32_model().merge_and_unload()
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+    q = merged.model.layers[0].self_attn.q_proj.weight
+    torch.testing.assert_close(q, base + delta, rtol=0, atol=1e-7)
+    assert not torch.equal(q, base)
+
+
+def test_fp32_and_autocast_train_the_model_itself_and_several_processes_fall_back(capsys):
+    model = llama()
+    for precision in ("fp32", "bf16-autocast"):
+        weights = training_weights(model, precision)
+        assert isinstance(weights, ModelWeights)
+        assert weights.parameters() == [p for p in model.parameters() if p.requires_grad]
+    weights = training_weights(model, "bf16", processes=2)
+    assert isinstance(weights, ModelWeights) and all(p.dtype == torch.float32 for p in model.parameters())
+    assert "uses bf16 autocast over fp32 weights" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="precision must be one of bf16, bf16-autocast, fp32, got 'fp16'"):
+        training_weights(model, "fp16")
