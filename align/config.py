@@ -206,9 +206,21 @@ def to_yaml(cfg: Any) -> str:
 
 
 def config_hash(cfg: Any, ignore: tuple[str, ...] = ()) -> str:
-    """sha256 of the canonical resolved config, leaving out top-level keys in `ignore`."""
-    data = {k: v for k, v in to_dict(cfg).items() if k not in ignore}
+    """sha256 of the canonical resolved config, leaving out the (dotted) keys in `ignore` and what is under them."""
+    data = to_dict(cfg)
+    for key in ignore:
+        *parents, last = key.split(".")
+        section = data
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(last, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def is_under(key: str, keys: tuple[str, ...]) -> bool:
+    """Whether dotted `key` is one of `keys` or lies under one of them."""
+    return any(key == k or key.startswith(k + ".") for k in keys)
 
 
 def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, response_logprobs
 from align.loop import (
@@ -219,7 +220,7 @@ def train(cfg: DPOConfig, *, restart: bool = False) -> Path:
         step, wandb_id = state["step"], state.get("wandb_id")
         print(f"[align] dpo: resuming from {resume_from} at step {step}")
     tracker = start_tracker(cfg.tracking, out_dir=out, run_name=f"{cfg.run.name}-dpo", group=cfg.run.name,
-                            job_type="dpo", config=dataclasses.asdict(cfg), resume_id=wandb_id) if main else None
+                            job_type="dpo", config=to_dict(cfg), resume_id=wandb_id) if main else None
     if main:
         finish_stage(out, "running", processes=accelerator.num_processes,
                      base_model=base_path, data_fingerprint=data_fingerprint(train_rows),

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from align.checkpoint import newest_complete_checkpoint, now, read_manifest, versions, write_manifest
-from align.config import ConfigError, config_hash, diff_configs, to_dict, to_yaml
+from align.config import ConfigError, config_hash, diff_configs, is_under, to_dict, to_yaml
 
 
 @dataclass
@@ -31,8 +31,9 @@ def stage_dir(cfg) -> Path:
     return Path(cfg.run.root) / cfg.run.name / cfg.stage
 
 
-# Keys that can change without changing what a stage computes, so changing them never refuses a rerun.
-VOLATILE_KEYS = ("tracking",)
+# Keys that can change without changing what a stage computes, so changing them never refuses a rerun:
+# reward.config_dir is the config file's folder, an absolute path that changes with the checkout's location.
+VOLATILE_KEYS = ("tracking", "reward.config_dir")
 
 
 def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]:
@@ -48,13 +49,13 @@ def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]
     if manifest and not restart:
         if manifest.get("config_sha256") != digest:
             old = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
-            changed = [
-                k for k in diff_configs(old or {}, to_dict(cfg)) if k.split(".")[0] not in VOLATILE_KEYS
-            ] or ["(unknown)"]
-            raise ConfigError(
-                f"stage '{cfg.stage}' in {out} was run with a different config (changed: {', '.join(changed)}); "
-                f"rerun with --restart to discard it, or choose another run.name"
-            )
+            changed = [k for k in diff_configs(old or {}, to_dict(cfg)) if not is_under(k, VOLATILE_KEYS)]
+            if changed or not old:  # no change outside volatile keys: a hash from a version that hashed more keys
+                raise ConfigError(
+                    f"stage '{cfg.stage}' in {out} was run with a different config (changed: "
+                    f"{', '.join(changed or ['(unknown)'])}); rerun with --restart to discard it, or choose another "
+                    f"run.name"
+                )
         if manifest.get("status") == "complete":
             return out, None, True
     if restart and out.exists():

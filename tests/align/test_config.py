@@ -1,5 +1,6 @@
 """Config loading: precedence, dotted overrides, unknown keys, wrong types, and every shipped YAML."""
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -109,6 +110,30 @@ def test_hash_and_diff_follow_the_resolved_values():
     assert config_hash(a) == config_hash(load_config(Example))
     assert config_hash(a) != config_hash(b)
     assert diff_configs({"lora": {"r": 8}, "x": 1}, {"lora": {"r": 4}, "x": 1}) == ["lora.r"]
+    assert config_hash(a, ignore=("lora.r",)) == config_hash(b, ignore=("lora.r",))
+    assert config_hash(a, ignore=("lora",)) == config_hash(b, ignore=("lora",))
+
+
+def test_a_stage_moved_to_another_checkout_is_not_a_changed_config(tmp_path):
+    """reward.config_dir (the absolute folder of the config file) is volatile: a PPO stage started from one
+    checkout resumes from another; a real change (train.kl_coef) is still refused, by name."""
+    from align.ppo import PPOConfig
+    from align.stage import begin_stage
+
+    def ppo(config_dir: str, kl_coef: float = 0.05) -> PPOConfig:
+        cfg = load_config(PPOConfig, None, [f"run.root={tmp_path}", f"train.kl_coef={kl_coef}"])
+        cfg.reward.config_dir = config_dir
+        return cfg
+
+    out, _, done = begin_stage(ppo("/home/me/align/configs"))
+    assert not done
+    assert begin_stage(ppo("/srv/checkout/configs"))[0] == out
+    with pytest.raises(ConfigError, match=r"different config \(changed: train.kl_coef\)"):
+        begin_stage(ppo("/srv/checkout/configs", kl_coef=0.1))
+    # a manifest whose hash still covered reward.config_dir (earlier versions) is the same config too
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "config_sha256": config_hash(ppo("/elsewhere"))}))
+    assert begin_stage(ppo("/srv/checkout/configs"))[0] == out
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
