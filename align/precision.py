@@ -8,8 +8,8 @@ optimiser do it.
 
 `precision: bf16-autocast` — fp32 weights and `torch.autocast(bf16)`, which is what TRL's `bf16=True` does: every
 forward pass casts every weight to bf16 again and every backward pass casts every weight gradient back to fp32 — for
-LoRA, the whole frozen model in every micro-batch. On a 2-core CPU bf16 weights trained SmolLM2-135M's SFT 1.07x
-faster with full fine-tuning and 1.16x faster with LoRA (README, Speed). Activations (the residual stream included)
+LoRA, the whole frozen model in every micro-batch. On a 2-core CPU bf16 weights trained SmolLM2-135M's SFT 1.09x
+faster with full fine-tuning and 1.14x faster with LoRA (scripts/profile_sft_step.py; README, Speed). Activations (the residual stream included)
 are bf16 in both modes' matmuls; with bf16 weights the residual stream between layers is bf16 too.
 
 With more than one process the model is wrapped in DistributedDataParallel, which all-reduces the model's own
@@ -25,19 +25,23 @@ gradients after backward, so there `bf16` runs as `bf16-autocast` (and says so).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 Precision = Literal["bf16", "bf16-autocast", "fp32"]
-PRECISIONS = ("bf16", "bf16-autocast", "fp32")
+PRECISIONS = get_args(Precision)
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for both bf16 modes (with bf16 weights it still keeps losses and softmaxes in fp32), or
     nothing for fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision != "fp32")
 
 
@@ -128,8 +132,7 @@ class MasterWeights:
 def training_weights(model, precision: str, processes: int = 1):
     """What the optimiser, gradient clipping and training checkpoints work on: masters for `bf16`, else the
     model's own parameters. Call before building the optimiser (and before accelerator.prepare)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if precision != "bf16":
         return ModelWeights(model)
     if processes > 1:
