@@ -6,35 +6,18 @@
     align validate CONFIG [key.path=value ...]                          check a config without training
     align runs [ROOT]                                                   list runs and their stages' status
     align report RUN_DIR                                                HTML report of a run
-    align bench [--quick] [--cases sft,rm,dpo,ppo,eval]                 speed against TRL and hand-written loops
+
+The stages come from align.registry; the benchmark is `python benchmarks/bench.py` (not part of the package).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
+from align.registry import COMMANDS, STAGES, config_class, stage_module
 from align.runtime import configure_environment
-
-# name -> (module, config class). A stage module has a config dataclass and `train(cfg, restart=...)`.
-STAGES = {
-    "sft": ("align.sft", "SFTConfig"),
-    "rm": ("align.rm", "RMConfig"),
-    "ppo": ("align.ppo", "PPOConfig"),
-    "dpo": ("align.dpo", "DPOConfig"),
-    "grpo": ("align.grpo", "GRPOConfig"),
-    "eval": ("align.eval", "EvalConfig"),
-    "pipeline": ("align.pipeline", "PipelineConfig"),
-}
-PURPOSE = {"sft": "sft", "rm": "preference", "ppo": "prompt", "dpo": "preference", "grpo": "prompt"}
-
-
-def stage_config_class(stage: str):
-    module, name = STAGES[stage]
-    return getattr(importlib.import_module(module), name)
-
 
 def load_stage_config(path: str, overrides: list[str], stage: str | None = None):
     """Load CONFIG for `stage` (or for the stage named by its `stage:` key, for `align validate`)."""
@@ -42,11 +25,11 @@ def load_stage_config(path: str, overrides: list[str], stage: str | None = None)
 
     named = read_yaml(path).get("stage") or parse_overrides(overrides).get("stage")
     stage = stage or named
-    if stage not in STAGES:
-        raise ConfigError(f"{path}: key 'stage' must be one of {', '.join(STAGES)} (got {stage!r})")
+    if stage not in STAGES and stage not in COMMANDS:
+        raise ConfigError(f"{path}: key 'stage' must be one of {', '.join([*STAGES, *COMMANDS])} (got {stage!r})")
     if named and named != stage:
         raise ConfigError(f"{path} is a '{named}' config, not '{stage}'; run `align {named} {path}`")
-    cfg = load_config(stage_config_class(stage), path, overrides)
+    cfg = load_config(config_class(stage), path, overrides)
     if hasattr(cfg, "reward") and cfg.reward.config_dir is None:
         cfg.reward.config_dir = str(Path(path).resolve().parent)  # user reward files sit next to their config
     return cfg
@@ -64,7 +47,7 @@ def validate(cfg, path: str) -> list[str]:
             checked += [f"{stage_cfg.stage}: {line}" for line in validate(stage_cfg, path)]
         return checked
     sources = [(cfg.prompts, "prompt")] if cfg.stage == "eval" else [
-        (s, PURPOSE[cfg.stage]) for s in (cfg.data.train, cfg.data.eval) if s]
+        (s, STAGES[cfg.stage].data_purpose) for s in (cfg.data.train, cfg.data.eval) if s]
     for source, purpose in sources:
         _, report = load_rows(source, purpose, cfg.data)
         checked.append(f"data {source}: {report.rows_kept} rows ({report.format})")
@@ -80,14 +63,10 @@ def validate(cfg, path: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     configure_environment()
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # `align bench` has its own options (align/bench.py); argparse would refuse them here
-        from align.bench import main as bench_main
-
-        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="align", description="Align language models to follow instructions.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for stage in ("sft", "rm", "ppo", "dpo", "grpo"):
-        sub = commands.add_parser(stage, help=f"run the {stage} stage")
+    for stage, info in STAGES.items():
+        sub = commands.add_parser(stage, help=f"run the {stage} stage: {info.summary}")
         sub.add_argument("config", help="YAML config file (see configs/)")
         sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=1e-4")
         sub.add_argument("--restart", action="store_true", help="discard this stage's earlier output and start over")
@@ -101,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("overrides", nargs="*")
     sub = commands.add_parser("runs", help="list runs and their stages' status")
     sub.add_argument("root", nargs="?", default="runs")
-    commands.add_parser("bench", help="benchmark every stage against TRL defaults, hand-written loops and raw "
-                                      "generate (align bench --help)")
     sub = commands.add_parser("report", help="write an HTML report of a run")
     sub.add_argument("run_dir")
     args = parser.parse_args(argv)
@@ -134,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(cfg, Path(args.config), restart_from=args.restart_from)
         else:
             cfg = load_stage_config(args.config, args.overrides, stage=args.command)
-            importlib.import_module(STAGES[args.command][0]).train(cfg, restart=getattr(args, "restart", False))
+            stage_module(args.command).train(cfg, restart=getattr(args, "restart", False))
         return 0
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"align: error: {err}", file=sys.stderr)

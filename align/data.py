@@ -83,8 +83,9 @@ class DataConfig:
     """The `data:` section of a stage config."""
 
     train: str = "builtin:sft:train"  # local file, hub dataset id ("id" or "id:split"), or builtin:<kind>:<split>
-    eval: str | None = "builtin:sft:heldout"
+    eval: str | None = "builtin:sft:heldout"  # held-out data, same forms as train; null: no held-out evaluation
     split: str = "train"  # hub split used when a hub id has no ":split" suffix
+    # the rows' format; auto: detected from the first row's columns
     format: Literal["auto", "messages", "prompt_completion", "preference", "prompt_only", "hh"] = "auto"
     skip_bad_rows: bool = False  # skip (and report) bad rows instead of stopping at the first one
     max_rows: int | None = None  # keep the first max_rows valid rows (all rows are still validated)

@@ -26,19 +26,19 @@ from align.data import DataConfig, load_rows
 
 @dataclass
 class EvalConfig:
-    stage: Literal["eval"] = "eval"
+    stage: Literal["eval"] = "eval"  # this file configures `align eval`
     model: str = "smollm2-135m-instruct"  # alias, stage directory or hub id
-    prompts: str = "builtin:prompts:heldout"
+    prompts: str = "builtin:prompts:heldout"  # prompts with verifiable constraints: a file, hub id or builtin
     data: DataConfig = field(default_factory=DataConfig)  # how to read `prompts` (format, skip_bad_rows, seed)
-    max_prompts: int | None = None
-    max_new_tokens: int = 256
+    max_prompts: int | None = None  # evaluate the first N prompts; null: all
+    max_new_tokens: int = 256  # token budget of each answer (greedy decoding)
     batch_size: int = 64  # prompts decoded together (rows leave the batch at EOS, so a big batch wastes no steps)
-    precision: Literal["bf16", "fp32"] = "bf16"
-    threads: int | None = None
+    precision: Literal["bf16", "fp32"] = "bf16"  # the weights' dtype while generating
+    threads: int | None = None  # intra-op threads; default: the available cores
     out: str | None = None  # default: <model dir>/eval (stage dirs) or runs/eval/<model>
     reward_model: str | None = None  # a reward-model directory: also report its mean score of the completions
     reward_pairs: str = "builtin:pairs:heldout"  # ... and its pairwise accuracy on these held-out pairs
-    max_reward_pairs: int = 200
+    max_reward_pairs: int = 200  # held-out pairs the reward model's accuracy is measured on
 
 
 def constraints_of(row: dict) -> list[dict]:
@@ -149,9 +149,9 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def reward_model_results(cfg: EvalConfig, prompts: list, completions: list[str]) -> dict:
     """The reward model's mean score of these completions, and its pairwise accuracy on held-out pairs."""
-    from reward.model import RewardModel
+    from align.values import load_reward_model
 
-    scorer = RewardModel.from_pretrained(cfg.reward_model)
+    scorer = load_reward_model(cfg.reward_model)
     scores = scorer.score(prompts, completions)
     pairs, _ = load_rows(cfg.reward_pairs, "preference", cfg.data)
     pairs = pairs[: cfg.max_reward_pairs]

@@ -43,58 +43,56 @@ from pathlib import Path
 from typing import Any, Literal
 
 from align.checkpoint import read_manifest, write_json_atomic, write_manifest
-from align.config import ConfigError, to_dict
+from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.loop import Interrupted, broadcast, check_finite, check_finite_parameters, exit_code_of, stop_if_requested
+from align.loop import Interrupted, TrainConfig, check_finite, check_finite_parameters, stop_if_requested
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, peft_lora_config, save_model
 from align.rewards import RewardConfig, build_reward
-from align.runtime import seed_everything, set_threads
-from align.stage import RunConfig, begin_stage, finish_stage, print_config, resolve_stage_model, stage_dir
-from align.tracking import Tracker, TrackingConfig, start_tracker
+from align.rl import constraint_pass_rates, log_samples
+from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
+from align.tracking import Tracker, TrackingConfig
 from reward.compose import CompositeReward
-from reward.functions import completion_text, prompt_text
 
 TRL_CHECKPOINTS = Path("checkpoints") / "trl"  # TRL's output_dir, inside the stage directory
 ALIGN_STATE = "align_state.json"  # our part of a TRL checkpoint, written after TRL's files: its presence = complete
 
 
 @dataclass
-class GRPOTrainConfig:
+class GRPOTrainConfig(TrainConfig):
+    learning_rate: float = 5.0e-5
+    warmup_ratio: float = 0.0
+    lr_schedule: Literal["cosine", "linear", "constant"] = "constant"
+    precision: Literal["bf16-autocast", "fp32"] = "bf16-autocast"  # bf16 autocast over fp32 weights (TRL's bf16),
+    # or plain fp32
+    log_every: int = 1
+    save_every: int = 10
     num_generations: int = 4  # G: completions sampled per prompt; advantages are relative within each group
     max_completion_length: int = 128  # longer completions are cut (counted in grpo/completions/clipped_ratio)
     temperature: float = 1.0  # sampling temperature (also applied to the log-probs, as TRL does)
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
+    top_k: int = 0  # keep only the k most likely tokens; 0 = off
     per_device_batch_size: int = 8  # completions per forward/backward pass (per process)
+    # forward/backward passes per optimiser step. Completions per optimiser step = per_device_batch_size *
+    # gradient_accumulation_steps * processes, which must hold whole groups (a multiple of num_generations);
+    # prompts per step = that / num_generations
     gradient_accumulation_steps: int = 1
-    # completions per optimiser step = per_device_batch_size * gradient_accumulation_steps * processes, which must
-    # hold whole groups (a multiple of num_generations); prompts per step = that / num_generations
-    epochs: int = 1
+    epochs: int = 1  # passes over the prompts
     max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
-    learning_rate: float = 5.0e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    lr_schedule: Literal["cosine", "linear", "constant"] = "constant"
-    max_grad_norm: float = 1.0
     beta: float = 0.04  # KL coefficient to the reference (0 = no reference, no KL term)
     num_iterations: int = 1  # mu: optimisation passes over each generated batch
     epsilon: float = 0.2  # clip range of the ratio
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged (TRL's default)
     scale_rewards: Literal["group", "batch", "none"] = "group"  # divisor of the advantages (see the docstring)
     mask_truncated_completions: bool = False  # leave cut-off completions out of the loss (DAPO)
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast over fp32 weights, or plain fp32
     gradient_checkpointing: bool = False  # TRL turns it on by default; on CPU with small models it only costs time
-    log_every: int = 1
-    save_every: int = 10
-    keep_checkpoints: int = 2
     eval_every: int = 0  # 0 = no held-out evaluation; otherwise every N steps, sampling G completions per prompt
-    eval_max_prompts: int = 16
+    eval_max_prompts: int = 16  # held-out prompts sampled at each evaluation
     sample_table_rows: int = 4  # completions logged per generation batch, with their per-component rewards
 
 
 @dataclass
 class GRPOConfig:
-    stage: Literal["grpo"] = "grpo"
+    stage: Literal["grpo"] = "grpo"  # the stage this file configures: `align grpo` refuses any other
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="sft", lora=LoraConfig(enabled=True)))
     data: DataConfig = field(
@@ -144,35 +142,16 @@ class CompositeRewardFunction:
             for name, value in {**breakdown.metrics("reward/"), **constraint_pass_rates(batch, completions)}.items():
                 log_metric(name, value)
         training = all(i < self.train_rows for i in row_index)  # held-out rows are indexed after the training rows
-        if self.tracker is not None and training and trainer_state is not None and self.table_rows > 0:
+        if training and trainer_state is not None:
             step = trainer_state.global_step + 1  # the optimiser step these completions train
-            names = list(breakdown.components)
-            self.tracker.log_table(
-                "grpo/samples", ["step", "prompt", "completion", "total", *names],
-                [[step, row["prompt"][-1]["content"], completion_text(completion), round(total, 4),
-                  *[breakdown.components[name][i] for name in names]]
-                 for i, (row, completion, total) in enumerate(zip(batch, completions, breakdown.total))
-                 ][: self.table_rows], step=step)
+            log_samples(self.tracker, "grpo/samples", step, [row["prompt"] for row in batch], completions, breakdown,
+                        self.table_rows)
         return breakdown.total
 
 
-def constraint_pass_rates(rows: list[dict], completions: list) -> dict[str, float]:
-    """Fraction of completions meeting each constraint type, for rows with a `constraints` column:
-    {"constraint/<type>": rate}. What the run is judged by, independent of reward weights."""
-    from reward.verifiers import check_all, parse_constraints
-
-    by_type: dict[str, list[bool]] = {}
-    for row, completion in zip(rows, completions):
-        constraints = parse_constraints(row["constraints"]) if row.get("constraints") else []
-        results = check_all(constraints, completion_text(completion), prompt=prompt_text(row["prompt"]))
-        for constraint, ok in zip(constraints, results):
-            by_type.setdefault(constraint["type"], []).append(ok)
-    return {f"constraint/{kind}": sum(oks) / len(oks) for kind, oks in by_type.items()}
-
-
-def trainer_callback(tracker: Tracker | None, reward: CompositeReward):
+def trainer_callback(stage: Stage, reward: CompositeReward):
     """A `TrainerCallback` (built here so importing this module does not import transformers) that:
-    - forwards TRL's logs to our tracker as grpo/<name> at the optimiser step;
+    - forwards TRL's logs to the stage's tracker as grpo/<name> at the optimiser step, and counts its steps;
     - stops the stage on a non-finite loss, gradient norm or trainable weight;
     - on a stop request (SIGTERM/SIGINT, see align.loop), asks TRL to checkpoint and stop at the end of the step;
     - writes align_state.json into each TRL checkpoint once TRL has written its files."""
@@ -192,10 +171,11 @@ def trainer_callback(tracker: Tracker | None, reward: CompositeReward):
             values = {f"grpo/{k}": v for k, v in logs.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
             self.latest.update(values)
-            if tracker is not None and values:
-                tracker.log(values, step=step)
+            if values:
+                stage.log(values, step)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
+            stage.steps = state.global_step
             check_finite_parameters(model, "grpo", state.global_step)  # before TRL can checkpoint a NaN
             try:
                 stop_if_requested(lambda: None)  # the checkpoint is TRL's, saved when it sees should_save
@@ -208,7 +188,7 @@ def trainer_callback(tracker: Tracker | None, reward: CompositeReward):
             if state.is_world_process_zero:
                 checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 write_json_atomic(checkpoint / ALIGN_STATE, {
-                    "step": state.global_step, "wandb_id": tracker.run_id if tracker else None,
+                    "step": state.global_step, "wandb_id": stage.tracker.run_id if stage.tracker else None,
                     "reward": reward.state_dict()})
 
     return TrackerCallback()
@@ -249,7 +229,7 @@ def trl_arguments(cfg: GRPOConfig, output_dir: Path, processes: int, prompts: in
         output_dir=str(output_dir),
         report_to="none",  # our tracker is the only logger: one W&B run per stage
         use_cpu=use_cpu,
-        bf16=t.precision == "bf16",
+        bf16=t.precision == "bf16-autocast",
         seed=cfg.run.seed,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # row_index must reach the reward
@@ -317,97 +297,70 @@ def reference_description(cfg: GRPOConfig) -> str:
     return "the policy with LoRA adapters off" if cfg.model.lora.enabled else "a frozen copy of the policy"
 
 
-def trainer_processes() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def train(cfg: GRPOConfig, *, restart: bool = False) -> Path:
+    return run_stage(cfg, restart, group_relative_policy_optimisation)
+
+
+def group_relative_policy_optimisation(stage: Stage) -> None:
     import torch
-    from accelerate import PartialState
     from trl import GRPOTrainer
 
-    state = PartialState(cpu=not torch.cuda.is_available())
-    main = state.is_main_process
-    previous = read_manifest(stage_dir(cfg)) if main else None
-    out, _, done = begin_stage(cfg, restart=restart) if main else (None, None, None)
-    out, done = broadcast((out, done), state)
-    if done:
-        print(f"[align] grpo: {out} is already complete with this config; skipping")
-        return out
-    if main:
-        print_config(cfg)
-    set_threads(cfg.run.threads)
-    seed_everything(cfg.run.seed)
-    trl_dir = out / TRL_CHECKPOINTS
-    tracker = trainer = None
-    try:
-        # 1. the policy, without adapters: TRL attaches LoRA from the peft config
-        policy_path = resolve_stage_model(cfg.model.name, cfg.run)
-        policy, tokenizer = load_model(dataclasses.replace(cfg.model, name=policy_path,
-                                                           lora=dataclasses.replace(cfg.model.lora, enabled=False)))
+    # TRL's arguments reset accelerate's process state: read what is needed of it first
+    cfg, device, processes = stage.cfg, stage.accelerator.device, stage.processes
+    previous_start = (read_manifest(stage.out) or {}).get("started")
+    trl_dir = stage.out / TRL_CHECKPOINTS
 
-        # 2. prompts (training rows first, then held-out rows, indexed in that order) and 3. the reward, checked now
-        train_rows, eval_rows, report = load_prompts(cfg)
-        rows = train_rows + eval_rows
-        columns = sorted({key for row in rows for key in row} - {"prompt"})
-        args = trl_arguments(cfg, trl_dir, state.num_processes, len(train_rows), evaluate=bool(eval_rows),
-                             use_cpu=not torch.cuda.is_available())
-        composite = build_reward(cfg.reward, cfg.run, columns=set(columns), device=state.device)
-        print(f"[align] grpo: {len(train_rows)} prompts from {cfg.data.train} ({len(eval_rows)} held out), "
-              f"{cfg.train.num_generations} completions each; reward = {composite.describe()}")
+    # 1. the policy, without adapters: TRL attaches LoRA from the peft config
+    policy_path = resolve_stage_model(cfg.model.name, cfg.run)
+    policy, tokenizer = load_model(dataclasses.replace(cfg.model, name=policy_path,
+                                                       lora=dataclasses.replace(cfg.model.lora, enabled=False)))
 
-        # 5. resume from TRL's newest complete checkpoint, in the same W&B run
-        checkpoint, wandb_id = resume_point(trl_dir, composite)
-        tracker = start_tracker(cfg.tracking, out_dir=out, run_name=f"{cfg.run.name}-grpo", group=cfg.run.name,
-                                job_type="grpo", config=to_dict(cfg), resume_id=wandb_id) if main else None
-        if main:
-            reward_model = resolve_stage_model(cfg.reward.reward_model, cfg.run) if cfg.reward.reward_model else None
-            write_manifest(out, resumed_from=str(checkpoint) if checkpoint else None,
-                           **({"started": previous["started"]} if checkpoint and previous else {}))
-            finish_stage(out, "running", processes=trainer_processes(),
-                         base_model=policy_path, data_fingerprint=data_fingerprint(train_rows),
+    # 2. prompts (training rows first, then held-out rows, indexed in that order) and 3. the reward, checked now
+    train_rows, eval_rows, report = load_prompts(cfg)
+    rows = train_rows + eval_rows
+    columns = sorted({key for row in rows for key in row} - {"prompt"})
+    args = trl_arguments(cfg, trl_dir, processes, len(train_rows), evaluate=bool(eval_rows),
+                         use_cpu=not torch.cuda.is_available())
+    composite = build_reward(cfg.reward, cfg.run, columns=set(columns), device=device)
+    print(f"[align] grpo: {len(train_rows)} prompts from {cfg.data.train} ({len(eval_rows)} held out), "
+          f"{cfg.train.num_generations} completions each; reward = {composite.describe()}")
+
+    # 5. resume from TRL's newest complete checkpoint, in the same W&B run
+    checkpoint, wandb_id = resume_point(trl_dir, composite)
+    reward_model = resolve_stage_model(cfg.reward.reward_model, cfg.run) if cfg.reward.reward_model else None
+    if stage.main:
+        write_manifest(stage.out, resumed_from=str(checkpoint) if checkpoint else None,
+                       **({"started": previous_start} if checkpoint and previous_start else {}))
+    stage.start_tracking(wandb_id, base_model=policy_path, data_fingerprint=data_fingerprint(train_rows),
                          parents={"policy": policy_path, "reward_model": reward_model},
                          data={"train": cfg.data.train, "prompts": len(train_rows), "eval_prompts": len(eval_rows),
                                "bad_rows_skipped": len(report.bad_rows)})
 
-        # 4. TRL's trainer, logging through our tracker
-        callback = trainer_callback(tracker, composite)
-        peft_config = peft_lora_config(cfg.model.lora, policy.config.num_hidden_layers) if cfg.model.lora.enabled \
-            else None
-        trainer = GRPOTrainer(
-            model=policy,
-            reward_funcs=CompositeRewardFunction(composite, rows, columns, len(train_rows), tracker,
-                                                 cfg.train.sample_table_rows),
-            args=args,
-            train_dataset=prompt_dataset(train_rows),
-            eval_dataset=prompt_dataset(eval_rows, len(train_rows)) if eval_rows else None,
-            processing_class=tokenizer,
-            callbacks=[callback],
-            peft_config=peft_config,
-        )
-        print(f"[align] grpo: policy {policy_path} ({count_parameters(trainer.model)[0]:,} trainable), "
-              f"reference = {reference_description(cfg)}")
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        if callback.stop:
-            raise callback.stop
+    # 4. TRL's trainer, logging through our tracker
+    callback = trainer_callback(stage, composite)
+    peft_config = peft_lora_config(cfg.model.lora, policy.config.num_hidden_layers) if cfg.model.lora.enabled \
+        else None
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=CompositeRewardFunction(composite, rows, columns, len(train_rows), stage.tracker,
+                                             cfg.train.sample_table_rows),
+        args=args,
+        train_dataset=prompt_dataset(train_rows),
+        eval_dataset=prompt_dataset(eval_rows, len(train_rows)) if eval_rows else None,
+        processing_class=tokenizer,
+        callbacks=[callback],
+        peft_config=peft_config,
+    )
+    print(f"[align] grpo: policy {policy_path} ({count_parameters(trainer.model)[0]:,} trainable), "
+          f"reference = {reference_description(cfg)}")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if callback.stop:
+        raise callback.stop
 
-        # 6. final model, LoRA merged
-        if main:
-            step = trainer.state.global_step
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            check_finite_parameters(model, "grpo", step)
-            save_model(model, tokenizer, out)
-            tracker.summary(callback.latest)
-            finish_stage(out, "complete", metrics=callback.latest, steps=step, wandb_run=tracker.run_id)
-            tracker.finish(0)
-            print(f"\n[align] grpo finished -> {out}\n    load it with: AutoModelForCausalLM.from_pretrained('{out}')")
-    except BaseException as error:
-        if main:
-            finish_stage(out, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
-                         steps=trainer.state.global_step if trainer else 0)
-            if tracker:
-                tracker.finish(exit_code_of(error))
-        raise
-    return out
+    # 6. final model, LoRA merged
+    if stage.main:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        check_finite_parameters(model, "grpo", stage.steps)
+        save_model(model, tokenizer, stage.out)
+        stage.complete(callback.latest, stage.steps,
+                       [f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"])

@@ -164,13 +164,20 @@ def response_values(value_model, prompts, responses, pack_length: int, trunk: Tr
 
 class FrozenReference:
     """Log-probs of the frozen reference policy: with LoRA, the policy itself with its adapters switched off (no
-    second copy in memory); with full fine-tuning, a frozen copy of the initial weights."""
+    second copy in memory); with full fine-tuning, a frozen copy of the initial weights, in the precision the
+    policy will compute in (`align.precision.weights_dtype`), taken before any training or resumed weights."""
 
-    def __init__(self, policy, lora: bool):
+    def __init__(self, policy, lora: bool, precision: str = "fp32", processes: int = 1):
         import copy
 
+        from align.precision import weights_dtype
+
         self.policy = policy
-        self.copy = None if lora else copy.deepcopy(policy).eval().requires_grad_(False)
+        self.copy = None
+        if not lora:
+            self.copy = copy.deepcopy(policy).eval().requires_grad_(False)
+            for p in self.copy.parameters():  # parameters only: buffers (rotary frequencies) keep their fp32
+                p.data = p.data.to(weights_dtype(precision, processes))
 
     @torch.no_grad()
     def logprobs(self, *args, **kwargs):

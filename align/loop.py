@@ -1,14 +1,68 @@
-"""Small pieces every training stage's loop uses: the learning-rate schedule, the optimiser, checkpointing the
-trainable state, and sharing a value from the main process with the others. (Precision: align.precision.)"""
+"""The training-loop shell every stage runs its steps in, and the small pieces it is made of.
+
+`Training` holds a stage's optimiser and does, once for every stage, what surrounds the algorithm's own steps:
+planning (steps, learning-rate schedule, resume), the optimiser step (finite checks, clipping, fp32 masters) and
+the end-of-step duties (log, evaluate, save, stop on a signal, wait for the other processes):
+
+    training = Training(stage, {"model": model}, cfg.train, total_steps, throughput="tokens")
+    while training.step < training.total_steps:
+        loss = ...                                   # the stage's own step
+        training.backward(loss)
+        training.optimizer_step(loss.item())
+        training.end_step(log=lambda: {"loss": ...}, evaluate=held_out)
+
+Precision (what `weights` are): align.precision. Checkpoints: align.checkpoint.
+"""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Literal
 
 import torch
 
 from align.checkpoint import save_checkpoint
+from align.precision import Precision, training_weights
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` keys every training stage has; each stage's own class adds its keys and may change a
+    default."""
+
+    learning_rate: float = 2.0e-4  # peak learning rate of AdamW, reached after warmup
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    warmup_ratio: float = 0.05  # linear warmup over this fraction of the steps
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup, to 0 (or none)
+    max_grad_norm: float = 1.0  # gradients are clipped to this global norm before every optimiser step
+    precision: Precision = "bf16"  # bf16: bf16 weights + fp32 masters; bf16-autocast: fp32 weights under bf16
+    # autocast (what TRL's bf16=True does); fp32 (align.precision)
+    log_every: int = 5  # log training metrics every N steps (and at the last)
+    save_every: int = 50  # checkpoint every N steps, for resuming after a crash or a signal
+    keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
+
+
+@dataclass
+class DatasetTrainConfig(TrainConfig):
+    """The `train:` keys of the stages that pass over a fixed dataset in epochs (SFT, RM, DPO)."""
+
+    epochs: int = 1  # passes over the training data (each reshuffled with its own seed)
+    max_steps: int | None = None  # stop after this many optimiser steps, even inside an epoch; null: epochs decide
+    pack_length: int = 1024  # tokens per packed row (sequences are laid out back to back, never padded)
+    eval_every: int = 50  # evaluate on the held-out data every N steps (and at the last; before the first too)
+
+
+def plan_steps(steps_per_epoch: int, cfg: DatasetTrainConfig, too_few: str) -> int:
+    """Optimiser steps of the whole run: `epochs` passes, cut at `max_steps`; `too_few` says why none fit."""
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    if total < 1:
+        raise ValueError(too_few)
+    return total
 
 
 def learning_rate_at(step: int, total_steps: int, peak: float, warmup_ratio: float, schedule: str) -> float:
@@ -141,3 +195,151 @@ def shard(items: list, accelerator) -> list:
     world = accelerator.num_processes
     usable = len(items) - len(items) % world
     return items[:usable][accelerator.process_index :: world]
+
+
+# ---- the shell --------------------------------------------------------------------------------------------------
+
+
+class Training:
+    """A stage's optimiser over the trainable weights of its `models`, and the duties around each step.
+
+    `models`: name -> model. With one model, checkpoints name its parameters as the model does; with several (PPO's
+    policy and value model), `<name>.<parameter>`. `learning_rates`: a peak learning rate per model name where it
+    differs from `cfg.learning_rate`. `state`: what else a checkpoint holds (a function returning a JSON-able dict,
+    e.g. PPO's KL coefficient); after a resume, `resumed_state` is that dict as saved. `throughput`: the unit of
+    `<stage>/<unit>_per_s`, counted with `count()`."""
+
+    def __init__(self, stage, models: dict, cfg: TrainConfig, total_steps: int, *, learning_rates: dict = None,
+                 state: Callable[[], dict] | None = None, throughput: str | None = None, manifest: dict = None):
+        accelerator = stage.accelerator
+        self.stage, self.cfg, self.total_steps = stage, cfg, total_steps
+        self.weights = {name: training_weights(model, cfg.precision, accelerator.num_processes)
+                        for name, model in models.items()}
+        self.peaks = [(learning_rates or {}).get(name, cfg.learning_rate) for name in models]
+        self.optimizer = adamw([{"params": w.parameters(), "lr": peak} for w, peak in
+                                zip(self.weights.values(), self.peaks)], cfg.learning_rate, cfg.weight_decay)
+        *prepared, self.optimizer = accelerator.prepare(*models.values(), self.optimizer)
+        self.models = dict(zip(models, prepared))  # wrapped for the processes (DDP) where there are several
+        self.raw = {name: accelerator.unwrap_model(m) for name, m in self.models.items()}
+        self.extra_state, self.throughput = state or dict, throughput
+        self.step, self.resumed_state, resume_id = 0, {}, None
+        if stage.resume_from:
+            self.resumed_state = restore_training_state(stage.resume_from, self, self.optimizer)
+            self.step, resume_id = self.resumed_state["step"], self.resumed_state.get("wandb_id")
+            print(f"[align] {stage.name}: resuming from {stage.resume_from} at step {self.step}")
+        stage.steps = self.step
+        stage.start_tracking(resume_id, **(manifest or {}))
+        self.grad_norm = self.learning_rate = float("nan")
+        self.evaluated: tuple[int, dict] | None = None  # (step, result) of the latest evaluation
+        self._window_items, self._window_start = 0, time.perf_counter()
+        from tqdm import tqdm
+
+        self.progress = tqdm(total=total_steps, initial=self.step, desc=stage.name, disable=not stage.main)
+
+    # -- the weights, as one set (what checkpoints store) --------------------------------------------------------
+
+    def named_parameters(self):
+        """Trainable weights (fp32 masters under `precision: bf16`) by checkpoint name."""
+        single = len(self.weights) == 1
+        for model_name, weights in self.weights.items():
+            for name, p in weights.named_parameters():
+                yield (name if single else f"{model_name}.{name}"), p
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for _, p in self.named_parameters()]
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], strict: bool = False) -> None:
+        if len(self.weights) == 1:
+            next(iter(self.weights.values())).load_state_dict(tensors, strict=strict)
+            return
+        for model_name, weights in self.weights.items():
+            prefix = model_name + "."
+            weights.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                    strict=strict)
+
+    # -- one step ------------------------------------------------------------------------------------------------
+
+    def plan_learning_rate(self) -> float:
+        """Set this step's learning rate of every parameter group (warmup, then the schedule); return the first."""
+        rates = [learning_rate_at(self.step, self.total_steps, peak, self.cfg.warmup_ratio, self.cfg.lr_schedule)
+                 for peak in self.peaks]
+        for group, lr in zip(self.optimizer.param_groups, rates):
+            group["lr"] = lr
+        self.learning_rate = rates[0]
+        return self.learning_rate
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.stage.accelerator.backward(loss)
+
+    def optimizer_step(self, loss: float) -> float:
+        """Check the loss, clip the gradients, step, round the masters into the model; returns the gradient norm."""
+        name = self.stage.name
+        check_finite(loss, name, self.step)
+        self.grad_norm = float(self.stage.accelerator.clip_grad_norm_(self.parameters(), self.cfg.max_grad_norm))
+        check_finite(self.grad_norm, name, self.step, "gradient norm")
+        self.optimizer.step()
+        for weights in self.weights.values():
+            weights.step_done()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.grad_norm
+
+    def count(self, items: int) -> None:
+        """Items (tokens, pairs) this process trained on since the last log: `<stage>/<unit>_per_s`."""
+        self._window_items += items
+
+    def end_step(self, log: Callable[[], dict] | None = None, evaluate: Callable[[], dict] | None = None,
+                 eval_every: int | None = None) -> None:
+        """After a step: log every `log_every` steps, evaluate every `eval_every`, checkpoint every `save_every`
+        (and on a stop signal, then stop), and wait for the other processes. `log()` and `evaluate()` return
+        metrics named without the stage prefix; they run on the main process only."""
+        self.step += 1
+        self.stage.steps = self.step
+        self.progress.update(1)
+        last, cfg, main = self.step == self.total_steps, self.cfg, self.stage.main
+        if main and log is not None and (self.step % cfg.log_every == 0 or last):
+            metrics = log()
+            if self.throughput:
+                seconds = time.perf_counter() - self._window_start
+                metrics[f"{self.throughput}_per_s"] = (self._window_items * self.stage.accelerator.num_processes
+                                                       / seconds)
+                self._window_items, self._window_start = 0, time.perf_counter()
+            self.stage.log({f"{self.stage.name}/{k}": v for k, v in metrics.items()}, self.step)
+            if "loss" in metrics:
+                self.progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+        if main and evaluate is not None and eval_every and (self.step % eval_every == 0 or last):
+            self.evaluate(evaluate)
+        if main and self.step % cfg.save_every == 0 and not last:
+            self.save()
+        if main:
+            stop_if_requested(self.save)
+        self.stage.accelerator.wait_for_everyone()
+
+    def evaluate(self, evaluate: Callable[[], dict]) -> dict:
+        """Run a held-out evaluation now and log its numbers as `<stage>/eval/<name>` at this step."""
+        result = evaluate()
+        self.evaluated = (self.step, result)
+        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.stage.log({f"{self.stage.name}/eval/{k}": v for k, v in numbers.items()}, self.step)
+        return result
+
+    def latest_evaluation(self, evaluate: Callable[[], dict]) -> dict:
+        """The evaluation of the current weights: the loop's last one, or a new one (a run resumed at its end)."""
+        if self.evaluated is None or self.evaluated[0] != self.step:
+            return self.evaluate(evaluate)
+        return self.evaluated[1]
+
+    def save(self) -> Path:
+        """Checkpoint the trainable weights, optimiser, RNG and the stage's own state at this step."""
+        state = {"wandb_id": self.stage.tracker.run_id, **self.extra_state()}
+        return save_training_state(self.stage.out, self.step, self, self.optimizer, state, self.cfg.keep_checkpoints)
+
+    def finish(self, tokenizer, model: str | None = None, output: Callable = lambda model: model) -> None:
+        """The loop is done: save `output(<model with fp32 weights>)` (LoRA merged) as the stage's output, after
+        checking that every trained weight is finite. `model`: which of `models` (default: the first)."""
+        self.progress.close()
+        if self.stage.main:
+            from align.models import save_model
+
+            check_finite_parameters(self, self.stage.name, self.step)
+            weights = self.weights[model or next(iter(self.weights))]
+            save_model(output(weights.fp32_model()), tokenizer, self.stage.out)

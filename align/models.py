@@ -29,10 +29,11 @@ PAD_TOKEN = "<|endoftext|>"
 
 @dataclass
 class LoraConfig:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    enabled: bool = False  # train LoRA adapters (merged into the saved model) instead of every weight
+    r: int = 16  # rank of the adapters
+    alpha: int = 32  # scale of the adapters' update: alpha / r
+    dropout: float = 0.0  # dropout on the adapters' input
+    # the linear layers that get adapters, by name
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )

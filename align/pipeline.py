@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from align.config import ConfigError, load_config, read_yaml
+from align.registry import STAGES, config_class, stage_module
 from align.stage import RunConfig
 
 
@@ -37,19 +38,19 @@ class GatesConfig:
 
 @dataclass
 class PipelineEvalConfig:
-    enabled: bool = True
-    prompts: str = "builtin:prompts:heldout"
-    max_prompts: int | None = None
-    max_new_tokens: int = 256
+    enabled: bool = True  # evaluate the base model and every policy stage's output on held-out prompts
+    prompts: str = "builtin:prompts:heldout"  # the evaluation prompts (align eval's `prompts`)
+    max_prompts: int | None = None  # evaluate the first N prompts; null: all
+    max_new_tokens: int = 256  # token budget of each answer (greedy decoding)
     batch_size: int = 64  # prompts decoded together (rows leave the batch at EOS, so a big batch wastes no steps)
     include_base: bool = True  # also evaluate the model the first stage starts from, as the baseline
 
 
 @dataclass
 class PipelineConfig:
-    stage: Literal["pipeline"] = "pipeline"
+    stage: Literal["pipeline"] = "pipeline"  # this file configures `align pipeline`
     run: RunConfig = field(default_factory=RunConfig)
-    stages: list[PipelineStage] = field(default_factory=list)
+    stages: list[PipelineStage] = field(default_factory=list)  # the stages in order: {config, overrides}
     gates: GatesConfig = field(default_factory=GatesConfig)
     eval: PipelineEvalConfig = field(default_factory=PipelineEvalConfig)
     tracking_backend: Literal["wandb", "none"] | None = None  # overrides every stage's tracking.backend if set
@@ -61,18 +62,16 @@ class GateError(RuntimeError):
 
 def stage_configs(cfg: PipelineConfig, pipeline_file: Path) -> list:
     """Load every stage's config with the pipeline's run name, root, seed and threads."""
-    from align.cli import STAGES, stage_config_class
-
     configs = []
     for i, stage in enumerate(cfg.stages):
         path = (pipeline_file.parent / stage.config).resolve()
         name = read_yaml(path).get("stage")
-        if name not in STAGES or name in ("eval", "pipeline"):
+        if name not in STAGES:
             raise ConfigError(f"{pipeline_file}: stages[{i}].config {stage.config} is not a stage config "
                               f"(its 'stage' is {name!r})")
         run = [f"run.{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg.run).items()]
         tracking = [f"tracking.backend={cfg.tracking_backend}"] if cfg.tracking_backend else []
-        stage_cfg = load_config(stage_config_class(name), path, [*stage.overrides, *run, *tracking])
+        stage_cfg = load_config(config_class(name), path, [*stage.overrides, *run, *tracking])
         if hasattr(stage_cfg, "reward") and stage_cfg.reward.config_dir is None:
             stage_cfg.reward.config_dir = str(path.parent)
         configs.append(stage_cfg)
@@ -108,10 +107,12 @@ def evaluate_once(cfg: PipelineConfig, model: str, out: Path) -> dict:
 
 
 def check_gates(cfg: PipelineConfig, stage_cfg, stage_dir: Path) -> None:
-    if stage_cfg.stage != "rm" or cfg.gates.reward_model_min_accuracy is None:
+    """After a stage that produces a reward model: its held-out accuracy must reach the gate."""
+    if STAGES[stage_cfg.stage].produces != "reward_model" or cfg.gates.reward_model_min_accuracy is None:
         return
     metrics = json.loads((stage_dir / "manifest.json").read_text()).get("metrics", {})
-    accuracy = metrics.get("rm/eval_accuracy")
+    name = stage_cfg.stage
+    accuracy = metrics.get(f"{name}/eval/accuracy", metrics.get(f"{name}/eval_accuracy"))  # the latter: align 0.1
     if accuracy is None or accuracy < cfg.gates.reward_model_min_accuracy:
         raise GateError(
             f"quality gate: the reward model's held-out pairwise accuracy is {accuracy} < "
@@ -121,7 +122,6 @@ def check_gates(cfg: PipelineConfig, stage_cfg, stage_dir: Path) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig, pipeline_file: Path, restart_from: str | None = None) -> Path:
-    from align.cli import STAGES
     from align.eval import markdown_table
     from align.stage import stage_dir
 
@@ -146,10 +146,9 @@ def run_pipeline(cfg: PipelineConfig, pipeline_file: Path, restart_from: str | N
         print(f"\n[align] pipeline: stage {name} -> {stage_dir(stage_cfg)}")
         if name in restart and stage_dir(stage_cfg).exists():
             shutil.rmtree(stage_dir(stage_cfg))
-        module = __import__(STAGES[name][0], fromlist=["train"])
-        out = module.train(stage_cfg)
+        out = stage_module(name).train(stage_cfg)
         check_gates(cfg, stage_cfg, out)
-        if cfg.eval.enabled and name != "rm":
+        if cfg.eval.enabled and STAGES[name].produces == "policy":
             results[name] = evaluate_once(cfg, str(out), out / "eval")
 
     minutes = (time.perf_counter() - started) / 60

@@ -129,6 +129,12 @@ class MasterWeights:
         return self.model
 
 
+def weights_dtype(precision: str, processes: int = 1) -> torch.dtype:
+    """The dtype of a model's weights while it trains with `precision` (bf16 only where masters are kept)."""
+    check_precision(precision)
+    return torch.bfloat16 if precision == "bf16" and processes == 1 else torch.float32
+
+
 def training_weights(model, precision: str, processes: int = 1):
     """What the optimiser, gradient clipping and training checkpoints work on: masters for `bf16`, else the
     model's own parameters. Call before building the optimiser (and before accelerator.prepare)."""

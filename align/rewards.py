@@ -22,9 +22,11 @@ from reward.compose import CompositeReward, RewardFunctionConfig
 
 @dataclass
 class RewardConfig:
-    reward_model: str | None = "rm"
-    reward_model_weight: float = 1.0
-    normalize: Literal["none", "batch", "running"] = "none"
+    reward_model: str | None = "rm"  # an earlier stage of the run (rm), a reward-model directory, or null
+    reward_model_weight: float = 1.0  # weight of the reward model's score in the total
+    normalize: Literal["none", "batch", "running"] = "none"  # z-score each component (over the batch, or running
+    # statistics) before weighting
+    # reward functions, each {name, weight, kwargs}: a built-in, package.module:function or file.py:function
     functions: list[RewardFunctionConfig] = field(
         default_factory=lambda: [RewardFunctionConfig(name="instruction_following", weight=1.0)]
     )
@@ -39,10 +41,10 @@ def build_reward(cfg: RewardConfig, run, columns: set[str] | None = None, device
         import torch
 
         from align.stage import resolve_stage_model
-        from reward.model import RewardModel
+        from align.values import load_reward_model
 
         path = resolve_stage_model(cfg.reward_model, run)
-        reward_model = RewardModel.from_pretrained(path, dtype=torch.bfloat16)
+        reward_model = load_reward_model(path, dtype=torch.bfloat16)
         if device is not None:
             reward_model.model.to(device)
     return CompositeReward.from_config(

@@ -6,9 +6,9 @@ Starts from the SFT stage's output (`model.name: sft` means `runs/<run.name>/sft
 at the last token of the conversation. The loop, as numbered steps:
 1. load the backbone + scalar head (LoRA on the body, the head fully trained), and the preference pairs;
 2. tokenise prompt+chosen and prompt+rejected with the chat template; pack a batch's 2B sequences without padding;
-3. Bradley-Terry loss (Ouyang et al. 2022, eq. 1; margin as in Llama 2, Touvron et al. 2023, eq. 2):
+3. Bradley-Terry loss (align.losses.bradley_terry_loss; Ouyang et al. 2022, eq. 1, margin as in Llama 2):
        L = -mean_i log sigmoid( r(x_i, y_i^chosen) - r(x_i, y_i^rejected) - m )
-4. AdamW, warmup + cosine, gradient clipping; evaluate held-out pairs; checkpoint periodically;
+4. AdamW, warmup + cosine, gradient clipping; log, evaluate held-out pairs, checkpoint;
 5. save the model (LoRA merged) so `reward.model.RewardModel.from_pretrained(stage_dir)` scores with it, and
    report held-out pairwise accuracy, mean margin and the chosen/rejected reward distributions.
 """
@@ -16,60 +16,34 @@ at the last token of the conversation. The loop, as numbered steps:
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from align.attention import attend_by_segments
-from align.config import to_dict
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.loop import (
-    adamw,
-    check_finite,
-    check_finite_parameters,
-    epoch_permutation,
-    learning_rate_at,
-    restore_training_state,
-    save_training_state,
-    set_learning_rate,
-    shard,
-    stop_if_requested,
-)
-from align.models import LoraConfig, ModelConfig, attach_lora, count_parameters, save_model
-from align.precision import Precision, autocast, training_weights
-from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
-from align.tracking import TrackingConfig, start_tracker
-from reward.model import TokenValues, packed_rewards, tokenize_for_reward
+from align.losses import bradley_terry_loss
+from align.loop import DatasetTrainConfig, Training, epoch_permutation, plan_steps, shard
+from align.models import LoraConfig, ModelConfig, count_parameters
+from align.precision import autocast
+from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
+from align.tracking import TrackingConfig
+from align.values import TokenValues, load_reward_backbone, packed_rewards
+from reward.model import tokenize_for_reward
 
 
 @dataclass
-class RMTrainConfig:
-    epochs: int = 1
-    max_steps: int | None = None
-    learning_rate: float = 2.0e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float = 1.0
+class RMTrainConfig(DatasetTrainConfig):
     margin: float = 0.0  # m in the loss: require chosen to beat rejected by at least this much
     max_length: int = 512  # tokens per prompt+response; longer ones keep their end and are reported
-    pairs_per_batch: int = 8
-    pack_length: int = 1024
-    precision: Precision = "bf16"  # bf16 weights + fp32 masters, bf16-autocast (fp32 weights), fp32: align.precision
-    eval_every: int = 50
-    eval_max_pairs: int = 300
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    log_every: int = 5
+    pairs_per_batch: int = 8  # preference pairs per optimiser step
+    eval_max_pairs: int = 300  # held-out pairs scored at every evaluation
 
 
 @dataclass
 class RMConfig:
-    stage: Literal["rm"] = "rm"
+    stage: Literal["rm"] = "rm"  # the stage this file configures: `align rm` refuses any other
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="sft", lora=LoraConfig(enabled=True)))
     data: DataConfig = field(
@@ -80,11 +54,6 @@ class RMConfig:
 
 
 # ---- pure functions ---------------------------------------------------------------------------------------------
-
-
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
-    """-mean log sigmoid(r_c - r_r - m). chosen, rejected: [B] rewards. Returns a scalar."""
-    return -F.logsigmoid(chosen - rejected - margin).mean()
 
 
 def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
@@ -110,6 +79,7 @@ def pair_rewards(model, pairs: list[tuple[list[int], list[int]]], pack_length: i
 
 @torch.no_grad()
 def heldout_metrics(model, pairs, pack_length, device, precision, batch: int = 32) -> dict:
+    """`pair_metrics` of held-out pairs, and every pair's two rewards (`chosen_rewards`, `rejected_rewards`)."""
     model.eval()
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch):
@@ -133,157 +103,77 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int) -> tuple[list, 
     return pairs, truncated
 
 
-def load_reward_backbone(cfg: ModelConfig, path: str):
-    """A *ForSequenceClassification model (num_labels=1) on the weights at `path` (the SFT stage's, for the reward
-    model; the reward model's, for PPO's value model), LoRA on the body if enabled."""
-    from transformers import AutoModelForSequenceClassification
-
-    from align.models import load_tokenizer
-
-    tokenizer = load_tokenizer(path, cfg.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=torch.float32, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
-    )
-    model.config.pad_token_id = tokenizer.pad_token_id
-    attend_by_segments(model)
-    if cfg.lora.enabled:
-        model = attach_lora(model, cfg.lora, task_type="SEQ_CLS")  # SEQ_CLS also trains `score`
-    return model, tokenizer
-
-
 # ---- the stage --------------------------------------------------------------------------------------------------
 
 
 def train(cfg: RMConfig, *, restart: bool = False) -> Path:
-    start = start_stage(cfg, restart)
-    if start.done:
-        return start.out
-    accelerator, out, resume_from = start.accelerator, start.out, start.resume_from
+    return run_stage(cfg, restart, reward_modelling)
 
-    # 1. model and data
+
+def reward_modelling(stage: Stage) -> None:
+    cfg, t, device = stage.cfg, stage.cfg.train, stage.accelerator.device
+
+    # 1. backbone + scalar head, and the preference pairs
     base_path = resolve_stage_model(cfg.model.name, cfg.run)
     backbone, tokenizer = load_reward_backbone(cfg.model, base_path)
     model = TokenValues(backbone)
     trainable, total = count_parameters(model)
     print(f"[align] rm: from {base_path}: {trainable:,} of {total:,} parameters trainable")
-    train_rows, train_report = load_rows(cfg.data.train, "preference", cfg.data)
-    eval_rows, _ = load_rows(cfg.data.eval, "preference", cfg.data) if cfg.data.eval else ([], None)
-    eval_rows = eval_rows[: cfg.train.eval_max_pairs]
+    train_rows, report = load_rows(cfg.data.train, "preference", cfg.data)
+    eval_rows = load_rows(cfg.data.eval, "preference", cfg.data)[0][: t.eval_max_pairs] if cfg.data.eval else []
 
-    # 2. tokens
-    pairs, truncated = tokenize_pairs(tokenizer, train_rows, cfg.train.max_length)
-    eval_pairs, _ = tokenize_pairs(tokenizer, eval_rows, cfg.train.max_length)
+    # 2. tokens, and a fixed shuffle per epoch
+    pairs, truncated = tokenize_pairs(tokenizer, train_rows, t.max_length)
+    eval_pairs, _ = tokenize_pairs(tokenizer, eval_rows, t.max_length)
     print(f"[align] rm: {len(pairs)} training pairs from {cfg.data.train}; {truncated} sequences longer than "
-          f"max_length={cfg.train.max_length} keep their last {cfg.train.max_length} tokens")
+          f"max_length={t.max_length} keep their last {t.max_length} tokens")
 
     def epoch_order(epoch: int) -> list[int]:
-        return shard(epoch_permutation(len(pairs), cfg.run.seed, epoch), accelerator)
+        return shard(epoch_permutation(len(pairs), cfg.run.seed, epoch), stage.accelerator)
 
-    steps_per_epoch = len(epoch_order(0)) // cfg.train.pairs_per_batch
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    if total_steps < 1:
-        raise ValueError(f"train.pairs_per_batch={cfg.train.pairs_per_batch} exceeds the {len(pairs)} pairs")
+    steps_per_epoch = len(epoch_order(0)) // t.pairs_per_batch
+    total_steps = plan_steps(steps_per_epoch, t, f"train.pairs_per_batch={t.pairs_per_batch} exceeds the "
+                             f"{len(pairs)} pairs")
+    training = Training(stage, {"model": model}, t, total_steps, throughput="pairs", manifest=dict(
+        base_model=base_path, data_fingerprint=data_fingerprint(train_rows),
+        data={"train": cfg.data.train, "eval": cfg.data.eval, "pairs": len(pairs), "truncated_sequences": truncated,
+              "bad_rows_skipped": len(report.bad_rows)}))
 
-    # 4. optimiser (over fp32 masters of bf16 weights, align.precision) and resumed state
-    weights = training_weights(model, cfg.train.precision, accelerator.num_processes)
-    optimizer = adamw(weights.parameters(), cfg.train.learning_rate, cfg.train.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
-    step, wandb_id = 0, None
-    if resume_from:
-        state = restore_training_state(resume_from, weights, optimizer)
-        step, wandb_id = state["step"], state.get("wandb_id")
-        print(f"[align] rm: resuming from {resume_from} at step {step}")
-    tracker = start_tracker(cfg.tracking, out_dir=out, run_name=f"{cfg.run.name}-rm", group=cfg.run.name,
-                            job_type="rm", config=to_dict(cfg), resume_id=wandb_id) if accelerator.is_main_process else None
-    if accelerator.is_main_process:
-        finish_stage(out, "running", processes=accelerator.num_processes,
-                     base_model=base_path, data_fingerprint=data_fingerprint(train_rows),
-                     data={"train": cfg.data.train, "eval": cfg.data.eval, "pairs": len(pairs),
-                           "truncated_sequences": truncated, "bad_rows_skipped": len(train_report.bad_rows)})
+    def held_out() -> dict:
+        return heldout_metrics(training.raw["model"], eval_pairs, t.pack_length, device, t.precision)
 
-    metrics: dict = {}
-    held, held_step = {}, None  # the latest held-out evaluation and the step it was made at
-    evaluate = lambda: heldout_metrics(raw_model, eval_pairs, cfg.train.pack_length,  # noqa: E731
-                                       accelerator.device, cfg.train.precision)
-    if step == 0 and eval_pairs and accelerator.is_main_process:
-        before = evaluate()
-        metrics["rm/eval_accuracy_before"] = before["accuracy"]
-        tracker.log({"rm/eval/accuracy": before["accuracy"], "rm/eval/margin": before["margin"]}, step=0)
-    model.train()
-    try:
-        from tqdm import tqdm
+    evaluate = held_out if eval_pairs else None
+    before = training.evaluate(held_out) if training.step == 0 and evaluate and stage.main else None
+    training.models["model"].train()
+    while training.step < total_steps:
+        # 3. one batch of pairs -> Bradley-Terry loss on their rewards
+        epoch, position = divmod(training.step, steps_per_epoch)
+        batch = [pairs[i] for i in epoch_order(epoch)[position * t.pairs_per_batch:(position + 1) * t.pairs_per_batch]]
+        training.plan_learning_rate()
+        with autocast(device, t.precision):
+            chosen, rejected = pair_rewards(training.models["model"], batch, t.pack_length)
+        loss = bradley_terry_loss(chosen.float(), rejected.float(), t.margin)
+        training.backward(loss)
 
-        progress = tqdm(total=total_steps, initial=step, desc="rm", disable=not accelerator.is_main_process)
-        window_pairs, window_start = 0, time.perf_counter()
-        while step < total_steps:
-            # 3. one batch of pairs -> Bradley-Terry loss
-            epoch, position = divmod(step, steps_per_epoch)
-            order = epoch_order(epoch)
-            batch = [pairs[i] for i in order[position * cfg.train.pairs_per_batch:(position + 1) * cfg.train.pairs_per_batch]]
-            lr = learning_rate_at(step, total_steps, cfg.train.learning_rate, cfg.train.warmup_ratio,
-                                  cfg.train.lr_schedule)
-            set_learning_rate(optimizer, lr)
-            with autocast(accelerator.device, cfg.train.precision):
-                chosen, rejected = pair_rewards(model, batch, cfg.train.pack_length)
-            loss = bradley_terry_loss(chosen.float(), rejected.float(), cfg.train.margin)
-            check_finite(loss.item(), "rm", step)
-            accelerator.backward(loss)
-            grad_norm = float(accelerator.clip_grad_norm_(weights.parameters(), cfg.train.max_grad_norm))
-            check_finite(grad_norm, "rm", step, "gradient norm")
-            optimizer.step()
-            weights.step_done()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_pairs += len(batch)
-            progress.update(1)
+        # 4. AdamW step; log, evaluate, checkpoint
+        training.optimizer_step(loss.item())
+        training.count(len(batch))
+        training.end_step(log=lambda: {"loss": loss.item(), "learning_rate": training.learning_rate,
+                                       "grad_norm": training.grad_norm,
+                                       **pair_metrics(chosen.detach().float(), rejected.detach().float())},
+                          evaluate=evaluate, eval_every=t.eval_every)
 
-            if accelerator.is_main_process and (step % cfg.train.log_every == 0 or step == total_steps):
-                batch_metrics = pair_metrics(chosen.detach().float(), rejected.detach().float())
-                tracker.log({"rm/loss": loss.item(), "rm/accuracy": batch_metrics["accuracy"],
-                             "rm/margin": batch_metrics["margin"], "rm/learning_rate": lr, "rm/grad_norm": grad_norm,
-                             "rm/pairs_per_s": window_pairs * accelerator.num_processes
-                             / (time.perf_counter() - window_start)}, step=step)
-                progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{batch_metrics['accuracy']:.2f}")
-                window_pairs, window_start = 0, time.perf_counter()
-            if eval_pairs and accelerator.is_main_process and (step % cfg.train.eval_every == 0 or step == total_steps):
-                held, held_step = evaluate(), step
-                scalars = {k: v for k, v in held.items() if not k.endswith("_rewards")}
-                metrics.update({f"rm/eval_{k}": v for k, v in scalars.items()})
-                tracker.log({f"rm/eval/{k}": v for k, v in scalars.items()}, step=step)
-            if accelerator.is_main_process and step % cfg.train.save_every == 0 and step < total_steps:
-                save_training_state(out, step, weights, optimizer, {"wandb_id": tracker.run_id},
-                                    cfg.train.keep_checkpoints)
-            if accelerator.is_main_process:
-                stop_if_requested(lambda: save_training_state(
-                    out, step, weights, optimizer, {"wandb_id": tracker.run_id}, cfg.train.keep_checkpoints))
-            accelerator.wait_for_everyone()
-        progress.close()
-
-        # 5. final model and report
-        if accelerator.is_main_process:
-            metrics["rm/train_loss"] = loss.item()
-            if eval_pairs:
-                if held_step != step:  # the loop evaluates at the last step unless it was resumed there
-                    held = evaluate()
-                (out / "eval_rewards.json").write_text(json.dumps(
-                    {"chosen": held["chosen_rewards"], "rejected": held["rejected_rewards"]}))
-            check_finite_parameters(weights, "rm", step)
-            save_model(weights.fp32_model().model, tokenizer, out)
-            tracker.summary(metrics)
-            finish_stage(out, "complete", metrics=metrics, steps=step, wandb_run=tracker.run_id)
-            tracker.finish(0)
-            print(f"\n[align] rm finished -> {out}")
-            for key, value in metrics.items():
-                print(f"    {key:28s} {value:.4f}")
-            print(f"    score with: RewardModel.from_pretrained('{out}').score(prompts, completions)")
-    except BaseException as error:
-        if accelerator.is_main_process:
-            close_failed_stage(out, error, step, tracker)
-        raise
-    finally:
-        accelerator.end_training()
-    return out
-
+    # 5. final model and report
+    training.finish(tokenizer, output=lambda values: values.model)
+    if not stage.main:
+        return
+    metrics = {"rm/train_loss": loss.item()}
+    if before is not None:
+        metrics["rm/eval/accuracy_before"] = before["accuracy"]
+    if evaluate:
+        held = training.latest_evaluation(held_out)
+        metrics.update({f"rm/eval/{k}": v for k, v in held.items() if not k.endswith("_rewards")})
+        (stage.out / "eval_rewards.json").write_text(json.dumps(
+            {"chosen": held["chosen_rewards"], "rejected": held["rejected_rewards"]}))
+    stage.complete(metrics, training.step, [f"{k:28s} {v:.4f}" for k, v in metrics.items()] + [
+        f"score with: RewardModel.from_pretrained('{stage.out}').score(prompts, completions)"])

@@ -21,7 +21,6 @@ Loss, per optimiser step over its micro-batches b and their assistant tokens t (
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,52 +28,27 @@ from typing import Literal
 import torch
 
 from align.batching import causal_lm_loss, packed_batches, tokenize_conversations
-from align.config import to_dict
-from align.loop import (
-    adamw,
-    check_finite,
-    check_finite_parameters,
-    epoch_generator,
-    learning_rate_at,
-    restore_training_state,
-    save_training_state,
-    set_learning_rate,
-    shard,
-    stop_if_requested,
-)
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.models import LoraConfig, ModelConfig, count_parameters, load_model, save_model
-from align.precision import Precision, autocast, training_weights
-from align.stage import RunConfig, close_failed_stage, finish_stage, resolve_stage_model, start_stage
-from align.tracking import TrackingConfig, start_tracker
+from align.loop import DatasetTrainConfig, Training, epoch_generator, plan_steps, shard
+from align.models import LoraConfig, ModelConfig, count_parameters, load_model
+from align.precision import autocast
+from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
+from align.tracking import TrackingConfig
 
 
 @dataclass
-class SFTTrainConfig:
-    epochs: int = 1
-    max_steps: int | None = None  # stop early after this many optimiser steps
-    learning_rate: float = 2.0e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float = 1.0
+class SFTTrainConfig(DatasetTrainConfig):
     max_length: int = 512  # longest example in tokens
     on_overflow: Literal["truncate", "drop"] = "truncate"  # what to do with longer examples (always reported)
-    pack_length: int = 1024  # tokens per packed row
     rows_per_batch: int = 1  # packed rows per micro-batch
     grad_accum: int = 2  # micro-batches per optimiser step
-    precision: Precision = "bf16"  # bf16 weights + fp32 masters, bf16-autocast (fp32 weights), fp32: align.precision
-    eval_every: int = 50
-    eval_max_examples: int = 200
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    log_every: int = 5
+    eval_max_examples: int = 200  # held-out conversations whose loss is measured
     eos_check_prompts: int = 8  # held-out prompts generated greedily at the end to check the model stops
 
 
 @dataclass
 class SFTConfig:
-    stage: Literal["sft"] = "sft"
+    stage: Literal["sft"] = "sft"  # the stage this file configures: `align sft` refuses any other
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(lora=LoraConfig(enabled=True)))
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +72,25 @@ def heldout_loss(model, batches, device, precision: str) -> float:
     return total / max(1, count)
 
 
+def sft_step(training: Training, micro_batches, precision: str) -> float:
+    """Forward and backward of one optimiser step's micro-batches; returns the step's loss.
+
+    The loss is normalised by the assistant tokens of the whole step on all processes; DDP then averages the
+    gradients over processes, hence the division by their number."""
+    accelerator = training.stage.accelerator
+    loss_tokens = float(accelerator.reduce(torch.tensor(sum(b.loss_tokens for b in micro_batches)), "sum"))
+    loss_tokens /= accelerator.num_processes
+    step_loss = 0.0
+    for batch in micro_batches:
+        with autocast(accelerator.device, precision):
+            loss_sum, _ = causal_lm_loss(training.models["model"], _to(batch, accelerator.device))
+        loss = loss_sum / max(1, loss_tokens)
+        training.backward(loss)
+        step_loss += loss.item()
+        training.count(batch.real_tokens)
+    return step_loss
+
+
 def eos_rate(model_dir: Path, prompts: list[list[dict]], precision: str, max_new_tokens: int = 256):
     """Fraction of greedy generations from the saved model that end with EOS within `max_new_tokens`, and the
     generations. Reads the saved directory back (bf16, batched), so it also checks that the output loads."""
@@ -119,170 +112,99 @@ def _to(batch, device):
     return batch
 
 
+def load_conversations(cfg: SFTConfig, tokenizer):
+    """(training rows, their load report, tokenised training examples and length report, held-out rows and
+    their tokenised examples)."""
+    t = cfg.train
+    train_rows, report = load_rows(cfg.data.train, "sft", cfg.data)
+    eval_rows = load_rows(cfg.data.eval, "sft", cfg.data)[0][: t.eval_max_examples] if cfg.data.eval else []
+    examples, lengths = tokenize_conversations(tokenizer, [r["messages"] for r in train_rows], t.max_length,
+                                               t.on_overflow)
+    eval_examples, _ = tokenize_conversations(tokenizer, [r["messages"] for r in eval_rows], t.max_length,
+                                              t.on_overflow)
+    print(f"[align] sft: {report.rows_kept} training conversations from {cfg.data.train}; "
+          f"{lengths.describe(t.max_length)}")
+    if report.bad_rows:
+        print(f"[align] sft: skipped {len(report.bad_rows)} bad rows (data.skip_bad_rows=true)")
+    if not examples:
+        raise ValueError(f"no training examples left from {cfg.data.train} after length filtering")
+    return train_rows, report, examples, lengths, eval_rows, eval_examples
+
+
 # ---- the stage --------------------------------------------------------------------------------------------------
 
 
 def train(cfg: SFTConfig, *, restart: bool = False) -> Path:
     """Run the SFT stage described by `cfg`; return its stage directory."""
-    start = start_stage(cfg, restart)
-    if start.done:
-        return start.out
-    accelerator, out, resume_from = start.accelerator, start.out, start.resume_from
+    return run_stage(cfg, restart, supervised_fine_tuning)
+
+
+def supervised_fine_tuning(stage: Stage) -> None:
+    cfg, t, device = stage.cfg, stage.cfg.train, stage.accelerator.device
 
     # 1. model and tokenizer
     model, tokenizer = load_model(dataclasses.replace(cfg.model, name=resolve_stage_model(cfg.model.name, cfg.run)))
     trainable, total = count_parameters(model)
     print(f"[align] sft: {cfg.model.name}: {trainable:,} of {total:,} parameters trainable; "
-          f"{start.threads} threads x {accelerator.num_processes} processes")
+          f"{stage.threads} threads x {stage.accelerator.num_processes} processes")
 
     # 2. data -> tokens, with every dropped/truncated row reported
-    train_rows, train_report = load_rows(cfg.data.train, "sft", cfg.data)
-    eval_rows, _ = load_rows(cfg.data.eval, "sft", cfg.data) if cfg.data.eval else ([], None)
-    eval_rows = eval_rows[: cfg.train.eval_max_examples]
-    examples, length_report = tokenize_conversations(
-        tokenizer, [r["messages"] for r in train_rows], cfg.train.max_length, cfg.train.on_overflow
-    )
-    eval_examples, _ = tokenize_conversations(
-        tokenizer, [r["messages"] for r in eval_rows], cfg.train.max_length, cfg.train.on_overflow
-    )
-    print(f"[align] sft: {train_report.rows_kept} training conversations from {cfg.data.train}; "
-          f"{length_report.describe(cfg.train.max_length)}")
-    if train_report.bad_rows:
-        print(f"[align] sft: skipped {len(train_report.bad_rows)} bad rows (data.skip_bad_rows=true)")
-    if not examples:
-        raise ValueError(f"no training examples left from {cfg.data.train} after length filtering")
+    rows, report, examples, lengths, eval_rows, eval_examples = load_conversations(cfg, tokenizer)
 
     # 3. packed batches; every epoch reshuffles the rows with its own seed, so a resumed run sees the same order
     def epoch_batches(epoch: int):
-        batches = packed_batches(examples, cfg.train.pack_length, cfg.train.rows_per_batch,
-                                 tokenizer.pad_token_id, epoch_generator(cfg.run.seed, epoch))
-        return shard(batches, accelerator)
+        batches = packed_batches(examples, t.pack_length, t.rows_per_batch, tokenizer.pad_token_id,
+                                 epoch_generator(cfg.run.seed, epoch))
+        return shard(batches, stage.accelerator)
 
-    eval_batches = packed_batches(eval_examples, cfg.train.pack_length, 1, tokenizer.pad_token_id,
+    eval_batches = packed_batches(eval_examples, t.pack_length, 1, tokenizer.pad_token_id,
                                   torch.Generator().manual_seed(0)) if eval_examples else []
-    steps_per_epoch = len(epoch_batches(0)) // cfg.train.grad_accum
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    if total_steps < 1:
-        raise ValueError(
-            f"train.grad_accum={cfg.train.grad_accum} is larger than the {len(epoch_batches(0))} packed batches "
-            f"per process; lower it or add data"
-        )
+    steps_per_epoch = len(epoch_batches(0)) // t.grad_accum
+    total_steps = plan_steps(steps_per_epoch, t, f"train.grad_accum={t.grad_accum} is larger than the "
+                             f"{len(epoch_batches(0))} packed batches per process; lower it or add data")
 
     # 4. optimiser (over fp32 masters of bf16 weights, align.precision), resumed state
-    weights = training_weights(model, cfg.train.precision, accelerator.num_processes)
-    optimizer = adamw(weights.parameters(), cfg.train.learning_rate, cfg.train.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
-    step, wandb_id = 0, None
-    if resume_from:
-        state = restore_training_state(resume_from, weights, optimizer)
-        step, wandb_id = state["step"], state.get("wandb_id")
-        print(f"[align] sft: resuming from {resume_from} at step {step}")
+    data = {"train": cfg.data.train, "eval": cfg.data.eval, "rows": report.rows_kept, "truncated": lengths.truncated,
+            "dropped": lengths.dropped, "bad_rows_skipped": len(report.bad_rows)}
+    training = Training(stage, {"model": model}, t, total_steps, throughput="tokens", manifest=dict(
+        base_model=cfg.model.name, data_fingerprint=data_fingerprint(rows), data=data))
+    stage.log({"sft/data/truncated": lengths.truncated, "sft/data/dropped": lengths.dropped,
+               "sft/data/bad_rows_skipped": len(report.bad_rows)}, training.step)
 
-    tracker = start_tracker(
-        cfg.tracking, out_dir=out, run_name=f"{cfg.run.name}-sft", group=cfg.run.name, job_type="sft",
-        config=to_dict(cfg), resume_id=wandb_id,
-    ) if accelerator.is_main_process else None
-    fingerprint = data_fingerprint(train_rows)
-    if accelerator.is_main_process:
-        finish_stage(out, "running", processes=accelerator.num_processes,
-                     base_model=cfg.model.name, data_fingerprint=fingerprint,
-                     data={"train": cfg.data.train, "eval": cfg.data.eval, "rows": train_report.rows_kept,
-                           "truncated": length_report.truncated, "dropped": length_report.dropped,
-                           "bad_rows_skipped": len(train_report.bad_rows)})
-        tracker.log({"sft/data/truncated": length_report.truncated, "sft/data/dropped": length_report.dropped,
-                     "sft/data/bad_rows_skipped": len(train_report.bad_rows)}, step=step)
+    # 5. the loop: one optimiser step over `grad_accum` micro-batches of packed rows
+    def held_out() -> dict:
+        return {"loss": heldout_loss(training.raw["model"], eval_batches, device, t.precision)}
 
-    # 5. the loop
-    metrics = {}
-    if step == 0 and eval_batches and accelerator.is_main_process:
-        metrics["sft/eval_loss_before"] = heldout_loss(raw_model, eval_batches, accelerator.device, cfg.train.precision)
-        tracker.log({"sft/eval_loss": metrics["sft/eval_loss_before"]}, step=0)
-    model.train()
-    window_tokens, window_start = 0, time.perf_counter()
-    try:
-        from tqdm import tqdm
+    evaluate = held_out if eval_batches else None
+    before = training.evaluate(held_out) if training.step == 0 and evaluate and stage.main else None
+    training.models["model"].train()
+    step_loss, batches_epoch, batches = float("nan"), -1, []
+    while training.step < total_steps:
+        epoch, position = divmod(training.step, steps_per_epoch)
+        if epoch != batches_epoch:
+            batches_epoch, batches = epoch, epoch_batches(epoch)
+        training.plan_learning_rate()
+        step_loss = sft_step(training, batches[position * t.grad_accum : (position + 1) * t.grad_accum],
+                             t.precision)
+        training.optimizer_step(step_loss)
+        training.end_step(log=lambda: {"loss": step_loss, "learning_rate": training.learning_rate,
+                                       "grad_norm": training.grad_norm, "epoch": training.step / steps_per_epoch},
+                          evaluate=evaluate, eval_every=t.eval_every)
 
-        progress = tqdm(total=total_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
-        batches_epoch, batches = -1, []
-        while step < total_steps:
-            epoch, position = divmod(step, steps_per_epoch)
-            if epoch != batches_epoch:
-                batches_epoch, batches = epoch, epoch_batches(epoch)
-            micro = batches[position * cfg.train.grad_accum : (position + 1) * cfg.train.grad_accum]
-            # Normalise by the assistant tokens of the whole step on all processes; DDP then averages the
-            # gradients over processes, hence the division by their number.
-            loss_tokens = float(accelerator.reduce(torch.tensor(sum(b.loss_tokens for b in micro)), "sum"))
-            loss_tokens /= accelerator.num_processes
-            lr = learning_rate_at(step, total_steps, cfg.train.learning_rate, cfg.train.warmup_ratio,
-                                  cfg.train.lr_schedule)
-            set_learning_rate(optimizer, lr)
-            step_loss = 0.0
-            for batch in micro:
-                with autocast(accelerator.device, cfg.train.precision):
-                    loss_sum, _ = causal_lm_loss(model, _to(batch, accelerator.device))
-                loss = loss_sum / max(1, loss_tokens)
-                accelerator.backward(loss)
-                step_loss += loss.item()
-                window_tokens += batch.real_tokens
-            check_finite(step_loss, "sft", step)
-            grad_norm = float(accelerator.clip_grad_norm_(weights.parameters(), cfg.train.max_grad_norm))
-            check_finite(grad_norm, "sft", step, "gradient norm")
-            optimizer.step()
-            weights.step_done()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            progress.update(1)
-
-            if accelerator.is_main_process and (step % cfg.train.log_every == 0 or step == total_steps):
-                elapsed = time.perf_counter() - window_start
-                tracker.log({"sft/loss": step_loss, "sft/learning_rate": lr, "sft/grad_norm": grad_norm,
-                             "sft/tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
-                             "sft/epoch": step / steps_per_epoch}, step=step)
-                progress.set_postfix(loss=f"{step_loss:.3f}")
-                window_tokens, window_start = 0, time.perf_counter()
-            if eval_batches and accelerator.is_main_process and (step % cfg.train.eval_every == 0 or step == total_steps):
-                metrics["sft/eval_loss"] = heldout_loss(raw_model, eval_batches, accelerator.device, cfg.train.precision)
-                tracker.log({"sft/eval_loss": metrics["sft/eval_loss"]}, step=step)
-            if accelerator.is_main_process and step % cfg.train.save_every == 0 and step < total_steps:
-                save_training_state(out, step, weights, optimizer, {"wandb_id": tracker.run_id},
-                                    cfg.train.keep_checkpoints)
-            if accelerator.is_main_process:
-                stop_if_requested(lambda: save_training_state(
-                    out, step, weights, optimizer, {"wandb_id": tracker.run_id}, cfg.train.keep_checkpoints))
-            accelerator.wait_for_everyone()
-        progress.close()
-
-        # 6. final model, EOS check, manifest
-        if accelerator.is_main_process:
-            metrics["sft/train_loss"] = step_loss
-            check_finite_parameters(weights, "sft", step)
-            save_model(weights.fp32_model(), tokenizer, out)
-            if eval_rows and cfg.train.eos_check_prompts:
-                prompts = [r["messages"][:-1] for r in eval_rows[: cfg.train.eos_check_prompts]]
-                metrics["sft/eos_rate"], samples = eos_rate(out, prompts, cfg.train.precision)
-                tracker.log_table("sft/samples", ["prompt", "completion"],
-                                  [[p[-1]["content"], s] for p, s in zip(prompts, samples)], step=step)
-            tracker.log({k: v for k, v in metrics.items()}, step=step)
-            tracker.summary(metrics)
-            finish_stage(out, "complete", metrics=metrics, steps=step, wandb_run=tracker.run_id)
-            tracker.finish(0)
-            _print_summary(out, metrics, tracker)
-    except BaseException as error:
-        if accelerator.is_main_process:
-            close_failed_stage(out, error, step, tracker)
-        raise
-    finally:
-        accelerator.end_training()
-    return out
-
-
-def _print_summary(out: Path, metrics: dict, tracker) -> None:
-    print(f"\n[align] sft finished -> {out}")
-    for key, value in metrics.items():
-        print(f"    {key:28s} {value:.4f}")
-    print(f"    load it with: AutoModelForCausalLM.from_pretrained('{out}')")
-    if tracker.sync_hint:
-        print(f"    W&B: {tracker.sync_hint}")
+    # 6. final model, EOS check, manifest
+    training.finish(tokenizer)
+    if not stage.main:
+        return
+    metrics = {"sft/train_loss": step_loss}
+    if before is not None:
+        metrics["sft/eval/loss_before"] = before["loss"]
+    if evaluate:
+        metrics["sft/eval/loss"] = training.latest_evaluation(held_out)["loss"]
+    if eval_rows and t.eos_check_prompts:
+        prompts = [r["messages"][:-1] for r in eval_rows[: t.eos_check_prompts]]
+        metrics["sft/eos_rate"], samples = eos_rate(stage.out, prompts, t.precision)
+        stage.tracker.log_table("sft/samples", ["prompt", "completion"],
+                                [[p[-1]["content"], s] for p, s in zip(prompts, samples)], step=training.step)
+    stage.log(metrics, training.step)
+    stage.complete(metrics, training.step, [f"{k:28s} {v:.4f}" for k, v in metrics.items()] + [
+        f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"])

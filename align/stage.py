@@ -22,8 +22,8 @@ from align.config import ConfigError, config_hash, diff_configs, is_under, to_di
 @dataclass
 class RunConfig:
     name: str = "default"  # runs/<name>/<stage>/; also the W&B group, so a pipeline's stages appear together
-    root: str = "runs"
-    seed: int = 0
+    root: str = "runs"  # the folder that holds every run
+    seed: int = 0  # seeds Python, NumPy and torch at the start, every epoch's shuffle and every rollout's sampling
     threads: int | None = None  # intra-op threads per process; default: available cores / local processes
 
 
@@ -34,6 +34,25 @@ def stage_dir(cfg) -> Path:
 # Keys that can change without changing what a stage computes, so changing them never refuses a rerun:
 # reward.config_dir is the config file's folder, an absolute path that changes with the checkout's location.
 VOLATILE_KEYS = ("tracking", "reward.config_dir")
+
+
+def changed_keys(old: dict, cfg) -> list[str]:
+    """Dotted keys whose value differs between a stage's saved config and `cfg`, leaving out volatile keys and keys
+    a newer version of align added (absent from the saved config) that hold their default."""
+    defaults = to_dict(type(cfg)())
+
+    def lookup(tree: dict, key: str):
+        for part in key.split("."):
+            if not isinstance(tree, dict) or part not in tree:
+                return _ABSENT
+            tree = tree[part]
+        return tree
+
+    return [key for key in diff_configs(old, to_dict(cfg)) if not is_under(key, VOLATILE_KEYS)
+            and not (lookup(old, key) is _ABSENT and lookup(to_dict(cfg), key) == lookup(defaults, key))]
+
+
+_ABSENT = object()
 
 
 def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]:
@@ -49,7 +68,7 @@ def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]
     if manifest and not restart:
         if manifest.get("config_sha256") != digest:
             old = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
-            changed = [k for k in diff_configs(old or {}, to_dict(cfg)) if not is_under(k, VOLATILE_KEYS)]
+            changed = changed_keys(old or {}, cfg)
             if changed or not old:  # no change outside volatile keys: a hash from a version that hashed more keys
                 raise ConfigError(
                     f"stage '{cfg.stage}' in {out} was run with a different config (changed: "
@@ -78,15 +97,14 @@ def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]
     return out, resume_from, False
 
 
-STAGE_NAMES = ("sft", "rm", "ppo", "dpo", "grpo")
-
-
 def resolve_stage_model(name: str, run: RunConfig) -> str:
     """`model.name` may name an earlier stage of the same run (`sft` -> runs/<run.name>/sft), which must be
     complete; anything else is an alias, a directory or a hub id (see align.models.resolve_model_path)."""
     from align.models import resolve_model_path
 
-    if name in STAGE_NAMES and not Path(name).exists():
+    from align.registry import STAGES
+
+    if name in STAGES and not Path(name).exists():
         path = Path(run.root) / run.name / name
         manifest = read_manifest(path)
         if not manifest or manifest.get("status") != "complete":
@@ -109,18 +127,69 @@ def print_config(cfg) -> None:
         print("    " + line)
 
 
-@dataclass
-class StageStart:
-    accelerator: object  # accelerate.Accelerator
-    out: Path
-    resume_from: Path | None  # the checkpoint to resume from
-    done: bool  # the stage is already complete with this config: nothing to do
-    threads: int
+class Stage:
+    """One run of a stage, from its start to its manifest's last word: processes, directory, tracker, manifest.
+
+        def train(cfg, *, restart=False) -> Path:
+            return run_stage(cfg, restart, algorithm)     # algorithm(stage) holds the stage's numbered steps
+
+    `start_tracking` opens the W&B run (the same one again on resume) and marks the manifest running;
+    `complete` writes the final manifest and closes the tracker; a failure or a signal is recorded by `run_stage`.
+    """
+
+    def __init__(self, cfg, accelerator, out: Path, resume_from: Path | None, done: bool, threads: int):
+        self.cfg, self.accelerator, self.out = cfg, accelerator, out
+        self.resume_from, self.done, self.threads = resume_from, done, threads
+        self.name: str = cfg.stage
+        self.main: bool = accelerator.is_main_process
+        self.processes: int = accelerator.num_processes
+        self.tracker = None
+        self.steps = 0  # completed steps (iterations), for the manifest of a stage that stops early
+
+    def start_tracking(self, resume_id: str | None = None, **manifest) -> None:
+        """Open the tracker (main process; `resume_id`: the run to continue) and mark the manifest running with
+        what the stage wants recorded (base model, data, lineage)."""
+        from align.config import to_dict
+        from align.tracking import start_tracker
+
+        if not self.main:
+            return
+        run = self.cfg.run.name
+        self.tracker = start_tracker(self.cfg.tracking, out_dir=self.out, run_name=f"{run}-{self.name}", group=run,
+                                     job_type=self.name, config=to_dict(self.cfg), resume_id=resume_id)
+        finish_stage(self.out, "running", processes=self.processes, **manifest)
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.log(metrics, step=step)
+
+    def complete(self, metrics: dict, steps: int, lines: list[str] = ()) -> None:
+        """The stage finished: summary and manifest written, tracker closed, a short summary printed."""
+        if not self.main:
+            return
+        self.tracker.summary(metrics)
+        finish_stage(self.out, "complete", metrics=metrics, steps=steps, wandb_run=self.tracker.run_id)
+        self.tracker.finish(0)
+        print(f"\n[align] {self.name} finished -> {self.out}")
+        for line in lines:
+            print(f"    {line}")
+        if self.tracker.sync_hint:
+            print(f"    W&B: {self.tracker.sync_hint}")
+
+    def fail(self, error: BaseException) -> None:
+        """Record why the stage stopped (interrupted by a signal, or failed) and close the tracker."""
+        from align.loop import exit_code_of
+
+        if not self.main:
+            return
+        finish_stage(self.out, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed", steps=self.steps)
+        if self.tracker is not None:
+            self.tracker.finish(exit_code_of(error))
 
 
-def start_stage(cfg, restart: bool = False) -> StageStart:
-    """The common opening of every stage's `train`: processes, the start/resume/skip decision (made on the main
-    process and shared), the printed config, threads and seeds."""
+def start_stage(cfg, restart: bool = False) -> Stage:
+    """The common opening of every stage: processes, the start/resume/skip decision (made on the main process
+    and shared), the printed config, threads and seeds."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -137,18 +206,25 @@ def start_stage(cfg, restart: bool = False) -> StageStart:
     out, resume_from, done = broadcast(decision, accelerator)
     if done:
         print(f"[align] {cfg.stage}: {out} is already complete with this config; skipping")
-        return StageStart(accelerator, out, None, True, 0)
+        return Stage(cfg, accelerator, out, None, True, 0)
     if accelerator.is_main_process:
         print_config(cfg)
     threads = set_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
-    return StageStart(accelerator, out, resume_from, False, threads)
+    return Stage(cfg, accelerator, out, resume_from, False, threads)
 
 
-def close_failed_stage(out: Path, error: BaseException, steps: int, tracker) -> None:
-    """Record why a stage stopped (interrupted by a signal, or failed) and close its tracker with the exit code."""
-    from align.loop import exit_code_of
-
-    finish_stage(out, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed", steps=steps)
-    if tracker:
-        tracker.finish(exit_code_of(error))
+def run_stage(cfg, restart: bool, algorithm) -> Path:
+    """Run `algorithm(stage)` (a stage's numbered steps) inside what every stage does around them: start, resume
+    or skip; on any error or signal, a manifest that says so and a closed tracker; processes shut down."""
+    stage = start_stage(cfg, restart)
+    if stage.done:
+        return stage.out
+    try:
+        algorithm(stage)
+    except BaseException as error:
+        stage.fail(error)
+        raise
+    finally:
+        stage.accelerator.end_training()
+    return stage.out

@@ -65,10 +65,10 @@ class TrackingConfig:
     """The `tracking:` section of every stage config."""
 
     backend: str = "wandb"  # wandb | none
-    project: str = "align"
-    entity: str | None = None
+    project: str = "align"  # the W&B project
+    entity: str | None = None  # the W&B team or user; null: your default entity
     mode: str = "auto"  # auto (online if an API key is configured, else offline) | online | offline
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # W&B tags of the run
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

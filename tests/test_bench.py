@@ -1,4 +1,4 @@
-"""`align bench`: the comparison logic on hand-made measurements (fast), and one real `--quick` run on tiny-random
+"""The benchmark (benchmarks/bench.py): the comparison logic on hand-made measurements (fast), and one real `--quick` run on tiny-random
 whose JSON and markdown are checked for structure and internal consistency (never for speed)."""
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from align.bench import CASES, STAGES, TARGETS, compare, main, markdown, rescale_raw_ppo, selected_cases
+from benchmarks.bench import CASES, STAGES, TARGETS, compare, main, markdown, rescale_raw_ppo, selected_cases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,13 +69,13 @@ def test_raw_ppo_time_is_rescaled_to_aligns_tokens_per_iteration():
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), out
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_quick_run_measures_every_case_in_its_own_process(quick_run):
     report, _, out = quick_run
     assert report["failed"] == []
@@ -95,7 +95,7 @@ def test_quick_run_measures_every_case_in_its_own_process(quick_run):
     assert machine["matmul_fp32_flop_per_s"] > 0 and machine["matmul_bf16_flop_per_s"] > 0
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_quick_run_counts_tokens_consistently(quick_run):
     report, _, _ = quick_run
     s, runs = report["settings"], report["runs"]
@@ -122,7 +122,7 @@ def test_quick_run_counts_tokens_consistently(quick_run):
     assert runs["ppo/align"]["new_tokens_by_iteration"][0] == runs["ppo/raw"]["new_tokens_by_iteration"][0]
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_quick_run_compares_every_target_and_writes_the_markdown_table(quick_run):
     report, md, _ = quick_run
     assert [row["target_name"] for row in report["comparisons"]] == [t[0] for t in TARGETS]

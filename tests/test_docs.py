@@ -14,6 +14,13 @@ def test_config_reference_is_up_to_date():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_config_key_has_a_description():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from config_reference import undescribed
+
+    assert undescribed() == []
+
+
 def test_every_config_file_the_readme_names_exists():
     readme = (REPO / "README.md").read_text()
     named = set(re.findall(r"configs/[\w./-]+\.yaml", readme))

@@ -173,7 +173,7 @@ def test_response_logprobs_and_rewards_with_shared_prompts_equal_separate_passes
 
     from align.logprobs import response_logprobs
     from align.models import ModelConfig, load_model
-    from reward.model import TokenValues, packed_rewards
+    from align.values import TokenValues, packed_rewards
 
     policy, _ = load_model(ModelConfig(name=str(tiny_model_dir)))
     prompts = [sequence(9, 10), sequence(4, 11)] * 2

@@ -136,6 +136,27 @@ def test_a_stage_moved_to_another_checkout_is_not_a_changed_config(tmp_path):
     assert begin_stage(ppo("/srv/checkout/configs"))[0] == out
 
 
+def test_a_key_added_by_a_newer_version_at_its_default_is_not_a_change(tmp_path):
+    """A stage run before a key existed (its config.yaml lacks it) resumes when the key holds its default; the
+    same key set to anything else is a change, by name."""
+    import yaml
+
+    from align.ppo import PPOConfig
+    from align.stage import begin_stage
+
+    cfg = load_config(PPOConfig, None, [f"run.root={tmp_path}"])
+    out, _, _ = begin_stage(cfg)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["train"]["policy_loss"]  # as an older version wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "config_sha256": "from an older version"}))
+    assert begin_stage(cfg)[0] == out
+    (out / "manifest.json").write_text(json.dumps({**manifest, "config_sha256": "from an older version"}))
+    with pytest.raises(ConfigError, match=r"changed: train.max_new_tokens\)"):
+        begin_stage(load_config(PPOConfig, None, [f"run.root={tmp_path}", "train.max_new_tokens=64"]))
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     """Every YAML under configs/ parses into its stage's dataclass (litgpt-style)."""

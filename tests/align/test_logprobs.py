@@ -51,7 +51,7 @@ def test_a_frozen_trunk_gives_the_same_log_probs_values_and_gradients(tiny_model
 
     from align.attention import attend_by_segments
     from align.models import attach_lora
-    from reward.model import TokenValues
+    from align.values import TokenValues
 
     policy = lora_policy(tiny_model_dir)
     prompts, responses = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14, 15, 16, 17]]

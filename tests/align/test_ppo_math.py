@@ -1,4 +1,4 @@
-"""The pure PPO maths in `align/ppo.py`, two ways:
+"""The pure PPO maths in `align/ppo.py` (its losses: test_losses.py), two ways:
 
 1. hand-derived values: each docstring works the expected numbers out from the paper's equation, with numbers small
    enough to check in your head (GAE: Schulman et al. 2016, eq. 16; clipped surrogate: Schulman et al. 2017, eq. 7;
@@ -16,123 +16,31 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from align.losses import ppo_policy_loss as policy_loss
+from align.losses import value_loss
 from align.ppo import (
     adaptive_kl_coef,
     explained_variance,
     gae_advantages,
     kl_per_token,
-    masked_mean,
     masked_whiten,
     pad_right,
-    pairwise_disagreement,
-    pearson,
-    policy_loss,
     shaped_rewards,
-    value_loss,
+)
+from tests.align.references import (
+    flat,
+    mask_of,
+    padded,
+    random_lengths,
+    real,
+    reference_gae,
+    reference_kl,
+    reference_whiten,
+    t,
 )
 
 SEEDS = [0, 1, 2, 3, 4]
 F64 = torch.float64
-
-
-def t(rows) -> torch.Tensor:
-    return torch.tensor(rows, dtype=F64)
-
-
-# ---- plain-loop references: one sequence at a time, real tokens only, floats only --------------------------------
-
-
-def reference_gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list, list]:
-    """Eq. 16 as the finite sum A_t = sum_l (gamma lam)^l delta_{t+l}, delta_t = r_t + gamma V_{t+1} - V_t, V_T = 0."""
-    T = len(rewards)
-    next_values = values[1:] + [0.0]
-    deltas = [rewards[i] + gamma * next_values[i] - values[i] for i in range(T)]
-    advantages = [sum((gamma * lam) ** k * deltas[i + k] for k in range(T - i)) for i in range(T)]
-    returns = [advantages[i] + values[i] for i in range(T)]
-    return advantages, returns
-
-
-def reference_whiten(entries: list[float], shift_mean: bool = True) -> list[float]:
-    mean = sum(entries) / len(entries)
-    std = math.sqrt(statistics.variance(entries) + 1e-8)  # unbiased (n - 1)
-    return [(x - mean) / std + (0.0 if shift_mean else mean) for x in entries]
-
-
-def reference_kl(logprob: float, ref_logprob: float, estimator: str) -> float:
-    r = math.exp(ref_logprob - logprob)  # p_ref(x) / p_policy(x)
-    return {"k1": -math.log(r), "k2": 0.5 * math.log(r) ** 2, "k3": (r - 1) - math.log(r)}[estimator]
-
-
-def reference_policy_loss(logprobs, old_logprobs, advantages, eps) -> tuple[float, float, float]:
-    """-mean_t min(rho A, clip(rho, 1-eps, 1+eps) A) over all tokens; clip fraction = tokens where the clipped
-    term is the strictly smaller (active) one; approx KL = mean (rho - 1) - log rho."""
-    objectives, clipped, kls = [], 0, []
-    for lp, old, a in zip(logprobs, old_logprobs, advantages):
-        rho = math.exp(lp - old)
-        plain, clip = rho * a, min(max(rho, 1 - eps), 1 + eps) * a
-        objectives.append(min(plain, clip))
-        clipped += clip < plain
-        kls.append((rho - 1) - math.log(rho))
-    n = len(objectives)
-    return -sum(objectives) / n, clipped / n, sum(kls) / n
-
-
-def reference_value_loss(values, old_values, returns, eps) -> tuple[float, float]:
-    losses, clipped = [], 0
-    for v, old, g in zip(values, old_values, returns):
-        v_clip = old + min(max(v - old, -eps), eps)
-        losses.append(max((v - g) ** 2, (v_clip - g) ** 2))
-        clipped += (v_clip - g) ** 2 > (v - g) ** 2
-    return 0.5 * sum(losses) / len(losses), clipped / len(losses)
-
-
-# ---- random right-padded batches -----------------------------------------------------------------------------------
-
-
-def random_lengths(rng: random.Random, batch: int = 7, width: int = 9) -> list[int]:
-    """Always an empty row, a length-1 row and a full row, plus random lengths, in random order."""
-    lengths = [0, 1, width] + [rng.randint(1, width) for _ in range(batch - 3)]
-    rng.shuffle(lengths)
-    return lengths
-
-
-def padded(rng: random.Random, lengths: list[int], width: int, scale: float = 1.0, garbage: float = 1e3):
-    """(rows of real values, [B, width] tensor) with large garbage after each row's end."""
-    rows = [[rng.gauss(0, scale) for _ in range(n)] for n in lengths]
-    full = [row + [rng.gauss(0, garbage) for _ in range(width - len(row))] for row in rows]
-    return rows, t(full)
-
-
-def mask_of(lengths: list[int], width: int) -> torch.Tensor:
-    return t([[1.0] * n + [0.0] * (width - n) for n in lengths])
-
-
-def real(tensor: torch.Tensor, lengths: list[int]) -> list[list[float]]:
-    return [tensor[i, :n].tolist() for i, n in enumerate(lengths)]
-
-
-def flat(rows: list[list[float]]) -> list[float]:
-    return [x for row in rows for x in row]
-
-
-# ---- masked_mean ---------------------------------------------------------------------------------------------------
-
-
-def test_masked_mean_by_hand():
-    """x = [[1, 2, 3], [4, 5, 6]] with the last two of row 1 and the last one of row 0 masked out:
-    all real tokens: (1 + 2 + 4) / 3 = 7/3; per row: (1 + 2) / 2 = 1.5 and 4 / 1 = 4."""
-    x, mask = t([[1, 2, 3], [4, 5, 6]]), t([[1, 1, 0], [1, 0, 0]])
-    assert_close(masked_mean(x, mask), t(7 / 3))
-    assert_close(masked_mean(x, mask, dim=1), t([1.5, 4.0]))
-
-
-def test_masked_mean_of_an_all_padding_row_is_zero_not_nan():
-    x, mask = t([[1, 2], [float("1e30"), -3]]), t([[1, 1], [0, 0]])
-    assert_close(masked_mean(x, mask, dim=1), t([1.5, 0.0]))
-    assert_close(masked_mean(x, torch.zeros_like(mask)), t(0.0))
-
-
-# ---- masked_whiten -------------------------------------------------------------------------------------------------
 
 
 def test_masked_whiten_by_hand():
@@ -167,9 +75,6 @@ def test_masked_whiten_single_token_and_no_token_give_zeros_not_nan():
     x = t([[7.0, 50.0], [-9.0, 3.0]])
     assert_close(masked_whiten(x, t([[1, 0], [0, 0]])), torch.zeros_like(x))
     assert_close(masked_whiten(x, torch.zeros_like(x)), torch.zeros_like(x))
-
-
-# ---- kl_per_token (Schulman 2020) ----------------------------------------------------------------------------------
 
 
 def test_kl_estimators_by_hand():
@@ -245,9 +150,6 @@ def test_unknown_kl_estimator_is_refused_with_the_valid_names():
         kl_per_token(t([0.0]), t([0.0]), "k4")
 
 
-# ---- shaped_rewards ------------------------------------------------------------------------------------------------
-
-
 def test_shaped_rewards_by_hand():
     """r_t = -beta KL_t, plus the score on the sequence's last real token; beta = 0.5.
     Row 0 (3 tokens, KL 0.2, 0.4, 0.6, score 1): -0.1, -0.2, -0.3 + 1 = 0.7.
@@ -264,9 +166,6 @@ def test_shaped_rewards_of_an_empty_sequence_are_zero():
     kl, mask = t([[0.2, 0.4], [0.0, 0.0]]), t([[1, 1], [0, 0]])
     rewards = shaped_rewards(t([1.0, 5.0]), kl, mask, kl_coef=0.5)
     assert_close(rewards, t([[-0.1, -0.2 + 1.0], [0.0, 0.0]]))
-
-
-# ---- gae_advantages (Schulman et al. 2016, eq. 16) -----------------------------------------------------------------
 
 
 def test_gae_by_hand_with_a_padded_length_one_row():
@@ -371,116 +270,6 @@ def test_empty_rows_give_finite_zero_advantages_losses_and_statistics():
     assert math.isfinite(explained_variance(garbage, garbage, nothing))
 
 
-# ---- policy_loss (Schulman et al. 2017, eq. 7) ---------------------------------------------------------------------
-
-def test_policy_loss_clips_on_both_sides_for_both_signs_of_the_advantage():
-    """eps = 0.2; loss_t = max(-A rho, -A clip(rho, 0.8, 1.2)), i.e. minus eq. 7's pessimistic min.
-        a: A = +1, rho = 1.5: max(-1.5, -1.2) = -1.2   clip active (no credit beyond 1 + eps)
-        b: A = +1, rho = 0.5: max(-0.5, -0.8) = -0.5   unclipped (a worse ratio is never hidden)
-        c: A = -1, rho = 0.5: max( 0.5,  0.8) =  0.8   clip active (no credit beyond 1 - eps)
-        d: A = -1, rho = 1.5: max( 1.5,  1.2) =  1.5   unclipped
-    Token mean over the batch's 4 real tokens (a, b, c | d; the padding token has rho = e^5, A = 100):
-        loss = (-1.2 - 0.5 + 0.8 + 1.5) / 4 = 0.15; clip fraction = 2 / 4 = 0.5;
-        approx KL = mean (rho - 1) - log rho = [2 (0.5 - log 1.5) + 2 (log 2 - 0.5)] / 4 = log(4/3) / 2.
-    Gradients w.r.t. log pi (d rho / d log pi = rho): clipped tokens a, c get 0; b gets -A rho / 4 = -0.125;
-    d gets -A rho / 4 = +0.375; padding gets 0."""
-    old = t([[-1.0, -2.0, -0.5], [-1.5, -3.0, -3.0]])
-    ratios = t([[1.5, 0.5, 0.5], [1.5, math.exp(5.0), 1.0]])
-    logprobs = (old + torch.log(ratios)).requires_grad_(True)
-    advantages = t([[1.0, 1.0, -1.0], [-1.0, 100.0, 100.0]])
-    mask = t([[1, 1, 1], [1, 0, 0]])
-
-    loss, stats = policy_loss(logprobs, old, advantages, mask, clip_range=0.2)
-    assert_close(loss, t(0.15))
-    assert stats["clip_fraction"] == pytest.approx(0.5)
-    assert stats["approx_kl"] == pytest.approx(math.log(4 / 3) / 2)
-    loss.backward()
-    assert_close(logprobs.grad, t([[0.0, -0.125, 0.0], [0.375, 0.0, 0.0]]))
-
-
-def test_policy_loss_inside_the_trust_region_is_the_plain_surrogate():
-    """rho = 1 everywhere (the first minibatch of an epoch): loss = -mean A = -(2 - 1 + 0.5) / 3 = -0.5,
-    nothing clipped, approx KL 0. rho = 1.1 with A = 2 is inside [0.8, 1.2]: loss = -2.2, still nothing clipped."""
-    logprobs, mask = t([[-1.0, -2.0, -3.0]]), t([[1, 1, 1]])
-    loss, stats = policy_loss(logprobs, logprobs.clone(), t([[2.0, -1.0, 0.5]]), mask, 0.2)
-    assert_close(loss, t(-0.5))
-    assert stats == {"clip_fraction": 0.0, "approx_kl": 0.0}
-    loss, stats = policy_loss(t([[math.log(1.1)]]), t([[0.0]]), t([[2.0]]), t([[1]]), 0.2)
-    assert_close(loss, t(-2.2))
-    assert stats["clip_fraction"] == 0.0
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_policy_loss_matches_plain_loop(seed):
-    rng, width, eps = random.Random(seed), 9, 0.2
-    lengths = random_lengths(rng, width=width)
-    old_rows, old = padded(rng, lengths, width)
-    # log-ratios: about half the real ones fall outside 1 +- eps; padding ones up to ~e^60 (finite; inf is tested below)
-    shift_rows, shift = padded(rng, lengths, width, scale=0.3, garbage=20.0)
-    advantage_rows, advantages = padded(rng, lengths, width)
-    mask = mask_of(lengths, width)
-    loss, stats = policy_loss(old + shift, old, advantages, mask, eps)
-
-    new_rows = [[o + s for o, s in zip(ro, rs)] for ro, rs in zip(old_rows, shift_rows)]
-    expected_loss, expected_clip, expected_kl = reference_policy_loss(
-        flat(new_rows), flat(old_rows), flat(advantage_rows), eps)
-    assert loss.item() == pytest.approx(expected_loss, rel=1e-9)
-    assert stats["clip_fraction"] == pytest.approx(expected_clip)
-    assert stats["approx_kl"] == pytest.approx(expected_kl, rel=1e-9)
-    assert 0.0 < stats["clip_fraction"] < 1.0  # the batch exercised both branches
-
-
-def test_non_finite_padding_does_not_leak_into_means_or_the_policy_loss():
-    """Real tokens 1 and 3 have mean 2 whatever sits on padding. Policy loss with rho = 1 on real tokens and
-    A = 1, -3: -(1 - 3) / 2 = 1, with log-probs padded with -inf."""
-    mask = t([[1, 1, 0]])
-    assert_close(masked_mean(t([[1.0, 3.0, -math.inf]]), mask), t(2.0))
-    logprobs = t([[-1.0, -2.0, -math.inf]])
-    loss, _ = policy_loss(logprobs, logprobs.clone(), t([[1.0, -3.0, 0.0]]), mask, 0.2)
-    assert_close(loss, t(1.0))
-
-
-# ---- value_loss ----------------------------------------------------------------------------------------------------
-
-
-def test_value_loss_by_hand():
-    """eps = 0.2, old values all 0, so V_clip = clip(V, -0.2, 0.2); loss_t = max((V - G)^2, (V_clip - G)^2).
-        a: V = 0.5,  G = 1:  (0.5)^2 = 0.25 vs (0.2 - 1)^2 = 0.64   -> 0.64, clipped term active
-        b: V = 0.1,  G = 1:  V_clip = V, both 0.81                   -> 0.81, not clipped
-        c: V = 0.5,  G = 0:  0.25 vs 0.04                            -> 0.25, not clipped
-        d: V = -0.5, G = -1: 0.25 vs (-0.2 + 1)^2 = 0.64             -> 0.64, clipped term active
-    loss = 0.5 (0.64 + 0.81 + 0.25 + 0.64) / 4 = 0.2925; value clip fraction = 2 / 4 = 0.5.
-    Gradients: a, d: 0 (V_clip is constant there); b: 0.5 * 2 (0.1 - 1) / 4 = -0.225; c: 0.5 * 2 * 0.5 / 4 = 0.125."""
-    values = t([[0.5, 0.1, 0.0], [0.5, -0.5, 9.0]]).requires_grad_(True)
-    returns = t([[1.0, 1.0, 0.0], [0.0, -1.0, -9.0]])
-    mask = t([[1, 1, 0], [1, 1, 0]])
-    loss, stats = value_loss(values, torch.zeros_like(returns), returns, mask, clip_range=0.2)
-    assert_close(loss, t(0.2925))
-    assert stats["value_clip_fraction"] == pytest.approx(0.5)
-    loss.backward()
-    assert_close(values.grad, t([[0.0, -0.225, 0.0], [0.125, 0.0, 0.0]]))
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_value_loss_matches_plain_loop(seed):
-    rng, width, eps = random.Random(seed), 9, 0.2
-    lengths = random_lengths(rng, width=width)
-    old_rows, old = padded(rng, lengths, width)
-    step_rows, step = padded(rng, lengths, width, scale=0.3)
-    return_rows, returns = padded(rng, lengths, width)
-    mask = mask_of(lengths, width)
-    loss, stats = value_loss(old + step, old, returns, mask, eps)
-
-    new_rows = [[o + s for o, s in zip(ro, rs)] for ro, rs in zip(old_rows, step_rows)]
-    expected_loss, expected_clip = reference_value_loss(flat(new_rows), flat(old_rows), flat(return_rows), eps)
-    assert loss.item() == pytest.approx(expected_loss, rel=1e-9)
-    assert stats["value_clip_fraction"] == pytest.approx(expected_clip)
-    assert 0.0 < stats["value_clip_fraction"] < 1.0
-
-
-# ---- explained_variance --------------------------------------------------------------------------------------------
-
-
 def test_explained_variance_by_hand():
     """Returns 1, 2, 3 (variance 2/3; the 50 is padding).
     V = G: residual 0 -> 1.   V = 2, 2, 2 (a constant): residual -1, 0, 1 has the returns' variance -> 0.
@@ -502,9 +291,6 @@ def test_explained_variance_matches_plain_loop(seed):
     residual = flat(noise_rows)  # values = returns - noise
     expected = 1 - statistics.pvariance(residual) / statistics.pvariance(g)
     assert explained_variance(returns - noise, returns, mask) == pytest.approx(expected, rel=1e-9)
-
-
-# ---- adaptive_kl_coef (Ziegler et al. 2019, eq. 2) -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("observed_kl", "expected"), [
@@ -531,9 +317,6 @@ def test_adaptive_kl_coef_compounds_and_moves_towards_the_target():
     assert down == pytest.approx(0.05 * 0.98**10)
 
 
-# ---- pad_right -----------------------------------------------------------------------------------------------------
-
-
 def test_pad_right_pads_to_the_longest_and_masks_real_tokens():
     out, mask = pad_right([torch.tensor([1.0, 2.0, 3.0], dtype=F64), torch.tensor([4.0]), torch.tensor([])],
                           value=-1.0)
@@ -549,34 +332,3 @@ def test_pad_right_detaches_and_keeps_width_one_for_all_empty():
     out, mask = pad_right([torch.tensor([]), torch.tensor([])])
     assert out.shape == mask.shape == (2, 1)
     assert mask.sum() == 0
-
-
-# ---- pearson and pairwise_disagreement -----------------------------------------------------------------------------
-
-
-def test_pearson_by_hand():
-    """x = 1, 2, 3 and y = 1, 3, 2: deviations -1, 0, 1 and -1, 1, 0; covariance sum 1, squared deviations 2 and 2,
-    so r = 1 / sqrt(2 * 2) = 0.5. Proportional: 1; reversed: -1; constant or too short: 0 by definition."""
-    assert pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
-    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert pearson([1, 2, 3], [5, 5, 5]) == 0.0
-    assert pearson([4], [2]) == 0.0
-
-
-def test_pairwise_disagreement_by_hand():
-    """Model 0.8, 0.2, 0.5, 0.9; verifiers 1, 0, 0.5, 0. Pairs the verifiers rank (equal verifier scores skipped):
-        (0,1) 1 > 0   and 0.8 > 0.2: agree       (0,2) 1 > 0.5 and 0.8 > 0.5: agree
-        (0,3) 1 > 0   but 0.8 < 0.9: disagree    (1,2) 0 < 0.5 and 0.2 < 0.5: agree
-        (1,3) 0 = 0   skipped                    (2,3) 0.5 > 0 but 0.5 < 0.9: disagree
-    -> 2 / 5 = 0.4."""
-    assert pairwise_disagreement([0.8, 0.2, 0.5, 0.9], [1.0, 0.0, 0.5, 0.0]) == pytest.approx(0.4)
-
-
-def test_pairwise_disagreement_skips_unverified_and_tied_pairs():
-    """A None verifier score (no constraints to check) leaves the sample out; no comparable pair gives 0; a model
-    tie on a pair the verifiers separate is not a reversal."""
-    assert pairwise_disagreement([0.1, 0.9, 0.5], [1.0, 0.0, None]) == pytest.approx(1.0)  # only (0,1) counts
-    assert pairwise_disagreement([0.1, 0.9], [None, None]) == 0.0
-    assert pairwise_disagreement([0.3, 0.7], [1.0, 1.0]) == 0.0
-    assert pairwise_disagreement([0.5, 0.5], [1.0, 0.0]) == 0.0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from align.report import STAGE_ORDER, load_stage, stage_charts, write_report
+from align.report import load_stage, stage_charts, write_report
 
 HOSTILE_PROMPT = 'Explain the <script>alert("pwned")</script> tag in lowercase letters and without commas.'
 HOSTILE_PROMPT_ESCAPED = "Explain the &lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; tag"
@@ -134,12 +134,6 @@ EXPECTED_PLOTS = {
     "ppo-reward.png", "ppo-kl.png", "ppo-policy-value-loss.png",
     "dpo-loss.png", "dpo-accuracy.png", "dpo-margin.png", "dpo-implicit-rewards.png",
 }
-
-
-def test_stage_order_matches_the_pipeline():
-    from align.stage import STAGE_NAMES
-
-    assert STAGE_ORDER == STAGE_NAMES
 
 
 def test_report_files_and_embedded_plots(report):

@@ -47,8 +47,8 @@ def test_reward_model_learns_the_preference_and_reports_held_out_metrics(reward_
     manifest = json.loads((reward_stage / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     metrics = manifest["metrics"]
-    assert metrics["rm/eval_accuracy"] == 1.0 and metrics["rm/eval_margin"] > 0.5
-    for key in ("rm/eval_chosen_mean", "rm/eval_chosen_std", "rm/eval_rejected_mean", "rm/eval_rejected_std"):
+    assert metrics["rm/eval/accuracy"] == 1.0 and metrics["rm/eval/margin"] > 0.5
+    for key in ("rm/eval/chosen_mean", "rm/eval/chosen_std", "rm/eval/rejected_mean", "rm/eval/rejected_std"):
         assert key in metrics
     rewards = json.loads((reward_stage / "eval_rewards.json").read_text())
     assert len(rewards["chosen"]) == len(rewards["rejected"]) == 16

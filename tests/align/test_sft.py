@@ -54,7 +54,7 @@ def test_stage_directory_holds_model_config_metrics_and_manifest(trained):
 def test_heldout_loss_falls_and_the_model_learns_to_stop(trained):
     _, out = trained
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
-    assert metrics["sft/eval_loss"] < 0.5 * metrics["sft/eval_loss_before"]
+    assert metrics["sft/eval/loss"] < 0.5 * metrics["sft/eval/loss_before"]
     assert metrics["sft/eos_rate"] == 1.0
 
 

@@ -1,17 +1,17 @@
-"""`align bench` (also `python scripts/bench.py`): every stage of `align` next to its comparators, on the same
-model, data, seed, threads and precision, each measured run in its own process.
+"""The benchmark: every stage of `align` next to its comparators, on the same model, data, seed, threads and
+precision, each measured run in its own process. It is not part of the installed package.
 
-    python scripts/bench.py --quick                 # tiny-random, every case, < 2 minutes: checks the harness
-    python scripts/bench.py                         # --full: smollm2-135m-instruct, realistic sizes
-    python scripts/bench.py --cases sft,dpo --out bench/out
+    python benchmarks/bench.py --quick              # tiny-random, every case, < 2 minutes: checks the harness
+    python benchmarks/bench.py                      # --full: smollm2-135m-instruct, realistic sizes
+    python benchmarks/bench.py --cases sft,dpo --out bench/out
 
 Writes `<out>/bench.json` (every measurement, the comparisons against the targets, the machine) and
 `<out>/bench.md` (the table the README shows); each run's own output goes to `<out>/logs/<case>.log`.
 
 Why a process per run: peak memory (VmHWM) and warm-up (allocator, oneDNN kernels, imports) are per process, so
-one run can never inherit another's. The parent re-invokes this module as `--one CASE`; the cases themselves
-live in `align/bench_cases.py` (shared helpers, matmul peak, SFT), `align/bench_preference.py` (reward model,
-DPO) and `align/bench_generation.py` (PPO, eval).
+one run can never inherit another's. The parent re-invokes this module as `--one CASE` (benchmarks/cases.py);
+how runs are measured is in benchmarks/measure.py, the cases in benchmarks/{sft,preference,generation}_cases.py.
+Each stage runs with its shipped config (configs/<stage>.yaml) at the benchmark's sizes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable (benchmarks/, align/, reward/)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STAGES = ("sft", "rm", "dpo", "ppo", "eval")
 # case -> what it is; "machine" (the matmul peaks) always runs first.
@@ -168,7 +171,7 @@ def run_case(case: str, settings: BenchSettings, out: Path, timeout_s: float) ->
     with tempfile.TemporaryDirectory(prefix="align-bench-") as work:
         settings_path, result_path = Path(work) / "settings.json", Path(work) / "result.json"
         settings_path.write_text(json.dumps(dataclasses.asdict(settings)))
-        command = [sys.executable, "-m", "align.bench", "--one", case, "--settings", str(settings_path),
+        command = [sys.executable, "-m", "benchmarks.bench", "--one", case, "--settings", str(settings_path),
                    "--result", str(result_path), "--workdir", work]
         started = time.perf_counter()
         with open(log_path, "w") as log:
@@ -370,7 +373,7 @@ def _gflops(value) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="align bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny-random, every case, a few steps (< 2 minutes)")
     size.add_argument("--full", action="store_true", help="smollm2-135m-instruct, realistic sizes (default)")
@@ -395,7 +398,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:
-        from align.bench_cases import run_one
+        from benchmarks.cases import run_one
 
         settings = BenchSettings(**json.loads(Path(args.settings).read_text()))
         run_one(args.one, settings, Path(args.result), Path(args.workdir))
@@ -403,21 +406,21 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or len(os.sched_getaffinity(0))
     settings = quick_settings(threads) if args.quick else full_settings(threads)
     if args.last_layers and not args.lora:
-        print("align bench: error: --last-layers needs --lora", file=sys.stderr)
+        print("bench: error: --last-layers needs --lora", file=sys.stderr)
         return 2
     settings = dataclasses.replace(settings, seed=args.seed, lora=args.lora, last_layers=args.last_layers,
                                    model=args.model or settings.model)
     try:
         cases = selected_cases([c.strip() for c in args.cases.split(",") if c.strip()])
     except ValueError as err:
-        print(f"align bench: error: {err}", file=sys.stderr)
+        print(f"bench: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
     report = run_benchmark(settings, cases, out, args.timeout or (300 if args.quick else 1800))
     print(f"[bench] {len(report['runs'])} runs in {report['total_s']}s -> {out / 'bench.json'}, {out / 'bench.md'}")
     print((out / "bench.md").read_text())
     if report["failed"]:
-        print(f"align bench: failed runs: {', '.join(report['failed'])}", file=sys.stderr)
+        print(f"bench: failed runs: {', '.join(report['failed'])}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,4 +1,4 @@
-"""The reward-model and DPO runs of `align bench` (see align/bench_cases.py for how runs are measured).
+"""The reward-model and DPO runs of the benchmark (see benchmarks/measure.py for how runs are measured).
 
 Both train on the same built-in preference pairs; align's stages lay the 2B sequences of a batch out back to back
 (each pair's common prefix once), TRL and the hand-written loops pad them into one batch.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from align.bench_cases import (
+from benchmarks.measure import (
     BIG,
     STAGE_PRECISION,
     bf16_autocast,
@@ -26,10 +26,17 @@ from align.bench_cases import (
     right_pad,
     rows_of,
     run_trl,
-    stage_basics,
+    stage_config,
     training_result,
     value_model,
 )
+
+
+def pair_stage_config(stage: str, settings, workdir: Path):
+    """configs/rm.yaml or configs/dpo.yaml at the benchmark's sizes, no held-out evaluation."""
+    return stage_config(stage, settings, workdir, "builtin:pairs:train", settings.pairs, f"train.epochs={BIG}",
+                        f"train.max_steps={settings.warmup_steps + settings.pair_steps}",
+                        f"train.pairs_per_batch={settings.pairs_per_batch}", f"train.eval_every={BIG}")
 
 
 # ---- reward model ----------------------------------------------------------------------------------------------
@@ -37,14 +44,9 @@ from align.bench_cases import (
 
 def case_rm_align(settings, workdir: Path) -> dict:
     from align.models import load_tokenizer
-    from align.rm import RMConfig, RMTrainConfig, tokenize_pairs, train
+    from align.rm import tokenize_pairs, train
 
-    steps = settings.warmup_steps + settings.pair_steps
-    cfg = RMConfig(
-        **stage_basics(settings, workdir, "builtin:pairs:train", settings.pairs),
-        train=RMTrainConfig(epochs=BIG, max_steps=steps, pairs_per_batch=settings.pairs_per_batch, log_every=1,
-                            eval_every=BIG, save_every=BIG),
-    )
+    cfg = pair_stage_config("rm", settings, workdir)
     out = train(cfg)
     pairs_per_s = read_logged(out, "rm/pairs_per_s")
     t, path = cfg.train, model_path(settings)
@@ -101,7 +103,8 @@ def case_rm_trl(settings, workdir: Path) -> dict:
     steps = settings.warmup_steps + settings.pair_steps
     step_tokens, step_seconds, defaults = run_trl(
         RewardTrainer, RewardConfig, settings, workdir, steps, preference_dataset(settings),
-        value_model(path, tokenizer.pad_token_id), tokenizer, "SEQ_CLS",
+        value_model(path, tokenizer.pad_token_id), tokenizer,
+        lora_config(settings, pair_stage_config("rm", settings, workdir).model.lora, "SEQ_CLS"),
         per_device_train_batch_size=settings.pairs_per_batch)
     return training_result(
         "TRL RewardTrainer, defaults", "trl.RewardTrainer on the same pairs (conversational preference format), "
@@ -114,13 +117,13 @@ def case_rm_trl(settings, workdir: Path) -> dict:
 def case_rm_hand(settings, workdir: Path) -> dict:
     from transformers import AutoTokenizer
 
-    path = model_path(settings)
+    path, rm = model_path(settings), pair_stage_config("rm", settings, workdir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = value_model(path, tokenizer.pad_token_id)
     if settings.lora:
         import peft
 
-        model = peft.get_peft_model(model, lora_config(settings, "SEQ_CLS"))
+        model = peft.get_peft_model(model, lora_config(settings, rm.model.lora, "SEQ_CLS"))
     rows = rows_of("builtin:pairs:train", "preference", settings.pairs)
 
     def ids(prompt, answer):
@@ -129,7 +132,7 @@ def case_rm_hand(settings, workdir: Path) -> dict:
 
     pairs = [(ids(r["prompt"], r["chosen"]), ids(r["prompt"], r["rejected"])) for r in rows]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=2e-4)
+    optimizer = torch.optim.AdamW(trainable, lr=rm.train.learning_rate)
     model.train()
     n, step_tokens, step_seconds = settings.pairs_per_batch, [], []
     for step in range(settings.warmup_steps + settings.pair_steps):
@@ -156,15 +159,10 @@ def case_rm_hand(settings, workdir: Path) -> dict:
 
 
 def case_dpo_align(settings, workdir: Path) -> dict:
-    from align.dpo import DPOConfig, DPOTrainConfig, tokenize_pairs, train
+    from align.dpo import tokenize_pairs, train
     from align.models import load_tokenizer
 
-    steps = settings.warmup_steps + settings.pair_steps
-    cfg = DPOConfig(
-        **stage_basics(settings, workdir, "builtin:pairs:train", settings.pairs),
-        train=DPOTrainConfig(epochs=BIG, max_steps=steps, pairs_per_batch=settings.pairs_per_batch, log_every=1,
-                             eval_every=BIG, save_every=BIG),
-    )
+    cfg = pair_stage_config("dpo", settings, workdir)
     printed = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
         out = train(cfg)
@@ -212,7 +210,8 @@ def case_dpo_trl(settings, workdir: Path) -> dict:
     steps = settings.warmup_steps + settings.pair_steps
     step_tokens, step_seconds, defaults = run_trl(
         DPOTrainer, DPOConfig, settings, workdir, steps, preference_dataset(settings), model, tokenizer,
-        "CAUSAL_LM", per_device_train_batch_size=settings.pairs_per_batch)
+        lora_config(settings, pair_stage_config("dpo", settings, workdir).model.lora, "CAUSAL_LM"),
+        per_device_train_batch_size=settings.pairs_per_batch)
     # The reference forward runs inside every TRL step (precompute_ref_log_probs=False by default).
     return dpo_result(training_result(
         "TRL DPOTrainer, defaults", "trl.DPOTrainer on the same pairs (conversational preference format), DPOConfig "
@@ -227,13 +226,13 @@ def case_dpo_hand(settings, workdir: Path) -> dict:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = model_path(settings)
+    path, dpo = model_path(settings), pair_stage_config("dpo", settings, workdir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if settings.lora:
         import peft
 
-        policy = peft.get_peft_model(policy, lora_config(settings, "CAUSAL_LM"))
+        policy = peft.get_peft_model(policy, lora_config(settings, dpo.model.lora, "CAUSAL_LM"))
         reference = None
     else:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -268,7 +267,7 @@ def case_dpo_hand(settings, workdir: Path) -> dict:
                 reference_logps = [sequence_logps(policy, batch)[0] for batch in batches]
     reference_s_per_pair = (time.perf_counter() - started) / (steps * n)
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=5e-5)
+    optimizer = torch.optim.AdamW(trainable, lr=dpo.train.learning_rate)
     policy.train()
     step_tokens, step_seconds = [], []
     for batch, ref in zip(batches, reference_logps):

@@ -1,4 +1,4 @@
-"""The generation-bound runs of `align bench`: PPO iterations and evaluation, each next to raw `model.generate`.
+"""The generation-bound runs of the benchmark: PPO iterations and evaluation, each next to raw `model.generate`.
 
 Raw generation is what any implementation must do at the least: the prompts rendered with the chat template,
 left-padded batches of the same size, `model.generate` with KV cache, bf16 weights, the same sampling settings.
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from align.bench_cases import (
+from benchmarks.measure import (
     TRAIN_PRECISION,
     bf16_autocast,
     lora_config,
@@ -21,12 +21,10 @@ from align.bench_cases import (
     read_logged,
     right_pad,
     rows_of,
-    stage_basics,
+    stage_config,
     value_model,
 )
 
-PPO_TEMPERATURE = 0.8  # configs/ppo.yaml
-PPO_EPOCHS = 1  # configs/ppo.yaml (one pass per batch: the CPU budget)
 GENERATION_PRECISION = "bf16 weights"
 
 
@@ -58,24 +56,23 @@ def raw_generate(model, tokenizer, encoded: list[list[int]], batch_size: int, ma
 # ---- PPO -------------------------------------------------------------------------------------------------------
 
 
+def ppo_config(settings, workdir: Path, reward_dir: Path | None = None):
+    """configs/ppo.yaml at the benchmark's sizes (every iteration uses the same prompts: the data is exactly one
+    iteration's worth), its reward model replaced by `reward_dir`."""
+    return stage_config("ppo", settings, workdir, "builtin:prompts:train", settings.ppo_prompts,
+                        f"reward.reward_model={reward_dir}" if reward_dir else "reward.reward_model=null",
+                        f"train.iterations={settings.warmup_steps + settings.ppo_iterations}",
+                        f"train.prompts_per_iteration={settings.ppo_prompts}",
+                        f"train.generation_batch_size={settings.ppo_prompts}",
+                        f"train.minibatch_size={settings.ppo_minibatch}",
+                        f"train.max_new_tokens={settings.ppo_max_new_tokens}")
+
+
 def case_ppo_align(settings, workdir: Path) -> dict:
-    from align.ppo import PPOConfig, PPOTrainConfig, train
-    from align.rewards import RewardConfig
-    from reward.compose import RewardFunctionConfig
+    from align.ppo import train
 
     path = model_path(settings)
-    reward_dir = reward_model_dir(path, workdir / "reward-model", settings.seed)
-    iterations = settings.warmup_steps + settings.ppo_iterations
-    cfg = PPOConfig(
-        # Every iteration uses the same prompts: the data is exactly one iteration's worth.
-        **stage_basics(settings, workdir, "builtin:prompts:train", settings.ppo_prompts),
-        reward=RewardConfig(reward_model=str(reward_dir), reward_model_weight=0.5,
-                            functions=[RewardFunctionConfig(name="instruction_following", weight=1.0)]),
-        train=PPOTrainConfig(iterations=iterations, prompts_per_iteration=settings.ppo_prompts,
-                             generation_batch_size=settings.ppo_prompts, minibatch_size=settings.ppo_minibatch,
-                             max_new_tokens=settings.ppo_max_new_tokens, temperature=PPO_TEMPERATURE,
-                             ppo_epochs=PPO_EPOCHS, log_every=1, save_every=10**9),
-    )
+    cfg = ppo_config(settings, workdir, reward_model_dir(path, workdir / "reward-model", settings.seed))
     out = train(cfg)
     parts = {part: read_logged(out, f"ppo/time/{part}")[settings.warmup_steps:]
              for part in ("generate", "score", "logprobs", "update")}
@@ -87,7 +84,7 @@ def case_ppo_align(settings, workdir: Path) -> dict:
     prompt_tokens = sum(len(ids) for ids in prompt_ids(tokenizer, [r["prompt"] for r in rows_of(
         "builtin:prompts:train", "prompt", settings.ppo_prompts)]))
     new_tokens = [round(length * settings.ppo_prompts) for length in lengths]  # per iteration (mean x prompts)
-    update_tokens = sum(PPO_EPOCHS * (prompt_tokens + n) for n in new_tokens)
+    update_tokens = sum(cfg.train.ppo_epochs * (prompt_tokens + n) for n in new_tokens)
     n_iter = len(lengths)
     mean = {part: sum(v) / n_iter for part, v in parts.items()}
     n_policy, n_value = matmul_parameters(path, "causal"), matmul_parameters(path, "value")
@@ -97,7 +94,7 @@ def case_ppo_align(settings, workdir: Path) -> dict:
         "peak_dtype": "bf16",
         "method": f"align.ppo.train ({settings.ppo_prompts} prompts per iteration = the whole prompt set, "
                   f"generation batch {settings.ppo_prompts}, max_new_tokens {settings.ppo_max_new_tokens}, "
-                  f"temperature {PPO_TEMPERATURE}, {PPO_EPOCHS} PPO epochs of minibatch {settings.ppo_minibatch}, "
+                  f"temperature {cfg.train.temperature}, {cfg.train.ppo_epochs} PPO epochs of minibatch {settings.ppo_minibatch}, "
                   "reward = a reward model made from the base model (seeded random score head) + "
                   "instruction_following, value model from it); per-iteration times are the stage's logged "
                   "ppo/time/{generate,score,logprobs,update} (generate includes syncing the rollout copy's "
@@ -136,7 +133,8 @@ def reward_model_dir(path: str, out: Path, seed: int) -> Path:
 def case_ppo_raw(settings, workdir: Path) -> dict:
     """Raw generation of the same prompts, then the least training a PPO update does on those sequences: PPO_EPOCHS
     passes of policy + value forward/backward over minibatches, AdamW. No scoring, no reference/old log-probs."""
-    path = model_path(settings)
+    path, ppo = model_path(settings), ppo_config(settings, workdir)
+    t = ppo.train
     tokenizer = AutoTokenizer.from_pretrained(path)
     generator_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -144,16 +142,17 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
     if settings.lora:
         import peft
 
-        policy = peft.get_peft_model(policy, lora_config(settings, "CAUSAL_LM"))
-        value = peft.get_peft_model(value, lora_config(settings, "SEQ_CLS"))
-    optimizer = torch.optim.AdamW([{"params": [p for p in policy.parameters() if p.requires_grad], "lr": 5e-5},
-                                   {"params": [p for p in value.parameters() if p.requires_grad], "lr": 1e-4}])
+        policy = peft.get_peft_model(policy, lora_config(settings, ppo.model.lora, "CAUSAL_LM"))
+        value = peft.get_peft_model(value, lora_config(settings, ppo.model.lora, "SEQ_CLS"))
+    optimizer = torch.optim.AdamW([
+        {"params": [p for p in policy.parameters() if p.requires_grad], "lr": t.learning_rate},
+        {"params": [p for p in value.parameters() if p.requires_grad], "lr": t.value_learning_rate}])
     encoded = prompt_ids(tokenizer, [r["prompt"] for r in rows_of("builtin:prompts:train", "prompt",
                                                                   settings.ppo_prompts)])
     # align.rollout.generate's order (shortest prompt first) and seed: with the same weights (the warm-up
     # iteration) both sample the same completions; later, align's policy has moved and lengths differ by sampling.
     encoded.sort(key=len)
-    sampling = dict(do_sample=True, temperature=PPO_TEMPERATURE, top_p=1.0, top_k=0)
+    sampling = dict(do_sample=True, temperature=t.temperature, top_p=t.top_p, top_k=t.top_k)
     body, head = (value.get_base_model() if settings.lora else value).model, (
         value.get_base_model() if settings.lora else value).score
     timings = []
@@ -166,7 +165,7 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
         started, tokens = time.perf_counter(), 0
         policy.train()
         value.train()
-        for _ in range(PPO_EPOCHS):
+        for _ in range(t.ppo_epochs):
             for idx in torch.randperm(len(encoded)).split(settings.ppo_minibatch):
                 sequences = [encoded[i] + completions[i] for i in idx]
                 ids, mask = right_pad(sequences, tokenizer.pad_token_id)
@@ -180,7 +179,7 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
                 weights = response[:, 1:].float()
                 loss = -(token_logps * weights).sum() / weights.sum() + (values**2 * response).sum() / response.sum()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 tokens += int(mask.sum())
@@ -194,7 +193,7 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
         "precision": f"generation: {GENERATION_PRECISION}; training: {TRAIN_PRECISION}", "peak_dtype": "bf16",
         "method": f"raw model.generate on left-padded batches of {settings.ppo_prompts} (the same prompts, order, "
                   "seeds, sampling and max_new_tokens as align's rollouts; no weight sync into the bf16 copy), then "
-                  f"{PPO_EPOCHS} epochs of policy + value forward/backward over minibatches of "
+                  f"{t.ppo_epochs} epochs of policy + value forward/backward over minibatches of "
                   f"{settings.ppo_minibatch} right-padded prompt+response sequences with AdamW (a stand-in loss of "
                   "the same shape: policy log-probs and value regression); raw_iteration_s is rescaled to align's "
                   "tokens per iteration when ppo/align ran (raw_iteration_s_own_tokens: this run's own)",

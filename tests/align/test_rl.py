@@ -1,0 +1,46 @@
+"""align/rl.py: what the RL stages share, against values derived by hand."""
+
+import pytest
+
+from align.rl import iteration_rows, pairwise_disagreement, pearson
+
+
+def test_pearson_by_hand():
+    """x = 1, 2, 3 and y = 1, 3, 2: deviations -1, 0, 1 and -1, 1, 0; covariance sum 1, squared deviations 2 and 2,
+    so r = 1 / sqrt(2 * 2) = 0.5. Proportional: 1; reversed: -1; constant or too short: 0 by definition."""
+    assert pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3], [5, 5, 5]) == 0.0
+    assert pearson([4], [2]) == 0.0
+
+
+def test_pairwise_disagreement_by_hand():
+    """Model 0.8, 0.2, 0.5, 0.9; verifiers 1, 0, 0.5, 0. Pairs the verifiers rank (equal verifier scores skipped):
+        (0,1) 1 > 0   and 0.8 > 0.2: agree       (0,2) 1 > 0.5 and 0.8 > 0.5: agree
+        (0,3) 1 > 0   but 0.8 < 0.9: disagree    (1,2) 0 < 0.5 and 0.2 < 0.5: agree
+        (1,3) 0 = 0   skipped                    (2,3) 0.5 > 0 but 0.5 < 0.9: disagree
+    -> 2 / 5 = 0.4."""
+    assert pairwise_disagreement([0.8, 0.2, 0.5, 0.9], [1.0, 0.0, 0.5, 0.0]) == pytest.approx(0.4)
+
+
+def test_pairwise_disagreement_skips_unverified_and_tied_pairs():
+    """A None verifier score (no constraints to check) leaves the sample out; no comparable pair gives 0; a model
+    tie on a pair the verifiers separate is not a reversal."""
+    assert pairwise_disagreement([0.1, 0.9, 0.5], [1.0, 0.0, None]) == pytest.approx(1.0)  # only (0,1) counts
+    assert pairwise_disagreement([0.1, 0.9], [None, None]) == 0.0
+    assert pairwise_disagreement([0.3, 0.7], [1.0, 1.0]) == 0.0
+    assert pairwise_disagreement([0.5, 0.5], [1.0, 0.0]) == 0.0
+
+
+def test_iteration_rows_walk_through_a_fixed_shuffle_per_epoch_split_between_processes():
+    """5 rows, 2 per iteration: iterations 0 and 1 take positions 0-1 and 2-3 of epoch 0's shuffle; iteration 2
+    takes its last position and the first of epoch 1's shuffle. With 2 processes each takes 1 of the 2."""
+    from align.loop import epoch_permutation
+
+    rows = [{"i": i} for i in range(5)]
+    first, second = epoch_permutation(5, 7, 0), epoch_permutation(5, 7, 1)
+    picked = [[r["i"] for r in iteration_rows(rows, it, 2, seed=7)] for it in range(3)]
+    assert picked == [first[0:2], first[2:4], [first[4], second[0]]]
+    shares = [[r["i"] for r in iteration_rows(rows, 1, 2, seed=7, process=p, processes=2)] for p in (0, 1)]
+    assert shares == [[first[2]], [first[3]]]
