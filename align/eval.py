@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 
 from align.data import DataConfig, load_rows
+from align.rollout import GenerationConfig
 
 
 @dataclass
@@ -32,7 +33,7 @@ class EvalConfig:
     data: DataConfig = field(default_factory=DataConfig)  # how to read `prompts` (format, skip_bad_rows, seed)
     max_prompts: int | None = None  # evaluate the first N prompts; null: all
     max_new_tokens: int = 256  # token budget of each answer (greedy decoding)
-    batch_size: int = 64  # prompts decoded together (rows leave the batch at EOS, so a big batch wastes no steps)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # the decoding backend and its rows
     precision: Literal["bf16", "fp32"] = "bf16"  # the weights' dtype while generating
     threads: int | None = None  # intra-op threads; default: the available cores
     out: str | None = None  # default: <model dir>/eval (stage dirs) or runs/eval/<model>
@@ -107,7 +108,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from transformers import AutoModelForCausalLM
 
     from align.models import load_tokenizer, resolve_model_path
-    from align.rollout import generate
+    from align.rollout import TextGenerator
     from align.runtime import set_threads
 
     set_threads(cfg.threads)
@@ -117,11 +118,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(path)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
     started = time.perf_counter()
-    generations = generate(
-        model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
-    )
+    generator = TextGenerator(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True),
+                              tokenizer, cfg.generation)
+    setup_seconds, started = time.perf_counter() - started, time.perf_counter()
+    generations = generator.generate([r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens)
     seconds = time.perf_counter() - started
     user_prompts = [r["prompt"][-1]["content"] for r in rows]
     results = score_completions(user_prompts, generations.texts, constraints)
@@ -130,6 +131,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         prompts_source=cfg.prompts,
         finished_fraction=sum(generations.finished) / max(1, len(rows)),
         mean_new_tokens=generations.new_tokens / max(1, len(rows)),
+        generation_backend=generator.backend,
+        generation_setup_seconds=setup_seconds,
         generation_seconds=seconds,
         new_tokens_per_s=generations.new_tokens / max(1e-9, seconds),
         samples=[

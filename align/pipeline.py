@@ -22,6 +22,7 @@ from typing import Literal
 
 from align.config import ConfigError, load_config, read_yaml
 from align.registry import STAGES, config_class, stage_module
+from align.rollout import GenerationConfig
 from align.stage import RunConfig
 
 
@@ -42,7 +43,7 @@ class PipelineEvalConfig:
     prompts: str = "builtin:prompts:heldout"  # the evaluation prompts (align eval's `prompts`)
     max_prompts: int | None = None  # evaluate the first N prompts; null: all
     max_new_tokens: int = 256  # token budget of each answer (greedy decoding)
-    batch_size: int = 64  # prompts decoded together (rows leave the batch at EOS, so a big batch wastes no steps)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # the decoding backend and its rows
     include_base: bool = True  # also evaluate the model the first stage starts from, as the baseline
 
 
@@ -86,7 +87,7 @@ def _eval_config(cfg: PipelineConfig, model: str, out: Path):
 
     e = cfg.eval
     return EvalConfig(model=model, prompts=e.prompts, max_prompts=e.max_prompts, max_new_tokens=e.max_new_tokens,
-                      batch_size=e.batch_size, threads=cfg.run.threads, out=str(out))
+                      generation=e.generation, threads=cfg.run.threads, out=str(out))
 
 
 def evaluate_once(cfg: PipelineConfig, model: str, out: Path) -> dict:

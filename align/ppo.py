@@ -39,7 +39,7 @@ from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import Precision, autocast
 from align.rewards import RewardConfig, build_reward
 from align.rl import completion_metrics, iteration_rows, log_samples
-from align.rollout import generate, render_prompt
+from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
 from align.values import TokenValues, load_reward_backbone
@@ -59,7 +59,6 @@ class PPOTrainConfig(TrainConfig):
     temperature: float = 1.0  # sampling temperature of rollouts (also used for the log-probs)
     top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
     top_k: int = 0  # keep only the k most likely tokens; 0 = off
-    generation_batch_size: int = 16  # prompts decoded together
     ppo_epochs: int = 2  # passes over each iteration's responses
     minibatch_size: int = 8  # responses per optimiser step
     policy_loss: PolicyLossName = "clipped"  # align.losses.POLICY_LOSSES
@@ -96,6 +95,7 @@ class PPOConfig:
         default_factory=lambda: DataConfig(train="builtin:prompts:train", eval="builtin:prompts:heldout")
     )
     reward: RewardConfig = field(default_factory=RewardConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # how rollouts are decoded
     train: PPOTrainConfig = field(default_factory=PPOTrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -232,7 +232,7 @@ class PPOModels:
     """The models of a PPO run besides the trained policy and value model (which `Training` holds)."""
 
     reference: FrozenReference  # the SFT policy: with LoRA, the policy with its adapters off
-    rollout_model: torch.nn.Module  # a bf16 copy of the policy that generates; refreshed every iteration
+    generator: TextGenerator  # a bf16 copy of the policy that generates rollouts; refreshed every iteration
     tokenizer: object
     trunk_layers: tuple[int, int] | None  # frozen layers run once per iteration (`shared_trunk_layers`)
 
@@ -246,6 +246,7 @@ def load_models(cfg: PPOConfig, device) -> tuple[object, TokenValues, PPOModels,
     reference = FrozenReference(policy, lora=cfg.model.lora.enabled)
     rollout_dtype = torch.bfloat16 if cfg.train.precision != "fp32" else torch.float32
     rollout_model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=rollout_dtype, use_safetensors=True)
+    generator = TextGenerator(rollout_model.to(device), tokenizer, cfg.generation)
     value_model, value_path = load_value_model(cfg, policy_path)
     print(f"[align] ppo: policy {policy_path} ({count_parameters(policy)[0]:,} trainable), value model from "
           f"{value_path}, reference = {'policy without adapters' if cfg.model.lora.enabled else 'frozen copy'}")
@@ -253,7 +254,7 @@ def load_models(cfg: PPOConfig, device) -> tuple[object, TokenValues, PPOModels,
     if trunk_layers:
         print(f"[align] ppo: the frozen layers below the adapters ({trunk_layers[0]} of the policy, {trunk_layers[1]} "
               f"of the value model) run once per iteration, shared by every pass")
-    models = PPOModels(reference, rollout_model.to(device), tokenizer, trunk_layers)
+    models = PPOModels(reference, generator, tokenizer, trunk_layers)
     return policy, value_model, models, {"policy": policy_path, "reward_model": cfg.reward.reward_model,
                                          "value": value_path}
 
@@ -289,14 +290,13 @@ class Rollout:
 
 def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig,
                      seed: int) -> Rollout:
-    """1. Responses of the current policy: its weights (LoRA merged) are copied into the bf16 rollout model, which
+    """1. Responses of the current policy: its weights (LoRA merged) are copied into the bf16 rollout copy, which
     samples with `seed`."""
     tokenizer = models.tokenizer
-    models.rollout_model.load_state_dict(merged_weights(training.raw["policy"]))
+    models.generator.load_weights(merged_weights(training.raw["policy"]))
     prompts = [row["prompt"] for row in rows]
-    gens = generate(models.rollout_model, tokenizer, prompts, max_new_tokens=t.max_new_tokens,
-                    batch_size=t.generation_batch_size, temperature=t.temperature, top_p=t.top_p, top_k=t.top_k,
-                    generator_seed=seed)
+    gens = models.generator.generate(prompts, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
+                                     top_p=t.top_p, top_k=t.top_k, seed=seed)
     prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     response_ids = [ids or [tokenizer.eos_token_id] for ids in gens.token_ids]
     return Rollout(rows, prompt_ids, response_ids, gens.texts, gens.finished)

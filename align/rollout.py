@@ -1,20 +1,36 @@
-"""Batched, KV-cached generation shared by evaluation and the RL stages.
+"""Generation for every place that generates (PPO's rollouts, `align eval`, the pipeline's evaluations, SFT's EOS
+check): chat prompts in; token ids, texts, finished flags and the log-probs of the generated tokens out.
 
-Prompts are sorted by length before batching so each batch pads as little as possible (left padding, since
-decoder-only models continue from the right edge), then results are put back in the caller's order.
+    generator = TextGenerator(model, tokenizer, GenerationConfig())     # chooses the backend once
+    out = generator.generate(prompts, max_new_tokens=256)                # greedy
+    out = generator.generate(prompts, max_new_tokens=128, temperature=0.8, seed=7)
+    generator.load_weights(policy_state_dict)                            # e.g. PPO, every iteration
 
-The decoding loop is ours rather than `model.generate` for one reason: a row that has emitted EOS leaves the
-batch (its KV-cache rows are dropped), so the remaining steps only pay for the rows still generating. On CPU a
-decoding step costs roughly in proportion to its rows, and with answers of very different lengths a static batch
-spends a third or more of its row-steps on finished rows. Sampling is the usual temperature -> top-k -> top-p ->
-multinomial chain (transformers' own logits warpers), greedy when temperature is 0.
+Two backends behind that interface (`generation.backend`):
+- `engine` (align.engine): a lean decoder for Llama-family models with a static KV cache whose rows are refilled
+  as answers end (continuous batching); the default wherever it supports the model;
+- `hf`: transformers' forward with a growing KV cache on length-sorted, left-padded batches whose finished rows
+  leave the batch. The reference implementation the engine is tested against, and the fallback for other models.
+Both sample the same way (`Sampler`): temperature -> top-k -> top-p -> a draw from a seeded generator; greedy at
+temperature 0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+from align.engine import Completion, DecoderEngine, unsupported_reason
+
+
+@dataclass
+class GenerationConfig:
+    """The `generation:` section of the stages that generate and of `align eval`."""
+
+    backend: Literal["auto", "engine", "hf"] = "auto"  # auto: align's engine where it supports the model, else hf
+    slots: int = 64  # rows decoded together (engine: cache rows refilled as answers end; hf: the batch size)
 
 
 @dataclass
@@ -24,6 +40,7 @@ class Generations:
     token_ids: list[list[int]]  # completion token ids, EOS included when the model stopped, no padding
     finished: list[bool]  # True when the model emitted EOS before max_new_tokens
     new_tokens: int  # generated tokens in total (what throughput is measured in)
+    logprobs: list[list[float]]  # per generated token: its log-prob at the sampling temperature (before top-k/p)
 
 
 def render_prompt(tokenizer, prompt) -> str:
@@ -32,30 +49,43 @@ def render_prompt(tokenizer, prompt) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def next_token_sampler(temperature: float, top_p: float, top_k: int):
-    """A function logits [B, V] -> next token ids [B]: argmax when temperature is 0, else a sample from the
-    temperature-scaled distribution restricted to the top_k tokens and the top_p probability mass."""
-    from transformers.generation.logits_process import (
-        LogitsProcessorList,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+class Sampler:
+    """logits [n, vocab] -> (next tokens [n], their log-probs [n]), in fp32.
 
-    if temperature <= 0:
-        return lambda logits: logits.argmax(-1)
-    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
-    if top_k:
-        warpers.append(TopKLogitsWarper(top_k))
-    if top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
-    return lambda logits: torch.multinomial(torch.softmax(warpers(None, logits), dim=-1), 1).squeeze(1)
+    Greedy (argmax) at temperature 0; otherwise a draw, from this sampler's own generator seeded with `seed`, from
+    the temperature-scaled distribution restricted to the top_k tokens and the top_p probability mass
+    (transformers' logits warpers). The log-prob is the drawn token's under the temperature-scaled distribution
+    before top-k/top-p, which is what a training forward pass at that temperature computes."""
+
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None):
+        from transformers.generation.logits_process import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
+
+        self.temperature = temperature
+        self.warpers = LogitsProcessorList([TopKLogitsWarper(top_k)] if top_k else [])
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        if seed is None:  # drawn from torch's global generator, so a seeded run stays reproducible
+            seed = int(torch.randint(2**62, (1,)))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float()
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if self.temperature <= 0:
+            tokens = logits.argmax(-1)
+        else:
+            probs = torch.softmax(self.warpers(None, logits), dim=-1)
+            tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(1)
 
 
-def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos: int,
-                 next_token) -> list[list[int]]:
-    """Continue a left-padded batch ([B, T] ids and mask) for up to max_new_tokens; returns each row's new tokens,
-    EOS included when it stopped. Rows that finish are removed from the batch and from the KV cache."""
+@torch.no_grad()
+def reference_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos: int,
+                     sample: Sampler) -> list[Completion]:
+    """The `hf` backend on one left-padded batch ([B, T] ids and mask): transformers' forward with a growing KV
+    cache, finished rows removed from the batch and from the cache. Returns each row's completion."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
@@ -64,11 +94,13 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
                 use_cache=True, logits_to_keep=1)
     rows = list(range(len(input_ids)))  # which original row each live batch row is
     position = positions[:, -1:]  # [b, 1]
-    new_tokens: list[list[int]] = [[] for _ in range(len(input_ids))]
+    completions = [Completion([], False, []) for _ in range(len(input_ids))]
     for step in range(max_new_tokens):
-        tokens = next_token(out.logits[:, -1, :].float())  # [b]
-        for row, token in zip(rows, tokens.tolist()):
-            new_tokens[row].append(token)
+        tokens, logprobs = sample(out.logits[:, -1, :])  # [b]
+        for row, token, logprob in zip(rows, tokens.tolist(), logprobs.tolist()):
+            completions[row].token_ids.append(token)
+            completions[row].logprobs.append(logprob)
+            completions[row].finished = token == eos
         live = tokens != eos  # [b]
         if step == max_new_tokens - 1 or not live.any():
             break
@@ -81,48 +113,71 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
         position = position + 1
         out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=position,
                     past_key_values=cache, use_cache=True)
-    return new_tokens
+    return completions
 
 
-@torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    prompts: list,
-    *,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    generator_seed: int | None = None,
-) -> Generations:
-    """Generate one completion per prompt. temperature 0 means greedy decoding."""
-    rendered = [render_prompt(tokenizer, p) for p in prompts]
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    texts, token_ids, finished = [None] * len(prompts), [None] * len(prompts), [False] * len(prompts)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    was_training = model.training
-    model.eval()
-    if generator_seed is not None:
-        torch.manual_seed(generator_seed)
-    next_token = next_token_sampler(temperature, top_p, top_k)
-    new_tokens = 0
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding
-            input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            attention_mask[row, width - len(encoded[i]) :] = 1
-        outputs = decode_batch(model, input_ids.to(model.device), attention_mask.to(model.device), max_new_tokens,
-                               eos, next_token)
-        for ids, i in zip(outputs, batch):
-            finished[i] = eos in ids
-            token_ids[i] = ids
-            texts[i] = tokenizer.decode(ids, skip_special_tokens=True)
-            new_tokens += len(ids)
-    model.train(was_training)
-    return Generations(rendered, texts, token_ids, finished, new_tokens)
+def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :], attention_mask[row, width - len(prompt) :] = torch.tensor(prompt), 1
+    return input_ids, attention_mask
+
+
+class TextGenerator:
+    """Completes chat prompts with a model, on the backend `config.backend` picks (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, config: GenerationConfig | None = None):
+        self.config, self.tokenizer = config or GenerationConfig(), tokenizer
+        reason = unsupported_reason(model) if self.config.backend != "hf" else None
+        if self.config.backend == "engine" and reason:
+            raise ValueError(f"generation.backend is 'engine' but the engine cannot run this model: {reason}; "
+                             f"use 'auto' or 'hf'")
+        self.backend = "hf" if self.config.backend == "hf" or reason else "engine"
+        self.model = model if self.backend == "hf" else None
+        self.engine = DecoderEngine(model, self.config.slots) if self.backend == "engine" else None
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """New weights (transformers' names), e.g. the current policy's with LoRA merged."""
+        if self.engine is not None:
+            self.engine.load_weights(state_dict)
+        else:
+            self.model.load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def generate(self, prompts: list, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int | None = None) -> Generations:
+        """One completion per prompt (a string or chat messages). temperature 0 means greedy decoding."""
+        rendered = [render_prompt(self.tokenizer, p) for p in prompts]
+        encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+        sample, eos = Sampler(temperature, top_p, top_k, seed), self.tokenizer.eos_token_id
+        if self.engine is not None:
+            completions = self.engine.generate(encoded, max_new_tokens, sample, eos)
+        else:
+            completions = self._reference(encoded, max_new_tokens, sample, eos)
+        token_ids = [c.token_ids for c in completions]
+        return Generations(rendered, [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids],
+                           token_ids, [c.finished for c in completions], sum(map(len, token_ids)),
+                           [c.logprobs for c in completions])
+
+    def _reference(self, encoded: list[list[int]], max_new_tokens: int, sample: Sampler, eos: int):
+        """The hf backend: length-sorted batches of `slots` prompts."""
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        completions: list[Completion | None] = [None] * len(encoded)
+        was_training = self.model.training
+        self.model.eval()
+        for start in range(0, len(order), self.config.slots):
+            batch = order[start : start + self.config.slots]
+            ids, mask = left_padded([encoded[i] for i in batch], self.tokenizer.pad_token_id)
+            device = self.model.device
+            for i, completion in zip(batch, reference_decode(self.model, ids.to(device), mask.to(device),
+                                                             max_new_tokens, eos, sample)):
+                completions[i] = completion
+        self.model.train(was_training)
+        return completions
+
+
+def generate(model, tokenizer, prompts: list, *, config: GenerationConfig | None = None, **sampling) -> Generations:
+    """One-off generation: `TextGenerator(model, tokenizer, config).generate(prompts, **sampling)`."""
+    return TextGenerator(model, tokenizer, config).generate(prompts, **sampling)

@@ -102,6 +102,7 @@ def eos_rate(model_dir: Path, prompts: list[list[dict]], precision: str, max_new
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     generations = generate(model, load_tokenizer(str(model_dir)), prompts, max_new_tokens=max_new_tokens)
+    del model
     return sum(generations.finished) / max(1, len(prompts)), generations.texts
 
 

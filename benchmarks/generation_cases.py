@@ -63,7 +63,7 @@ def ppo_config(settings, workdir: Path, reward_dir: Path | None = None):
                         f"reward.reward_model={reward_dir}" if reward_dir else "reward.reward_model=null",
                         f"train.iterations={settings.warmup_steps + settings.ppo_iterations}",
                         f"train.prompts_per_iteration={settings.ppo_prompts}",
-                        f"train.generation_batch_size={settings.ppo_prompts}",
+                        f"generation.slots={settings.ppo_prompts}",
                         f"train.minibatch_size={settings.ppo_minibatch}",
                         f"train.max_new_tokens={settings.ppo_max_new_tokens}")
 
@@ -216,10 +216,11 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
 
 def case_eval_align(settings, workdir: Path) -> dict:
     from align.eval import EvalConfig, evaluate
+    from align.rollout import GenerationConfig
 
     def config(prompts: int, new_tokens: int, out: str) -> EvalConfig:
         return EvalConfig(model=settings.model, prompts="builtin:prompts:heldout", max_prompts=prompts,
-                          max_new_tokens=new_tokens, batch_size=settings.eval_batch_size, precision="bf16",
+                          max_new_tokens=new_tokens, generation=GenerationConfig(slots=settings.eval_batch_size), precision="bf16",
                           threads=settings.threads, out=str(workdir / out))
 
     evaluate(config(2, 4, "warmup"))  # warm-up: the same code path, a short generation

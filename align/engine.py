@@ -1,0 +1,336 @@
+"""align's generation engine: a lean decoder for Llama-family models with a static KV cache of `slots` rows and
+continuous batching. Used through `align.rollout.generate` (its `generation.backend: engine`).
+
+Why it is faster than transformers' `generate` on a CPU, where a decode step's work is small and per-operation
+overhead and small matrix products dominate:
+- **Slots, continuously refilled.** The cache has a fixed number of rows; a row that finishes hands its slot to the
+  next waiting prompt (its prompt is prefilled into the slot), so every step decodes a full batch instead of a batch
+  that empties as its answers end. When no prompt waits and half the rows are idle, the live rows move to the front
+  and the step runs on half the width, so finished rows never cost full steps.
+- **Fewer, larger matrix products.** The query, key and value projections are one matrix, the gate and up
+  projections another: each layer runs four products instead of seven.
+- **Attention for one query over a preallocated cache.** New keys and values are written in place (no growing
+  `cat`); scores are one batched product per key head for the query heads that share it, over the cache length
+  the longest live row needs (rounded up to 32), with the rows' own lengths masked.
+Prefill runs whole prompts through the same weights with causal attention, several prompts at once.
+
+Numerics follow transformers' Llama implementation (RMSNorm in fp32, rotary tables from the model's own rotary
+module, the residual stream in the weights' dtype, softmax in fp32): with fp32 weights greedy decoding gives
+transformers' tokens (tests/align/test_engine.py); with bf16 weights the log-probs it reports for sampled tokens
+match a training forward pass within bf16 precision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_BUCKET = 32  # the attention length is rounded up to a multiple of this (fewer distinct shapes)
+MIN_WIDTH = 4  # the step width never shrinks below this many rows
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the engine cannot run `model` (None when it can): it runs Llama-family decoders (Llama, Mistral without
+    a sliding window, Qwen2, SmolLM) whose layers are RMSNorm -> attention -> RMSNorm -> SiLU-gated MLP."""
+    config = getattr(model, "config", None)
+    body = getattr(model, "model", None)
+    if config is None or body is None or not hasattr(body, "layers") or not hasattr(model, "lm_head"):
+        return "not a decoder-only causal LM with a .model.layers body"
+    if getattr(config, "hidden_act", None) != "silu":
+        return f"hidden_act {getattr(config, 'hidden_act', None)!r} (the engine runs SiLU-gated MLPs)"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    layer = body.layers[0]
+    attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    needed = [(attention, "q_proj"), (attention, "k_proj"), (attention, "v_proj"), (attention, "o_proj"),
+              (mlp, "gate_proj"), (mlp, "up_proj"), (mlp, "down_proj"), (layer, "input_layernorm"),
+              (layer, "post_attention_layernorm"), (body, "rotary_emb"), (body, "norm")]
+    missing = [name for owner, name in needed if owner is None or not hasattr(owner, name)]
+    if missing:
+        return f"its layers lack {', '.join(missing)}"
+    if any(hasattr(attention, name) for name in ("q_norm", "k_norm")):
+        return "query/key normalisation inside attention"
+    if getattr(attention.o_proj, "bias", None) is not None or getattr(mlp.down_proj, "bias", None) is not None:
+        return "biases on the output projections"
+    return None
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer's weights, fused: [q; k; v] and [gate; up] are single matrices."""
+
+    input_norm: torch.Tensor  # [hidden]
+    qkv: torch.Tensor  # [(heads + 2 kv_heads) * head_dim, hidden]
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor  # [hidden, heads * head_dim]
+    post_norm: torch.Tensor  # [hidden]
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down: torch.Tensor  # [hidden, intermediate]
+
+
+def _fused_layer(layer, dtype) -> LayerWeights:
+    attention, mlp = layer.self_attn, layer.mlp
+
+    def weight(module):
+        return module.weight.detach().to(dtype)
+
+    biases = [getattr(attention, n).bias for n in ("q_proj", "k_proj", "v_proj")]
+    qkv_bias = torch.cat([b.detach() for b in biases]).to(dtype) if all(b is not None for b in biases) else None
+    return LayerWeights(
+        input_norm=weight(layer.input_layernorm),
+        qkv=torch.cat([weight(attention.q_proj), weight(attention.k_proj), weight(attention.v_proj)]),
+        qkv_bias=qkv_bias,
+        out=weight(attention.o_proj).contiguous(),
+        post_norm=weight(layer.post_attention_layernorm),
+        gate_up=torch.cat([weight(mlp.gate_proj), weight(mlp.up_proj)]),
+        down=weight(mlp.down_proj).contiguous(),
+    )
+
+
+@dataclass
+class Completion:
+    """One prompt's generated tokens (EOS included when the model stopped), whether it stopped, and the log-prob
+    of each generated token under the sampling distribution (temperature applied, before top-k/top-p)."""
+
+    token_ids: list[int]
+    finished: bool
+    logprobs: list[float]
+
+
+class DecoderEngine:
+    """A Llama-family decoder with fused weights and a KV cache of `slots` rows (see the module docstring).
+
+        engine = DecoderEngine(model, slots=64)          # weights copied (fused) in the model's dtype or `dtype`
+        engine.load_weights(policy_state_dict)           # refresh them later by transformers' parameter names
+        completions = engine.generate(prompt_ids, max_new_tokens=256, sample=sampler, eos_token_id=2)
+    """
+
+    def __init__(self, model, slots: int = 64, dtype: torch.dtype | None = None):
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(f"the generation engine cannot run {type(model).__name__}: {reason}")
+        config, body = model.config, model.model
+        self.dtype = dtype or next(model.parameters()).dtype
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps, self.slots = config.rms_norm_eps, slots
+        self.embed = body.embed_tokens.weight.detach().to(self.dtype)
+        tied = model.lm_head.weight is body.embed_tokens.weight
+        self.lm_head = self.embed if tied else model.lm_head.weight.detach().to(self.dtype)
+        self.final_norm = body.norm.weight.detach().to(self.dtype)
+        self.layers = [_fused_layer(layer, self.dtype) for layer in body.layers]
+        self.rotary = body.rotary_emb
+        self.targets = self._weight_targets(model)
+        self.keys = self.values = self.cos = self.sin = None
+        self.cache_length = 0
+
+    # -- weights ---------------------------------------------------------------------------------------------------
+
+    def _weight_targets(self, model) -> dict[str, tuple[torch.Tensor, slice | None]]:
+        """transformers' parameter name -> (the engine tensor it is copied into, its rows there)."""
+        names = {id(module): name for name, module in model.named_modules()}
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        inner = self.layers[0].gate_up.shape[0] // 2
+        targets = {f"{names[id(model.model.embed_tokens)]}.weight": (self.embed, None),
+                   f"{names[id(model.lm_head)]}.weight": (self.lm_head, None),
+                   f"{names[id(model.model.norm)]}.weight": (self.final_norm, None)}
+        for layer, weights in zip(model.model.layers, self.layers):
+            attention, mlp = layer.self_attn, layer.mlp
+            parts = [(layer.input_layernorm, weights.input_norm, None),
+                     (attention.q_proj, weights.qkv, slice(0, q)), (attention.k_proj, weights.qkv, slice(q, q + kv)),
+                     (attention.v_proj, weights.qkv, slice(q + kv, q + 2 * kv)), (attention.o_proj, weights.out, None),
+                     (layer.post_attention_layernorm, weights.post_norm, None),
+                     (mlp.gate_proj, weights.gate_up, slice(0, inner)),
+                     (mlp.up_proj, weights.gate_up, slice(inner, 2 * inner)), (mlp.down_proj, weights.down, None)]
+            for module, tensor, rows in parts:
+                targets[f"{names[id(module)]}.weight"] = (tensor, rows)
+            if weights.qkv_bias is not None:
+                for module, rows in ((attention.q_proj, slice(0, q)), (attention.k_proj, slice(q, q + kv)),
+                                     (attention.v_proj, slice(q + kv, q + 2 * kv))):
+                    targets[f"{names[id(module)]}.bias"] = (weights.qkv_bias, rows)
+        return targets
+
+    @torch.no_grad()
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy a model's weights (transformers' names, as `state_dict()` gives them) into the engine's fused
+        tensors, casting to its dtype; every weight the engine uses must be there."""
+        missing = sorted(set(self.targets) - set(state_dict))
+        if missing:
+            raise ValueError(f"load_weights: the state dict lacks {len(missing)} weights the engine uses, e.g. "
+                             f"{missing[:3]}")
+        for name, (tensor, rows) in self.targets.items():
+            (tensor if rows is None else tensor[rows]).copy_(state_dict[name])
+
+    # -- the cache ---------------------------------------------------------------------------------------------------
+
+    def _ensure_cache(self, length: int) -> None:
+        """Keys and values for `slots` rows of `length` positions, and the rotary tables for them."""
+        if length <= self.cache_length:
+            return
+        shape = (len(self.layers), self.slots, self.kv_heads, length, self.head_dim)
+        # zeros, not empty: masked positions still enter the products, and garbage there could be inf or NaN
+        self.keys, self.values = torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)
+        cos, sin = self.rotary(self.embed[:1], torch.arange(length)[None])  # transformers' own tables
+        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [length, head_dim]
+        self.cache_length = length
+
+    def _move_row(self, source: int, target: int, length: int) -> None:
+        self.keys[:, target, :, :length] = self.keys[:, source, :, :length]
+        self.values[:, target, :, :length] = self.values[:, source, :, :length]
+
+    # -- the model ---------------------------------------------------------------------------------------------------
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as transformers computes it: in fp32, the weight applied in the input's dtype."""
+        hidden = x.float()
+        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * hidden.to(x.dtype)
+
+    def _qkv(self, weights: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Normed input [..., hidden] -> rotated queries [..., heads, D], rotated keys and values [..., kv_heads, D]."""
+        qkv = F.linear(self._norm(x, weights.input_norm), weights.qkv, weights.qkv_bias)
+        d = self.head_dim
+        q, k, v = qkv.split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
+        q, k, v = q.unflatten(-1, (self.heads, d)), k.unflatten(-1, (self.kv_heads, d)), v.unflatten(-1, (self.kv_heads, d))
+        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+    def _mlp(self, weights: LayerWeights, x: torch.Tensor) -> torch.Tensor:
+        """x + down(silu(gate(norm(x))) * up(norm(x))), gate and up from one product."""
+        gate, up = F.linear(self._norm(x, weights.post_norm), weights.gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, weights.down)
+
+    @torch.no_grad()
+    def _prefill(self, rows: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """Run whole prompts (right-padded to the longest) into cache rows `rows`; the logits after each prompt's
+        last token: [n, vocab]."""
+        n, width = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros(n, width, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt)] = torch.tensor(prompt)
+        index = torch.tensor(rows)
+        cos, sin = self.cos[:width, None], self.sin[:width, None]  # [P, 1, D]
+        x = self.embed[ids]  # [n, P, hidden]
+        for layer, weights in enumerate(self.layers):
+            q, k, v = self._qkv(weights, x, cos, sin)  # [n, P, heads, D]
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [n, kv_heads, P, D]
+            self.keys[layer, index, :, :width], self.values[layer, index, :, :width] = k, v
+            # Causal attention never lets a real token see the padding that follows it.
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True, enable_gqa=True)
+            x = x + F.linear(out.transpose(1, 2).flatten(2), weights.out)
+            x = self._mlp(weights, x)
+        last = x[torch.arange(n), torch.tensor([len(p) - 1 for p in prompts])]  # [n, hidden]
+        return F.linear(self._norm(last, self.final_norm), self.lm_head)
+
+    @torch.no_grad()
+    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
+        """One step for cache rows [0, W): token t of row b goes to position positions[b] and attends to positions
+        [0, positions[b]]; `length` >= every attended position + 1. Returns the next-token logits [W, vocab]."""
+        width, groups = len(tokens), self.heads // self.kv_heads
+        rows = torch.arange(width)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [W, 1, D]
+        hidden_mask = torch.arange(length)[None] > positions[:, None]  # [W, L]: beyond each row's end
+        mask = torch.zeros(width, 1, 1, length).masked_fill_(hidden_mask[:, None, None], float("-inf"))
+        scale = 1.0 / math.sqrt(self.head_dim)
+        x = self.embed[tokens]  # [W, hidden]
+        for layer, weights in enumerate(self.layers):
+            q, k, v = self._qkv(weights, x, cos, sin)  # [W, heads, D], [W, kv_heads, D]
+            self.keys[layer, rows, :, positions], self.values[layer, rows, :, positions] = k, v
+            keys, values = self.keys[layer, :width, :, :length], self.values[layer, :width, :, :length]
+            # The query heads that share a key head are one [groups, D] x [D, L] product per row and key head.
+            scores = torch.matmul(q.view(width, self.kv_heads, groups, self.head_dim), keys.transpose(-1, -2))
+            probs = torch.softmax(scores.float() * scale + mask, dim=-1).to(self.dtype)
+            out = torch.matmul(probs, values)  # [W, kv_heads, groups, D]
+            x = x + F.linear(out.reshape(width, -1), weights.out)
+            x = self._mlp(weights, x)
+        return F.linear(self._norm(x, self.final_norm), self.lm_head)
+
+
+    # -- continuous batching -----------------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, sample, eos_token_id: int) -> list[Completion]:
+        """Complete every prompt (token ids): up to `max_new_tokens` each, stopping at `eos_token_id`; `sample`
+        maps logits [n, vocab] to (tokens [n], their log-probs [n]). Prompts enter free rows as others finish."""
+        if not prompts:
+            return []
+        self._ensure_cache(max(len(p) for p in prompts) + max_new_tokens)
+        state = _Rows(self.slots, min(self.slots, len(prompts)), max_new_tokens, eos_token_id)
+        waiting = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        waiting.reverse()  # popped from the end: shortest prompts first, as the reference loop orders them
+        while waiting or state.live:
+            free = state.free_rows()
+            if waiting and free and (len(free) >= max(1, state.width // 8) or not state.live):
+                taken = [waiting.pop() for _ in range(min(len(free), len(waiting)))]
+                rows = free[: len(taken)]
+                tokens, logprobs = sample(self._prefill(rows, [prompts[i] for i in taken]))
+                for row, request, token, logprob in zip(rows, taken, tokens.tolist(), logprobs.tolist()):
+                    state.start(row, request, len(prompts[request]), token, logprob)
+            if not state.live:
+                continue
+            if not waiting:
+                state.shrink(self._move_row)
+            width = state.width
+            positions = state.positions[:width]
+            length = min(self.cache_length, -(-int(positions.max() + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET)
+            logits = self._decode(state.tokens[:width], positions, length)
+            live = sorted(state.live)
+            tokens, logprobs = sample(logits[live])
+            for row, token, logprob in zip(live, tokens.tolist(), logprobs.tolist()):
+                state.advance(row, token, logprob)
+        return [state.done[i] for i in range(len(prompts))]
+
+
+class _Rows:
+    """The bookkeeping of the cache rows during `DecoderEngine.generate`: which request each live row decodes, the
+    position its next token goes to, its last token, and the step width [0, width)."""
+
+    def __init__(self, slots: int, width: int, max_new_tokens: int, eos_token_id: int):
+        self.width, self.max_new_tokens, self.eos = width, max_new_tokens, eos_token_id
+        self.positions = torch.zeros(slots, dtype=torch.long)  # where each row's next token goes (0: idle row)
+        self.tokens = torch.zeros(slots, dtype=torch.long)  # each row's last token, the next step's input
+        self.live: dict[int, int] = {}  # row -> request
+        self.generated: dict[int, Completion] = {}  # row -> what its request has generated so far
+        self.done: dict[int, Completion] = {}  # request -> its completion
+
+    def free_rows(self) -> list[int]:
+        return [row for row in range(self.width) if row not in self.live]
+
+    def start(self, row: int, request: int, prompt_length: int, token: int, logprob: float) -> None:
+        """A prompt was prefilled into `row` and its first token sampled."""
+        self.live[row], self.generated[row] = request, Completion([], False, [])
+        self.positions[row] = prompt_length
+        self.advance(row, token, logprob, move=False)
+
+    def advance(self, row: int, token: int, logprob: float, move: bool = True) -> None:
+        """Record a sampled token; finish the row at EOS or at the token budget."""
+        completion = self.generated[row]
+        completion.token_ids.append(token)
+        completion.logprobs.append(logprob)
+        if move:
+            self.positions[row] += 1
+        self.tokens[row] = token
+        if token == self.eos or len(completion.token_ids) >= self.max_new_tokens:
+            completion.finished = token == self.eos
+            self.done[self.live.pop(row)] = self.generated.pop(row)
+            self.positions[row] = self.tokens[row] = 0
+
+    def shrink(self, move_row) -> None:
+        """While at most half of the width is live, move live rows into the lower half and halve the width."""
+        while self.width > MIN_WIDTH and len(self.live) <= self.width // 2:
+            half = self.width // 2
+            free = [row for row in range(half) if row not in self.live]
+            for row in [row for row in self.live if row >= half]:
+                target = free.pop(0)
+                move_row(row, target, int(self.positions[row]))
+                self.live[target], self.generated[target] = self.live.pop(row), self.generated.pop(row)
+                self.positions[target], self.tokens[target] = self.positions[row], self.tokens[row]
+                self.positions[row] = self.tokens[row] = 0
+            self.width = half
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding as transformers applies it: x * cos + rotate_half(x) * sin."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

@@ -1,0 +1,158 @@
+"""align's generation engine against transformers on `tiny-random`: the same greedy tokens in fp32 (with more
+prompts than rows, so rows are refilled and the width shrinks), log-probs of sampled tokens equal to a training
+forward's, weights refreshed by name, and the backend choice."""
+
+import copy
+
+import pytest
+import torch
+
+from align.engine import DecoderEngine, unsupported_reason
+from align.rollout import GenerationConfig, Sampler, TextGenerator, left_padded
+
+PROMPTS = ["Say hello.", "Name three colours in a list.", "Why is the sky blue?", "Count to five.",
+           "Write a haiku about tea, in lowercase.", "What is 2 plus 2?", "Describe a cat.", "Give one tip.",
+           "List two rivers.", "Explain rain in one sentence, without commas, and end with a question mark."]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """tiny-random with its weight matrices scaled by 10: its own are so small that every greedy continuation is
+    the same newline token; scaled, continuations differ by prompt and the logits are far from ties."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.mul_(10)
+    return model
+
+
+def transformers_greedy(model, tokenizer, prompts, max_new_tokens, eos):
+    """transformers' own greedy `generate`, one prompt at a time, cut after EOS."""
+    out = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            row = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        row = row[0, ids.shape[1]:].tolist()
+        out.append(row[: row.index(eos) + 1] if eos in row else row)
+    return out
+
+
+def an_eos_some_rows_reach(model, tokenizer, prompts, max_new_tokens):
+    """A token that some greedy continuations emit and others never: as "EOS" it makes rows finish at different
+    steps (and others run to the budget), so the engine refills rows and shrinks its width."""
+    free = transformers_greedy(model, tokenizer, prompts, max_new_tokens, eos=-1)
+    rows_with = {}
+    for row in free:
+        for token in set(row):
+            rows_with[token] = rows_with.get(token, 0) + 1
+    return max((t for t in rows_with if rows_with[t] < len(prompts)), key=lambda t: rows_with[t])
+
+
+def test_greedy_tokens_in_fp32_are_transformers_generate_tokens(model, tokenizer):
+    eos = an_eos_some_rows_reach(model, tokenizer, PROMPTS, 24)
+    expected = transformers_greedy(model, tokenizer, PROMPTS, 24, eos)
+    assert any(len(r) < 24 for r in expected) and any(len(r) == 24 for r in expected)  # both kinds of row
+    tok = copy.copy(tokenizer)
+    tok.eos_token = tok.convert_ids_to_tokens(eos)
+    generator = TextGenerator(model, tok, GenerationConfig(backend="engine", slots=4))  # 10 prompts, 4 rows
+    got = generator.generate(PROMPTS, max_new_tokens=24)
+    assert got.token_ids == expected
+    assert got.finished == [eos in row for row in expected]
+    reference = TextGenerator(model, tok, GenerationConfig(backend="hf", slots=4)).generate(PROMPTS, max_new_tokens=24)
+    assert reference.token_ids == expected
+
+
+def test_sampled_tokens_log_probs_equal_a_training_forward_in_bf16(model, tokenizer):
+    """The engine's bf16 log-probs of its sampled tokens against align.logprobs.response_logprobs (the training
+    forward pass, packed, bf16 weights): equal within bf16 precision, so PPO may take its behaviour log-probs from
+    the rollout."""
+    from align.attention import attend_by_segments
+    from align.logprobs import response_logprobs
+    from align.rollout import render_prompt
+
+    bf16 = attend_by_segments(copy.deepcopy(model).to(torch.bfloat16))
+    out = TextGenerator(bf16, tokenizer, GenerationConfig(backend="engine", slots=3)).generate(
+        PROMPTS[:6], max_new_tokens=16, temperature=0.9, seed=1)
+    prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:6]]
+    with torch.no_grad():
+        trained = response_logprobs(bf16, prompts, out.token_ids, 1024, temperature=0.9)
+    for engine_lp, forward_lp in zip(out.logprobs, trained):
+        torch.testing.assert_close(torch.tensor(engine_lp), forward_lp.float(), atol=0.05, rtol=0.02)
+
+
+def test_fp32_log_probs_equal_the_training_forward_to_float_precision(model, tokenizer):
+    from align.attention import attend_by_segments
+    from align.logprobs import response_logprobs
+    from align.rollout import render_prompt
+
+    fp32 = attend_by_segments(copy.deepcopy(model))
+    out = TextGenerator(fp32, tokenizer, GenerationConfig(slots=2)).generate(PROMPTS[:4], max_new_tokens=12,
+                                                                                temperature=1.0, seed=5)
+    prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:4]]
+    with torch.no_grad():
+        trained = response_logprobs(fp32, prompts, out.token_ids, 1024)
+    for engine_lp, forward_lp in zip(out.logprobs, trained):
+        torch.testing.assert_close(torch.tensor(engine_lp), forward_lp, atol=1e-4, rtol=1e-4)
+
+
+def test_load_weights_by_name_equals_an_engine_built_from_those_weights(model, tokenizer):
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    engine = DecoderEngine(copy.deepcopy(model), slots=2)
+    engine.load_weights(moved.state_dict())
+    ids = [[5, 6, 7, 8], [9, 10, 11]]
+    sample = Sampler()
+    a = engine.generate(ids, 8, sample, eos_token_id=-1)
+    b = DecoderEngine(moved, slots=2).generate(ids, 8, sample, eos_token_id=-1)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    with pytest.raises(ValueError, match="the state dict lacks"):
+        engine.load_weights({})
+
+
+def test_sampling_is_reproducible_from_the_seed_and_top_k_1_is_greedy(model, tokenizer):
+    for backend in ("engine", "hf"):
+        generator = TextGenerator(model, tokenizer, GenerationConfig(backend=backend, slots=2))
+        greedy = generator.generate(PROMPTS[:3], max_new_tokens=10)
+        assert generator.generate(PROMPTS[:3], max_new_tokens=10, temperature=0.7, top_k=1, seed=3).token_ids == \
+            greedy.token_ids
+        a = generator.generate(PROMPTS[:3], max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7)
+        b = generator.generate(PROMPTS[:3], max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7)
+        c = generator.generate(PROMPTS[:3], max_new_tokens=10, temperature=1.0, top_p=0.9, seed=8)
+        assert a.token_ids == b.token_ids and a.token_ids != c.token_ids, backend
+        assert a.new_tokens == sum(map(len, a.token_ids)) and all(len(t) <= 10 for t in a.token_ids)
+        assert a.finished == [tokenizer.eos_token_id in t for t in a.token_ids]
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]] * 400))
+    tokens, logprobs = Sampler(1.0, 0.8, 0, seed=0)(logits)
+    assert set(tokens.tolist()) == {0, 1}  # 0.6 + 0.3 covers 0.8; tokens 2 and 3 are outside the nucleus
+    torch.testing.assert_close(logprobs, torch.log(torch.tensor([0.6, 0.3]))[tokens])  # before the truncation
+
+
+def test_the_backend_falls_back_to_transformers_for_a_model_the_engine_does_not_run(model, tokenizer):
+    other = copy.deepcopy(model)
+    other.config.hidden_act = "gelu"
+    assert "hidden_act" in unsupported_reason(other)
+    assert TextGenerator(other, tokenizer).backend == "hf"
+    assert TextGenerator(model, tokenizer).backend == "engine"
+    with pytest.raises(ValueError, match="generation.backend is 'engine' but the engine cannot run this model"):
+        TextGenerator(other, tokenizer, GenerationConfig(backend="engine"))
+
+
+def test_reference_decode_rows_left_padded_match_one_at_a_time(model, tokenizer):
+    from align.rollout import reference_decode
+
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17]]
+    ids, mask = left_padded(prompts, tokenizer.pad_token_id)
+    together = reference_decode(model, ids, mask, 8, -1, Sampler())
+    alone = [reference_decode(model, *left_padded([p], tokenizer.pad_token_id), 8, -1, Sampler())[0] for p in prompts]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
