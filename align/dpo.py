@@ -168,12 +168,12 @@ def direct_preference_optimisation(stage: Stage) -> None:
 
     # 2. the reference (a full fine-tuning run's frozen copy is taken now, before any resumed weights load, in the
     # weights' precision), the optimiser over bf16 weights' fp32 masters, then the reference log-probs
-    frozen = FrozenReference(policy, cfg.model.lora.enabled, t.precision, stage.accelerator.num_processes)
+    frozen = FrozenReference(policy, cfg.model.lora.enabled, stage.precision, stage.processes)
     training = Training(stage, {"policy": policy}, t, total_steps, throughput="pairs", manifest=dict(
         base_model=base_path, data_fingerprint=data_fingerprint(train_rows), parents={"policy": base_path},
         data={"train": cfg.data.train, "pairs": len(pairs), **cut, "bad_rows_skipped": len(report.bad_rows)}))
-    reference = CachedReference(frozen, t.pack_length, average, device, t.precision)
-    eval_reference = CachedReference(frozen, t.pack_length, average, device, t.precision)
+    reference = CachedReference(frozen, t.pack_length, average, device, stage.precision)
+    eval_reference = CachedReference(frozen, t.pack_length, average, device, stage.precision)
     if t.precompute_reference:
         reference.precompute(pairs)
 
@@ -182,7 +182,7 @@ def direct_preference_optimisation(stage: Stage) -> None:
         raw_policy = training.raw["policy"]
         raw_policy.eval()
         ref_c, ref_r = eval_reference(eval_pairs, list(range(len(eval_pairs))))
-        with autocast(device, t.precision):
+        with autocast(device, stage.precision):
             pol_c, pol_r = pair_logps(policy_logps(raw_policy), eval_pairs, t.pack_length, average)
         raw_policy.train()
         return pair_stats(pol_c.float().cpu(), pol_r.float().cpu(), ref_c, ref_r, t.beta)
@@ -196,7 +196,7 @@ def direct_preference_optimisation(stage: Stage) -> None:
         ids = epoch_order(epoch)[position * t.pairs_per_batch : (position + 1) * t.pairs_per_batch]
         ref_c, ref_r = reference(pairs, ids)
         training.plan_learning_rate()
-        with autocast(device, t.precision):
+        with autocast(device, stage.precision):
             pol_c, pol_r = pair_logps(policy_logps(training.models["policy"]), [pairs[i] for i in ids],
                                       t.pack_length, average)
         loss = loss_fn(pol_c.float().cpu(), pol_r.float().cpu(), ref_c, ref_r, t.beta)

@@ -34,7 +34,8 @@ class EvalConfig:
     max_prompts: int | None = None  # evaluate the first N prompts; null: all
     max_new_tokens: int = 256  # token budget of each answer (greedy decoding)
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # the decoding backend and its rows
-    precision: Literal["bf16", "fp32"] = "bf16"  # the weights' dtype while generating
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # the weights' dtype while generating; auto: bf16 where
+    # bf16 products are native (align.precision.fast_bf16), else fp32
     threads: int | None = None  # intra-op threads; default: the available cores
     out: str | None = None  # default: <model dir>/eval (stage dirs) or runs/eval/<model>
     reward_model: str | None = None  # a reward-model directory: also report its mean score of the completions
@@ -108,6 +109,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from transformers import AutoModelForCausalLM
 
     from align.models import load_tokenizer, resolve_model_path
+    from align.precision import fast_bf16, resolve_precision
     from align.rollout import TextGenerator
     from align.runtime import set_threads
 
@@ -117,7 +119,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     constraints = [constraints_of(r) for r in rows]
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(path)
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if resolve_precision(cfg.precision, fast_bf16(torch.device("cpu")), ("bf16",)) == "bf16" \
+        else torch.float32
     started = time.perf_counter()
     generator = TextGenerator(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True),
                               tokenizer, cfg.generation)

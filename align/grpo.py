@@ -47,6 +47,7 @@ from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.loop import Interrupted, TrainConfig, check_finite, check_finite_parameters, stop_if_requested
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, peft_lora_config, save_model
+from align.precision import AutocastPrecision
 from align.rewards import RewardConfig, build_reward
 from align.rl import constraint_pass_rates, log_samples
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -62,8 +63,8 @@ class GRPOTrainConfig(TrainConfig):
     learning_rate: float = 5.0e-5
     warmup_ratio: float = 0.0
     lr_schedule: Literal["cosine", "linear", "constant"] = "constant"
-    precision: Literal["bf16-autocast", "fp32"] = "bf16-autocast"  # bf16 autocast over fp32 weights (TRL's bf16),
-    # or plain fp32
+    precision: AutocastPrecision = "auto"  # auto: bf16-autocast where bf16 is native, else fp32; bf16-autocast: bf16
+    # autocast over fp32 weights (TRL's bf16); fp32
     log_every: int = 1
     save_every: int = 10
     num_generations: int = 4  # G: completions sampled per prompt; advantages are relative within each group
@@ -207,7 +208,8 @@ def newest_trl_checkpoint(checkpoints: Path) -> Path | None:
     return None
 
 
-def trl_arguments(cfg: GRPOConfig, output_dir: Path, processes: int, prompts: int, evaluate: bool, use_cpu: bool):
+def trl_arguments(cfg: GRPOConfig, output_dir: Path, processes: int, prompts: int, evaluate: bool, use_cpu: bool,
+                  precision: str = "fp32"):
     """TRL's GRPOConfig (a transformers TrainingArguments) from ours; checks the batch shape with our key names."""
     import trl
 
@@ -229,7 +231,7 @@ def trl_arguments(cfg: GRPOConfig, output_dir: Path, processes: int, prompts: in
         output_dir=str(output_dir),
         report_to="none",  # our tracker is the only logger: one W&B run per stage
         use_cpu=use_cpu,
-        bf16=t.precision == "bf16-autocast",
+        bf16=precision == "bf16-autocast",
         seed=cfg.run.seed,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # row_index must reach the reward
@@ -320,7 +322,7 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
     rows = train_rows + eval_rows
     columns = sorted({key for row in rows for key in row} - {"prompt"})
     args = trl_arguments(cfg, trl_dir, processes, len(train_rows), evaluate=bool(eval_rows),
-                         use_cpu=not torch.cuda.is_available())
+                         use_cpu=not torch.cuda.is_available(), precision=stage.precision)
     composite = build_reward(cfg.reward, cfg.run, columns=set(columns), device=device)
     print(f"[align] grpo: {len(train_rows)} prompts from {cfg.data.train} ({len(eval_rows)} held out), "
           f"{cfg.train.num_generations} completions each; reward = {composite.describe()}")

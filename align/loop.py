@@ -38,8 +38,9 @@ class TrainConfig:
     warmup_ratio: float = 0.05  # linear warmup over this fraction of the steps
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup, to 0 (or none)
     max_grad_norm: float = 1.0  # gradients are clipped to this global norm before every optimiser step
-    precision: Precision = "bf16"  # bf16: bf16 weights + fp32 masters; bf16-autocast: fp32 weights under bf16
-    # autocast (what TRL's bf16=True does); fp32 (align.precision)
+    precision: Precision = "auto"  # auto: bf16 where bf16 products are native, else fp32; bf16: bf16 weights +
+    # fp32 masters; bf16-autocast: fp32 weights under bf16 autocast (what TRL's bf16=True does); fp32
+    # (align.precision)
     log_every: int = 5  # log training metrics every N steps (and at the last)
     save_every: int = 50  # checkpoint every N steps, for resuming after a crash or a signal
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
@@ -213,7 +214,7 @@ class Training:
                  state: Callable[[], dict] | None = None, throughput: str | None = None, manifest: dict = None):
         accelerator = stage.accelerator
         self.stage, self.cfg, self.total_steps = stage, cfg, total_steps
-        self.weights = {name: training_weights(model, cfg.precision, accelerator.num_processes)
+        self.weights = {name: training_weights(model, stage.precision, accelerator.num_processes)
                         for name, model in models.items()}
         self.peaks = [(learning_rates or {}).get(name, cfg.learning_rate) for name in models]
         self.optimizer = adamw([{"params": w.parameters(), "lr": peak} for w, peak in

@@ -36,7 +36,7 @@ from align.logprobs import FrozenReference, decoder_body, response_logprobs, res
 from align.losses import POLICY_LOSSES, PolicyLossName, masked_mean, value_loss
 from align.loop import TrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
-from align.precision import Precision, autocast
+from align.precision import AutocastPrecision, autocast
 from align.rewards import RewardConfig, build_reward
 from align.rl import completion_metrics, iteration_rows, log_samples
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
@@ -50,7 +50,8 @@ class PPOTrainConfig(TrainConfig):
     learning_rate: float = 5.0e-5
     warmup_ratio: float = 0.0
     lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
-    precision: Precision = "bf16-autocast"  # bf16-autocast | fp32 (bf16 master weights: not in PPO yet)
+    precision: AutocastPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast |
+    # fp32 (bf16 weights with fp32 masters: not in PPO yet)
     log_every: int = 1
     save_every: int = 10
     iterations: int = 30  # rollout -> update cycles
@@ -78,11 +79,6 @@ class PPOTrainConfig(TrainConfig):
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response that never emitted EOS
     pack_length: int = 1024  # tokens per packed row in the log-prob, value and update passes
     sample_table_rows: int = 4  # completions logged per iteration, with their per-component rewards
-
-    def __post_init__(self) -> None:
-        if self.precision == "bf16":
-            raise ValueError("train.precision 'bf16' (bf16 weights with fp32 master copies) is not available in "
-                             "ppo yet; use 'bf16-autocast' (fp32 weights, bf16 matmuls) or 'fp32'")
 
 
 @dataclass
@@ -237,14 +233,14 @@ class PPOModels:
     trunk_layers: tuple[int, int] | None  # frozen layers run once per iteration (`shared_trunk_layers`)
 
 
-def load_models(cfg: PPOConfig, device) -> tuple[object, TokenValues, PPOModels, dict]:
+def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenValues, PPOModels, dict]:
     """(policy, value model, the other models, the lineage for the manifest)."""
     from transformers import AutoModelForCausalLM
 
     policy_path = resolve_stage_model(cfg.model.name, cfg.run)
     policy, tokenizer = load_model(dataclasses.replace(cfg.model, name=policy_path))
     reference = FrozenReference(policy, lora=cfg.model.lora.enabled)
-    rollout_dtype = torch.bfloat16 if cfg.train.precision != "fp32" else torch.float32
+    rollout_dtype = torch.bfloat16 if precision != "fp32" else torch.float32
     rollout_model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=rollout_dtype, use_safetensors=True)
     generator = TextGenerator(rollout_model.to(device), tokenizer, cfg.generation)
     value_model, value_path = load_value_model(cfg, policy_path)
@@ -311,12 +307,13 @@ def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_p
 
 
 @torch.no_grad()
-def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t: PPOTrainConfig, device) -> None:
+def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t: PPOTrainConfig, device,
+                     precision: str) -> None:
     """3. Log-probs of the policy that generated and of the reference, and values, per response token (no
     gradients); a frozen trunk runs once, here, for every later pass."""
     policy, value_model = training.raw["policy"], training.raw["value"]
     prompts, responses = rollout.prompt_ids, rollout.response_ids
-    with autocast(device, t.precision):
+    with autocast(device, precision):
         if models.trunk_layers:
             sequences = [p + r for p, r in zip(prompts, responses)]
             rollout.trunks = (trunk_states(policy, sequences, models.trunk_layers[0], t.pack_length),
@@ -339,14 +336,15 @@ def compute_advantages(rollout: Rollout, kl_coef: float, t: PPOTrainConfig) -> N
         rollout.advantages = masked_whiten(rollout.advantages, rollout.mask)
 
 
-def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: PPOTrainConfig, device):
+def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: PPOTrainConfig, device,
+                   precision: str):
     """The PPO loss of the responses `idx` (with gradients): policy loss + c_v * value loss - c_e * entropy;
     returns (loss, stats)."""
     prompts, responses = [rollout.prompt_ids[i] for i in idx], [rollout.response_ids[i] for i in idx]
     width = max(len(r) for r in responses)
     mask = rollout.mask[idx, :width]
     policy_trunk, value_trunk = (trunk and trunk.subset(idx) for trunk in rollout.trunks)
-    with autocast(device, t.precision):
+    with autocast(device, precision):
         new_lp, entropy = response_logprobs(training.models["policy"], prompts, responses, t.pack_length,
                                             t.temperature, with_entropy=True, trunk=policy_trunk)
         new_values = response_values(training.models["value"], prompts, responses, t.pack_length, trunk=value_trunk)
@@ -362,14 +360,15 @@ def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: P
                   **pg_stats, **vf_stats}
 
 
-def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, seed: int) -> dict[str, float]:
+def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, seed: int,
+               precision: str) -> dict[str, float]:
     """5. `ppo_epochs` passes over the responses in shuffled minibatches, an optimiser step each; returns the mean
     of every statistic over the minibatches."""
     stats: dict[str, list[float]] = {}
     generator = torch.Generator().manual_seed(seed)
     for _ in range(t.ppo_epochs):
         for idx in torch.randperm(len(rollout.rows), generator=generator).split(t.minibatch_size):
-            loss, step_stats = minibatch_loss(training, rollout, idx, t, device)
+            loss, step_stats = minibatch_loss(training, rollout, idx, t, device, precision)
             training.backward(loss)
             grad_norm = training.optimizer_step(loss.item())
             for key, value in {**step_stats, "grad_norm": grad_norm}.items():
@@ -401,7 +400,7 @@ def proximal_policy_optimisation(stage: Stage) -> None:
 
     # models (policy and value model trained; reference and rollout copy frozen), prompts and the composite reward,
     # checked now rather than at the first step
-    policy, value_model, models, parents = load_models(cfg, device)
+    policy, value_model, models, parents = load_models(cfg, device, stage.precision)
     rows, _ = load_rows(cfg.data.train, "prompt", cfg.data)
     columns = sorted({k for row in rows for k in row} - {"prompt"})
     reward_fn = build_reward(cfg.reward, cfg.run, columns=set(columns), device=device)
@@ -432,12 +431,12 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty)
         rollout.timings["score"], started = time.perf_counter() - started, time.perf_counter()
         # 3. old and reference log-probs, values; 4. KL-shaped rewards, advantages and returns
-        evaluate_rollout(rollout, training, models, t, device)
+        evaluate_rollout(rollout, training, models, t, device, stage.precision)
         compute_advantages(rollout, kl["coef"], t)
         rollout.timings["logprobs"], started = time.perf_counter() - started, time.perf_counter()
         # 5. PPO epochs over minibatches
         training.plan_learning_rate()
-        stats = ppo_update(training, rollout, t, device, seed=cfg.run.seed * 7919 + iteration)
+        stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
         rollout.timings["update"] = time.perf_counter() - started
         # 6. adapt beta; log, checkpoint
         if t.adaptive_kl:

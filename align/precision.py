@@ -1,5 +1,8 @@
 """Training precision: bf16 weights with fp32 master copies (the default), bf16 autocast over fp32 weights, or fp32.
 
+`precision: auto` (the default) picks `bf16` where the hardware multiplies bf16 natively (`fast_bf16`: a GPU, or a
+CPU with AVX-512/AMX) and `fp32` elsewhere: on an AVX2-only CPU bf16 products are emulated and many times slower.
+
 `precision: bf16` — the model holds bf16 weights; every trainable one also has an fp32 *master* copy, which the
 optimiser updates and into which each micro-batch's gradient is added (in fp32, as soon as backward produces it);
 after each optimiser step the masters are rounded into the model's bf16 weights. Frozen weights (a LoRA run's whole
@@ -29,13 +32,31 @@ from typing import Literal, get_args
 
 import torch
 
-Precision = Literal["bf16", "bf16-autocast", "fp32"]
-PRECISIONS = get_args(Precision)
+Precision = Literal["auto", "bf16", "bf16-autocast", "fp32"]
+AutocastPrecision = Literal["auto", "bf16-autocast", "fp32"]  # for stages that keep no fp32 masters (PPO, GRPO)
+PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")  # what "auto" resolves to, and the explicit ones
 
 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r} ('auto' is resolved by the stage)")
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products are native on `device`: a GPU that supports bf16, or a CPU whose oneDNN has bf16
+    kernels (AVX-512 or AMX). Elsewhere (an AVX2 CPU) they are emulated and run many times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, fast: bool, accepted: tuple[str, ...] = PRECISIONS) -> str:
+    """`auto` -> where bf16 is fast (`fast_bf16`) the first of `bf16` (bf16 weights, fp32 masters) and
+    `bf16-autocast` that the stage accepts, else `fp32`. Explicit choices are kept."""
+    if precision != "auto":
+        check_precision(precision)
+        return precision
+    return next((p for p in ("bf16", "bf16-autocast") if fast and p in accepted), "fp32")
 
 
 def autocast(device: torch.device, precision: str):

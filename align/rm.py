@@ -140,7 +140,7 @@ def reward_modelling(stage: Stage) -> None:
               "bad_rows_skipped": len(report.bad_rows)}))
 
     def held_out() -> dict:
-        return heldout_metrics(training.raw["model"], eval_pairs, t.pack_length, device, t.precision)
+        return heldout_metrics(training.raw["model"], eval_pairs, t.pack_length, device, stage.precision)
 
     evaluate = held_out if eval_pairs else None
     before = training.evaluate(held_out) if training.step == 0 and evaluate and stage.main else None
@@ -150,7 +150,7 @@ def reward_modelling(stage: Stage) -> None:
         epoch, position = divmod(training.step, steps_per_epoch)
         batch = [pairs[i] for i in epoch_order(epoch)[position * t.pairs_per_batch:(position + 1) * t.pairs_per_batch]]
         training.plan_learning_rate()
-        with autocast(device, t.precision):
+        with autocast(device, stage.precision):
             chosen, rejected = pair_rewards(training.models["model"], batch, t.pack_length)
         loss = bradley_terry_loss(chosen.float(), rejected.float(), t.margin)
         training.backward(loss)

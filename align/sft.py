@@ -99,7 +99,7 @@ def eos_rate(model_dir: Path, prompts: list[list[dict]], precision: str, max_new
     from align.models import load_tokenizer
     from align.rollout import generate
 
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16  # as the stage computed
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     generations = generate(model, load_tokenizer(str(model_dir)), prompts, max_new_tokens=max_new_tokens)
     del model
@@ -174,7 +174,7 @@ def supervised_fine_tuning(stage: Stage) -> None:
 
     # 5. the loop: one optimiser step over `grad_accum` micro-batches of packed rows
     def held_out() -> dict:
-        return {"loss": heldout_loss(training.raw["model"], eval_batches, device, t.precision)}
+        return {"loss": heldout_loss(training.raw["model"], eval_batches, device, stage.precision)}
 
     evaluate = held_out if eval_batches else None
     before = training.evaluate(held_out) if training.step == 0 and evaluate and stage.main else None
@@ -186,7 +186,7 @@ def supervised_fine_tuning(stage: Stage) -> None:
             batches_epoch, batches = epoch, epoch_batches(epoch)
         training.plan_learning_rate()
         step_loss = sft_step(training, batches[position * t.grad_accum : (position + 1) * t.grad_accum],
-                             t.precision)
+                             stage.precision)
         training.optimizer_step(step_loss)
         training.end_step(log=lambda: {"loss": step_loss, "learning_rate": training.learning_rate,
                                        "grad_norm": training.grad_norm, "epoch": training.step / steps_per_epoch},
@@ -203,7 +203,7 @@ def supervised_fine_tuning(stage: Stage) -> None:
         metrics["sft/eval/loss"] = training.latest_evaluation(held_out)["loss"]
     if eval_rows and t.eos_check_prompts:
         prompts = [r["messages"][:-1] for r in eval_rows[: t.eos_check_prompts]]
-        metrics["sft/eos_rate"], samples = eos_rate(stage.out, prompts, t.precision)
+        metrics["sft/eos_rate"], samples = eos_rate(stage.out, prompts, stage.precision)
         stage.tracker.log_table("sft/samples", ["prompt", "completion"],
                                 [[p[-1]["content"], s] for p, s in zip(prompts, samples)], step=training.step)
     stage.log(metrics, training.step)

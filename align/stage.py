@@ -145,6 +145,7 @@ class Stage:
         self.processes: int = accelerator.num_processes
         self.tracker = None
         self.steps = 0  # completed steps (iterations), for the manifest of a stage that stops early
+        self.precision = stage_precision(cfg, accelerator.device)  # train.precision with `auto` resolved
 
     def start_tracking(self, resume_id: str | None = None, **manifest) -> None:
         """Open the tracker (main process; `resume_id`: the run to continue) and mark the manifest running with
@@ -157,7 +158,7 @@ class Stage:
         run = self.cfg.run.name
         self.tracker = start_tracker(self.cfg.tracking, out_dir=self.out, run_name=f"{run}-{self.name}", group=run,
                                      job_type=self.name, config=to_dict(self.cfg), resume_id=resume_id)
-        finish_stage(self.out, "running", processes=self.processes, **manifest)
+        finish_stage(self.out, "running", processes=self.processes, precision=self.precision, **manifest)
 
     def log(self, metrics: dict, step: int) -> None:
         if self.tracker is not None:
@@ -185,6 +186,24 @@ class Stage:
         finish_stage(self.out, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed", steps=self.steps)
         if self.tracker is not None:
             self.tracker.finish(exit_code_of(error))
+
+
+def stage_precision(cfg, device) -> str | None:
+    """The precision a stage trains in: its `train.precision`, with `auto` resolved for this device (said once)."""
+    import typing
+
+    from align.precision import fast_bf16, resolve_precision
+
+    chosen = getattr(getattr(cfg, "train", None), "precision", None)
+    if chosen is None:
+        return None
+    fast = fast_bf16(device)
+    accepted = typing.get_args(typing.get_type_hints(type(cfg.train))["precision"])  # what this stage supports
+    resolved = resolve_precision(chosen, fast, accepted)
+    if chosen == "auto":
+        why = "bf16 products are native here" if fast else "this device has no native bf16 products"
+        print(f"[align] {cfg.stage}: precision auto -> {resolved} ({why})")
+    return resolved
 
 
 def start_stage(cfg, restart: bool = False) -> Stage:

@@ -1,6 +1,7 @@
 """bf16 weights with fp32 masters: what the optimiser sees, how gradients add up, what a checkpoint keeps."""
 
 import copy
+import typing
 
 import pytest
 import torch
@@ -132,5 +133,30 @@ def test_fp32_and_autocast_train_the_model_itself_and_several_processes_fall_bac
     weights = training_weights(model, "bf16", processes=2)
     assert isinstance(weights, ModelWeights) and all(p.dtype == torch.float32 for p in model.parameters())
     assert "uses bf16 autocast over fp32 weights" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="precision must be one of bf16, bf16-autocast, fp32, got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of bf16, bf16-autocast, fp32, got .fp16."):
         training_weights(model, "fp16")
+
+
+def test_auto_precision_is_bf16_only_where_bf16_products_are_native():
+    """auto -> bf16 masters (or bf16 autocast for a stage without masters) with native bf16, fp32 without; explicit
+    choices pass through; the stage's own accepted values decide."""
+    from align.precision import AutocastPrecision, Precision, fast_bf16, resolve_precision
+
+    all_values, autocast_only = typing.get_args(Precision), typing.get_args(AutocastPrecision)
+    assert resolve_precision("auto", True, all_values) == "bf16"
+    assert resolve_precision("auto", True, autocast_only) == "bf16-autocast"
+    assert resolve_precision("auto", False, all_values) == resolve_precision("auto", False, autocast_only) == "fp32"
+    assert resolve_precision("bf16-autocast", False, all_values) == "bf16-autocast"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", True, all_values)
+    assert isinstance(fast_bf16(torch.device("cpu")), bool)
+
+
+def test_a_stage_records_the_precision_auto_chose(capsys):
+    from align.precision import fast_bf16
+    from align.sft import SFTConfig
+    from align.stage import stage_precision
+
+    chosen = stage_precision(SFTConfig(), torch.device("cpu"))
+    assert chosen == ("bf16" if fast_bf16(torch.device("cpu")) else "fp32")
+    assert f"precision auto -> {chosen}" in capsys.readouterr().out
