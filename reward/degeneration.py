@@ -6,10 +6,11 @@ breaks between the copies do not hide a loop; occurrences may overlap ("a a a a 
 6-word sequence "a a a a a a" five times), so a phrase of p words repeated back to back loops once the
 copies fill ``ngram + (min_repeats - 1) * p`` words. With the defaults (6 words, 5 times), a sentence
 repeated five times loops, and so does a three-word phrase repeated six times; ordinary prose, lists,
-JSON with varying values and a refrain sung four times do not. Text that legitimately repeats six or more identical words
-five times or more (uniform records, a chorus sung five times) is flagged too: raise `ngram` for such data.
+JSON with varying values and a refrain sung four times do not. Text that legitimately repeats six or more
+identical words five times or more (uniform records, a chorus sung five times) is flagged too: raise
+`ngram` for such data.
 
-Used by evaluation (`loop_share` of the generations) and by the built-in data, whose "repetitive"
+Meant for evaluation (`loop_share` of a model's generations) and used by the built-in data, whose "repetitive"
 preference pairs are made so that every rejected answer loops by this definition.
 """
 
