@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 
 from reward import instruction_bank as bank
+from reward import unseen_bank
+from reward.extra_verifiers import BULLET_WORDS, NO_DIGITS, TABLE
 from reward.instruction_bank import Topic
 from reward.instruction_plans import (
     BULLETS,
@@ -53,8 +55,8 @@ from reward.instruction_plans import (
 
 @dataclass
 class _Layout:
-    kind: str  # plain | bullets | numbered | paragraphs | nth | sections | json | two
-    count: int = 0  # bullets, items, paragraphs or sections; 0: as many as there are facts
+    kind: str  # plain | bullets | numbered | table | paragraphs | nth | sections | json | two
+    count: int = 0  # bullets, items, table rows, paragraphs or sections; 0: as many as there are facts
     marker: str = "*"
 
 
@@ -80,9 +82,11 @@ def _choose_layout(plan: Plan, active: dict[str, dict], broken: dict | None, rng
             return _Layout("nth", max(1, constraint["num_paragraphs"] + change))
         if type_id == SECTIONS:
             return _Layout("sections", constraint["num_sections"] - near_miss)
+        if type_id == TABLE:
+            return _Layout("table", constraint["num_rows"] + near_miss)
         if not near_miss:  # a broken JSON / two-responses constraint: just a plain answer
             return _Layout("json" if type_id == JSON else "two")
-    if plan.task is not None and plan.task.name in bank.LIST_TASKS:
+    if (plan.task is not None and plan.task.name in bank.LIST_TASKS) or BULLET_WORDS in active:
         return _Layout("bullets", 0, marker)
     return _Layout("plain")
 
@@ -111,6 +115,8 @@ def _choose_facts(plan: Plan, topic: Topic, active: dict[str, dict], broken: dic
     pool = [f for f in topic.facts if not any(mentions(f, w) for w in avoid)]
     if NO_COMMA in active:
         pool = [f for f in pool if "," not in f]
+    if NO_DIGITS in active:
+        pool = [f for f in pool if not re.search(r"\d", f)]
     required: list[str] = []
 
     def need(candidates: list[str]) -> None:
@@ -180,7 +186,7 @@ def render(plan: Plan, rng: random.Random, *, broken: dict | None = None, ignore
     active = {} if ignore_all else {c["type"]: c for c in plan.constraints if c is not broken}
     layout = _choose_layout(plan, active, broken, rng)
     count = _fact_count(plan, active, broken, rng)
-    exact = layout.kind in ("bullets", "numbered") and layout.count > 0  # one fact per bullet or item
+    exact = layout.kind in ("bullets", "numbered", "table") and layout.count > 0  # one fact per bullet, item or row
     least = 2 if layout.kind == "two" else layout.count  # facts needed to fill the layout
     if exact:
         count = layout.count
@@ -223,7 +229,7 @@ def render(plan: Plan, rng: random.Random, *, broken: dict | None = None, ignore
         note = unused[0] if unused else "Thanks for asking."
         body += f"\n\n{active[POSTSCRIPT]['postscript_marker'].rstrip('.')}. {note}"
     if END in active:
-        ends_in_list = layout.kind in ("bullets", "numbered") and not tail and POSTSCRIPT not in active
+        ends_in_list = layout.kind in ("bullets", "numbered", "table") and not tail and POSTSCRIPT not in active
         body += ("\n\n" if ends_in_list else " ") + active[END]["end_phrase"]
     if REPEAT in active:
         body = f"{plan.prompt_to_repeat}\n\n{body}"
@@ -236,10 +242,13 @@ def _lay_out(layout: _Layout, facts: list[str], tail: list[str], lead: list[str]
              topic: Topic, active: dict[str, dict], broken: dict | None, rng: random.Random) -> str:
     if layout.kind == "plain":
         return " ".join(lead + facts + tail)
-    if layout.kind in ("bullets", "numbered"):  # an intro line replaces the task's opener
-        intro = rng.choice(bank.LIST_INTROS).format(n=len(facts), name=topic.name)
-        items = [f"{layout.marker} {f}" if layout.kind == "bullets" else f"{i}. {f}" for i, f in enumerate(facts, 1)]
+    if layout.kind in ("bullets", "numbered", "table"):  # an intro line replaces the task's opener
+        count = unseen_bank.NUMBER_WORDS[len(facts)] if NO_DIGITS in active else len(facts)
+        intro = rng.choice(bank.LIST_INTROS).format(n=count, name=topic.name)
         head = " ".join([s for s in lead if s.startswith("My answer")] + [intro[:1].upper() + intro[1:]])
+        if layout.kind == "table":  # blank lines around it, as markdown wants
+            return "\n\n".join([head, _table(facts)] + tail)
+        items = [f"{layout.marker} {f}" if layout.kind == "bullets" else f"{i}. {f}" for i, f in enumerate(facts, 1)]
         return "\n".join([head] + items + tail)
     if layout.kind == "json":
         record: dict = {"title": title} if title else {}
@@ -270,6 +279,12 @@ def _lay_out(layout: _Layout, facts: list[str], tail: list[str], lead: list[str]
         connector = rule["first_word"].capitalize() + ("" if NO_COMMA in active else ",")
         groups[rule["nth_paragraph"] - 1] = f"{connector} {_lower_first(groups[rule['nth_paragraph'] - 1])}"
     return "\n\n".join(groups)
+
+
+def _table(facts: list[str]) -> str:
+    """A two-column markdown table, one fact per row, rows labelled First, Second, ... (no digits)."""
+    rows = [unseen_bank.TABLE_HEADER, ("---", "---")] + list(zip(unseen_bank.ORDINALS, facts))
+    return "\n".join(f"| {label} | {text} |" for label, text in rows)
 
 
 _WORD = re.compile(r"\w+")

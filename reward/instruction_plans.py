@@ -12,6 +12,22 @@ import re
 from dataclasses import dataclass
 
 from reward import instruction_bank as bank
+from reward import unseen_bank
+from reward.extra_verifiers import (
+    ALIGN_TYPES,
+    BULLET_WORDS,
+    DISTINCT_STARTS,
+    FIRST_WORD,
+    HASHTAGS,
+    LAST_WORD,
+    LINES,
+    MAX_SENTENCE_WORDS,
+    NO_DIGITS,
+    PARAGRAPH_SENTENCES,
+    QUESTIONS,
+    TABLE,
+    WRAPPED,
+)
 from reward.instruction_bank import Task, Topic
 
 # --- constraint types and which may be asked together ------------------------------------------------
@@ -33,7 +49,7 @@ LOWER, NO_COMMA = "change_case:english_lowercase", "punctuation:no_comma"
 USED_TYPES = (EXISTENCE, FREQUENCY, FORBIDDEN, LETTER, SENTENCES, WORDS, PARAGRAPHS, NTH, PLACEHOLDERS,
               POSTSCRIPT, BULLETS, NUMBERED, CONSTRAINED, HIGHLIGHTS, SECTIONS, JSON, TITLE, TWO, REPEAT, END,
               START, QUOTE, CAPITALS, UPPER, LOWER, NO_COMMA)
-LAYOUTS = frozenset({BULLETS, NUMBERED, PARAGRAPHS, NTH, SECTIONS, JSON, TWO})  # at most one per prompt
+LAYOUTS = frozenset({BULLETS, NUMBERED, PARAGRAPHS, NTH, SECTIONS, JSON, TWO, TABLE})  # at most one per prompt
 CASES = frozenset({CAPITALS, UPPER, LOWER})  # at most one per prompt
 KEYWORD_TYPES = frozenset({EXISTENCE, FREQUENCY, FORBIDDEN})  # about the topic's own words
 MEASURED = frozenset({SENTENCES, WORDS, LETTER, CAPITALS, FREQUENCY})  # numbers read off the answer
@@ -44,16 +60,32 @@ _CONFLICTS: dict[str, set[str]] = {  # cannot both be met, or only in an unnatur
     NTH: {TITLE, START, CONSTRAINED, REPEAT, POSTSCRIPT, QUOTE},  # these would add or open a paragraph
     # The repeated prompt would carry commas, forbidden words, list lines...; a measured number would
     # have to be known before the answer it is measured on.
-    REPEAT: {START, QUOTE, NO_COMMA, FORBIDDEN, BULLETS, NUMBERED, PARAGRAPHS, SECTIONS, CONSTRAINED} | MEASURED,
+    REPEAT: {START, QUOTE, NO_COMMA, FORBIDDEN, BULLETS, NUMBERED, PARAGRAPHS, SECTIONS, CONSTRAINED} | MEASURED
+    | set(ALIGN_TYPES),  # align's types are mostly measured or shaped on the finished answer too
     START: {TITLE},
     END: {POSTSCRIPT},
     POSTSCRIPT: {LOWER},  # "P.S." has capitals
     CONSTRAINED: {LOWER, UPPER},  # "My answer is yes." is matched case-sensitively
     SECTIONS: {LOWER, UPPER},  # so is the section splitter
+    # align's own types (reward.extra_verifiers), asked only in the "unseen" evaluation prompts: words
+    # put before or after the answer clash with whatever must open or close it.
+    FIRST_WORD: {JSON, START, QUOTE, NTH, TITLE, SECTIONS, WRAPPED},
+    LAST_WORD: {JSON, END, QUOTE, POSTSCRIPT, HASHTAGS, WRAPPED},
+    QUESTIONS: {JSON, END, QUOTE, POSTSCRIPT},
+    HASHTAGS: {JSON, END, QUOTE, POSTSCRIPT, NTH},
+    WRAPPED: {JSON, START, END, QUOTE},
+    NO_DIGITS: {NUMBERED, SECTIONS},  # "1." and "Section 1" are digits
+    BULLET_WORDS: LAYOUTS - {BULLETS},  # it needs a bullet list, as BULLETS does
+    PARAGRAPH_SENTENCES: {JSON, NTH, TABLE},  # short paragraphs add blank lines
+    TABLE: {DISTINCT_STARTS},  # table cells are not sentences
+    LINES: {JSON},
+    MAX_SENTENCE_WORDS: {JSON},
+    DISTINCT_STARTS: {JSON},
 }
 
 
 def compatible(a: str, b: str) -> bool:
+    """Whether one prompt may ask for both types (see _CONFLICTS; one layout and one case at most)."""
     if a == b or {a, b} <= LAYOUTS or {a, b} <= CASES:
         return False
     return b not in _CONFLICTS.get(a, ()) and a not in _CONFLICTS.get(b, ())
@@ -153,8 +185,24 @@ def _phrase(template: str, constraint: dict) -> str:
     return template.format(**fields)
 
 
+_PHRASINGS = {split: {**bank.PHRASINGS[split], **unseen_bank.PHRASINGS} for split in bank.SPLITS}
+
+
 def make_plan(rng: random.Random, split: str, exclude: frozenset[str], count: int) -> Plan:
+    """A plan with `count` compatible trained types (fewer when no more fit), none of them in `exclude`."""
     types = sample_types(rng, exclude, count)
+    if not types:  # everything is excluded
+        raise Retry
+    return plan_for_types(rng, split, types)
+
+
+def plan_for_types(rng: random.Random, split: str, types: list[str]) -> Plan:
+    """A plan asking for `types` on a random topic and task of `split` (the content split: train | heldout).
+
+    align's own types get no arguments here (their phrasings come from `reward.unseen_bank`); the
+    unseen-prompt builder sets them.
+    """
+    phrasings = _PHRASINGS[split]
     topic = rng.choice(bank.TOPICS[split])
     tasks = [t for t in bank.TASKS[split] if topic.practical or not t.practical]
     task = None if CONSTRAINED in types else rng.choice(tasks)
@@ -166,7 +214,7 @@ def make_plan(rng: random.Random, split: str, exclude: frozenset[str], count: in
     templates = []
     for c in constraints:
         relation = c.get("relation") or c.get("let_relation") or c.get("capital_relation")
-        templates.append(rng.choice(bank.PHRASINGS[split][f"{c['type']}|{relation}" if relation else c["type"]]))
+        templates.append(rng.choice(phrasings[f"{c['type']}|{relation}" if relation else c["type"]]))
     plan = Plan(split, topic, task, request, constraints, templates)
     if REPEAT in types:  # no MEASURED types come with it, so every other phrase is final already
         plan.prompt_to_repeat = " ".join([request] + [_phrase(t, c) for t, c in zip(templates, constraints[:-1])])

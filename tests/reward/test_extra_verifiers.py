@@ -199,5 +199,6 @@ def test_bad_arguments_raise_clear_errors(constraint: dict, message: str):
 
 
 def test_unknown_align_type_suggests_the_close_one():
-    with pytest.raises(ValueError, match=r"^unknown constraint type 'align:first_words'; did you mean 'align:first_word'\?"):
+    expected = r"^unknown constraint type 'align:first_words'; did you mean 'align:first_word'\?"
+    with pytest.raises(ValueError, match=expected):
         validate_constraint({"type": "align:first_words", "word": "Sure"})
