@@ -26,8 +26,8 @@ any ``heldout_types`` given to `build_dataset`. The "unseen" kind (1-2 constrain
 `UNSEEN_TYPES` (`reward.extra_verifiers`) or one of the ``heldout_types``.
 
 Modules: `reward.instruction_plans` (constraint types, plans, prompt text), `reward.instruction_answers`
-(answers rendered from a plan), `reward.unseen_prompts` (the unseen kind), this one (datasets:
-verification, preference pairs, sizes).
+(answers rendered from a plan), `reward.unseen_prompts` (the unseen kind), `reward.degenerate_answers`
+(rejected answers that end badly), this one (datasets: verification, preference pairs, sizes).
 
 Determinism: row i depends only on (kind, split, seed, heldout_types, i) and the rows before it (a
 duplicate of an earlier prompt is redrawn), so ``build_dataset(kind, split, n=100)`` is exactly the
@@ -43,6 +43,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Collection
 
+from reward import degenerate_answers
 from reward import instruction_bank as bank
 from reward.instruction_answers import measure, render
 from reward.instruction_plans import KEYWORD_TYPES, USED_TYPES, Plan, Retry, make_plan, prompt_text
@@ -61,12 +62,13 @@ DEFAULT_SIZES: dict[str, dict[str, int]] = {  # kind -> the splits it has -> def
 }
 KINDS = tuple(DEFAULT_SIZES)
 PAIR_TYPES: dict[str, float] = {  # pair type -> share of the pairs
-    "ignores_constraints": 0.25,  # rejected: a plain answer that ignores the constraints (fails >= 1)
-    "violates_one": 0.30,  # rejected: keeps every constraint but one (a near miss where possible)
-    "off_topic": 0.15,  # rejected: keeps every constraint, but is about another topic
+    "ignores_constraints": 0.20,  # rejected: a plain answer that ignores the constraints (fails >= 1)
+    "violates_one": 0.25,  # rejected: keeps every constraint but one (a near miss where possible)
+    "off_topic": 0.12,  # rejected: keeps every constraint, but is about another topic
     "truncated": 0.10,  # rejected: the chosen answer cut off mid-sentence
-    "repetitive": 0.10,  # rejected: the chosen answer with one sentence looping
-    "ignores_task": 0.10,  # rejected: an evasive reply that does not attempt the request
+    "repetitive": 0.15,  # rejected: the chosen answer's tail loops until it is cut off (a repetition loop)
+    "runs_on": 0.10,  # rejected: the complete chosen answer, then rambling on instead of stopping
+    "ignores_task": 0.08,  # rejected: an evasive reply that does not attempt the request
 }
 _WORD = re.compile(r"\w+")
 
@@ -139,18 +141,12 @@ def _rejected(pair_type: str, plan: Plan, prompt: str, chosen: str, rng: random.
             if all(_verify(plan.constraints, text, prompt)):
                 return text
         return None
-    if pair_type == "truncated":  # cut after a word, mid-sentence, 35-80% of the way in
-        cuts = [m.start() for m in re.finditer(" ", chosen)
-                if 0.35 * len(chosen) < m.start() < 0.8 * len(chosen) and chosen[m.start() - 1].isalpha()]
-        return chosen[: rng.choice(cuts)] if cuts else None
-    if pair_type == "repetitive":  # one sentence of the answer loops 3-5 times
-        lowered = chosen.lower()
-        spans = [(lowered.find(f.lower()), len(f)) for f in plan.topic.facts if f.lower() in lowered]
-        if not spans:
-            return None
-        start, length = rng.choice(spans)
-        sentence = chosen[start : start + length]
-        return chosen[:start] + " ".join([sentence] * rng.randint(3, 5)) + chosen[start + length :]
+    if pair_type == "truncated":
+        return degenerate_answers.truncated(chosen, rng)
+    if pair_type == "repetitive":
+        return degenerate_answers.looping(chosen, plan.topic, rng)
+    if pair_type == "runs_on":
+        return degenerate_answers.running_on(chosen, plan.topic, rng)
     return rng.choice(bank.EVASIVE_REPLIES)  # ignores_task
 
 

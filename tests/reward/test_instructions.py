@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import statistics
 
@@ -11,6 +12,7 @@ import pytest
 
 from reward import instruction_bank as bank
 from reward import instructions, unseen_bank
+from reward.degeneration import repetition_loop
 from reward.extra_verifiers import ALIGN_TYPES
 from reward.instructions import (
     DEFAULT_SIZES,
@@ -159,14 +161,27 @@ def test_degenerate_pairs_look_as_described(data):
         if row["pair_type"] == "truncated":
             assert chosen.startswith(rejected) and len(rejected) < 0.8 * len(chosen)
             assert rejected[-1].isalpha()  # stops mid-sentence
-        elif row["pair_type"] == "repetitive":
-            facts = topic_of(row["prompt"]).facts  # one of them now loops 3-5 times
-            assert max(rejected.lower().count(f.lower()) - chosen.lower().count(f.lower()) for f in facts) >= 2
+        elif row["pair_type"] == "repetitive":  # the answer's tail loops until a token cap cuts it off
+            assert repetition_loop(rejected), rejected
+            assert len(os.path.commonprefix([chosen, rejected])) >= 20  # the loop starts inside the answer
+            assert rejected[-1].isalnum()  # cut mid-phrase, never finished
+        elif row["pair_type"] == "runs_on":  # the whole answer, then more instead of stopping; no loop
+            assert rejected.startswith(chosen) and len(rejected) >= len(chosen) + 20
+            assert not repetition_loop(rejected), rejected
         elif row["pair_type"] == "ignores_task":
             assert rejected in bank.EVASIVE_REPLIES
 
 
+def test_only_looping_rejections_loop_and_no_chosen_answer_does(data):
+    for split in bank.SPLITS:
+        for row in data[("pairs", split)]:
+            assert not repetition_loop(row["chosen"]), row["chosen"]
+            assert repetition_loop(row["rejected"]) is (row["pair_type"] == "repetitive"), row
+
+
 def test_pair_types_follow_the_configured_shares(data):
+    assert abs(sum(PAIR_TYPES.values()) - 1) < 1e-9
+    assert PAIR_TYPES["repetitive"] + PAIR_TYPES["runs_on"] == 0.25  # pairs that teach stopping
     rows = data[("pairs", "train")]
     for pair_type, share in PAIR_TYPES.items():
         observed = sum(row["pair_type"] == pair_type for row in rows) / len(rows)
