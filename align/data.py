@@ -91,10 +91,15 @@ class DataConfig:
     max_rows: int | None = None  # keep the first max_rows valid rows (all rows are still validated)
     builtin_size: int | None = None  # n for the builtin generator (None = its default)
     seed: int = 0  # seed for the builtin generator
+    heldout_types: list[str] = field(default_factory=list)  # trained types kept out of builtin training data
 
     def __post_init__(self) -> None:
         if self.format not in ("auto", *FORMATS):
             raise DataError(f"data.format must be one of auto, {', '.join(FORMATS)}; got {self.format!r}")
+        if self.heldout_types:  # checked here, so a typo stops the run when the config is read
+            from reward.instructions import heldout_types_error  # lazily, as for the builtin generator
+            if error := heldout_types_error(self.heldout_types):
+                raise DataError(f"data.heldout_types: {error}")
         for name in ("max_rows", "builtin_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -582,14 +587,13 @@ def _read_with_datasets(source: str, name: str, split: str, what: str) -> Iterat
 
 
 def _read_builtin(source: str, cfg: DataConfig) -> Iterator[_RawRow]:
-    """builtin:<kind>:<split> -> reward.instructions.build_dataset(kind, split, n=..., seed=...)."""
+    """builtin:<kind>:<split> -> reward.instructions.build_dataset(kind, split, n=..., seed=..., heldout_types=...)."""
     parts = source.split(":")
     if len(parts) != 3 or not parts[1] or not parts[2]:
         raise DataError(f"{source}: expected builtin:<kind>:<split>, e.g. builtin:sft:train")
     from reward.instructions import build_dataset  # imported lazily: it is only needed for builtin data
-
     try:
-        records = build_dataset(parts[1], parts[2], n=cfg.builtin_size, seed=cfg.seed)
+        records = build_dataset(parts[1], parts[2], n=cfg.builtin_size, seed=cfg.seed, heldout_types=cfg.heldout_types)
     except (ValueError, KeyError) as err:
         raise DataError(f"{source}: {err}") from None
     for number, record in enumerate(records, start=1):

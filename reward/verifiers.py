@@ -1,8 +1,10 @@
-"""Programmatic checkers for instruction-following constraints (IFEval's, plus two extras).
+"""Programmatic checkers for instruction-following constraints (IFEval's, two extras, and align's own).
 
 A constraint is plain data, ``{"type": <type id>, **arguments}``; type ids and argument names are
 IFEval's (Zhou et al. 2023), so IFEval rows can be checked directly. `CONSTRAINT_TYPES` is the
-registry; `check` / `check_all` answer "does this response follow it?".
+registry; `check` / `check_all` answer "does this response follow it?". It also holds align's own
+``align:*`` types from `reward.extra_verifiers` (never used for training by default), which are
+validated, checked and loosened exactly like IFEval's.
 
 Semantics follow IFEval's ``instructions.py`` and ``evaluation_lib.py``:
 
@@ -35,9 +37,11 @@ import collections
 import difflib
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any
 
+from reward.constraint_spec import RELATIONS, ArgSpec, ConstraintSpec
+from reward.constraint_spec import spec as _spec
+from reward.extra_verifiers import ALIGN_SPECS
 from reward.text_stats import (
     SUPPORTED_LANGUAGES,
     capital_words,
@@ -46,8 +50,6 @@ from reward.text_stats import (
     detect_language,
 )
 
-RELATIONS = ("less than", "at least")
-ArgKind = Literal["int", "str", "word", "str_list", "relation", "language", "letter"]
 CONSTRAINED_RESPONSE_OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
 
 
@@ -228,48 +230,11 @@ def _no_comma(response: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ArgSpec:
-    """One argument of a constraint type.
-
-    kind: "int", "str", "word" (str without spaces), "str_list" (non-empty list of str),
-    "relation" ("less than" | "at least"), "language" (supported ISO 639-1 code) or "letter"
-    (one non-space character: IFEval asks for letters but also for "#" and "!").
-    """
-
-    name: str
-    kind: ArgKind
-    minimum: int = 0
-    required: bool = True
-
-    def describe(self) -> str:
-        if self.kind == "int":
-            return f"{self.name} (int >= {self.minimum})"
-        if self.kind == "relation":
-            return f"{self.name} ('less than' | 'at least')"
-        readable = {"str_list": "list[str]", "word": "str, one word", "letter": "str, one character",
-                    "language": "ISO 639-1 code"}.get(self.kind, self.kind)  # fmt: skip
-        return f"{self.name} ({readable}{'' if self.required else ', optional'})"
-
-
-@dataclass(frozen=True)
-class ConstraintSpec:
-    """A constraint type: its checker (strict semantics) and the arguments it takes."""
-
-    type: str
-    checker: Callable[..., bool]
-    args: tuple[ArgSpec, ...]
-    summary: str
-
-    def signature(self) -> str:
-        """Human-readable argument list, used in error messages."""
-        if not self.args:
-            return "it takes no arguments"
-        return "it takes " + ", ".join(arg.describe() for arg in self.args)
-
-
-def _spec(type_id: str, checker: Callable[..., bool], summary: str, *args: ArgSpec) -> ConstraintSpec:
-    return ConstraintSpec(type_id, checker, args, summary)
+def _nth_paragraph_in_range(constraint: dict) -> str | None:
+    if constraint["nth_paragraph"] > constraint["num_paragraphs"]:
+        return (f"constraint 'length_constraints:nth_paragraph_first_word' argument 'nth_paragraph' must be between 1 "
+                f"and num_paragraphs ({constraint['num_paragraphs']}), got {constraint['nth_paragraph']}")
+    return None
 
 
 _RELATION = ArgSpec("relation", "relation")
@@ -294,7 +259,7 @@ CONSTRAINT_TYPES: dict[str, ConstraintSpec] = {spec.type: spec for spec in (
     _spec("length_constraints:nth_paragraph_first_word", _nth_paragraph_first_word,
           "exactly N blank-line paragraphs; paragraph n starts with `first_word`",
           ArgSpec("num_paragraphs", "int", minimum=1), ArgSpec("nth_paragraph", "int", minimum=1),
-          ArgSpec("first_word", "word")),
+          ArgSpec("first_word", "word"), check_arguments=_nth_paragraph_in_range),
     _spec("detectable_content:number_placeholders", _number_placeholders, "at least N [placeholders]",
           ArgSpec("num_placeholders", "int")),
     _spec("detectable_content:postscript", _postscript, "has a postscript starting with the marker",
@@ -325,6 +290,7 @@ CONSTRAINT_TYPES: dict[str, ConstraintSpec] = {spec.type: spec for spec in (
           ArgSpec("start_phrase", "str")),
     _spec("detectable_format:number_numbered_items", _number_numbered_items,
           "exactly N numbered lines ('1.' or '1)')", ArgSpec("num_items", "int")),
+    *ALIGN_SPECS,
 )}  # fmt: skip
 
 _VALID_TYPES = ", ".join(sorted(CONSTRAINT_TYPES))
@@ -354,6 +320,8 @@ def _argument_error(type_id: str, arg: ArgSpec, value: Any) -> str | None:
         return f"{where} must be a non-empty str, {got}"
     elif arg.kind == "word" and len(value.split()) != 1:
         return f"{where} must be a single word without spaces, {got}"
+    elif arg.kind == "token" and not re.fullmatch(r"\w+", value):
+        return f"{where} must be one word of letters and digits only (no spaces or punctuation), {got}"
     elif arg.kind == "letter" and len(value) != 1:
         return f"{where} must be a single character such as 'e' or '#', {got}"
     elif arg.kind == "language" and value not in SUPPORTED_LANGUAGES:
@@ -396,12 +364,8 @@ def validate_constraint(constraint: dict) -> None:
             error = _argument_error(type_id, arg, constraint[arg.name])
             if error:
                 raise ValueError(error)
-    if type_id == "length_constraints:nth_paragraph_first_word":
-        if constraint["nth_paragraph"] > constraint["num_paragraphs"]:
-            raise ValueError(
-                f"constraint {type_id!r} argument 'nth_paragraph' must be between 1 and num_paragraphs "
-                f"({constraint['num_paragraphs']}), got {constraint['nth_paragraph']}"
-            )
+    if spec.check_arguments is not None and (error := spec.check_arguments(constraint)):
+        raise ValueError(error)
 
 
 # --------------------------------------------------------------------------------------------

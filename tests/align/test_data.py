@@ -464,6 +464,37 @@ def test_builtin_sft_pairs_and_prompts_load_and_are_deterministic():
     assert all(p["prompt"][-1]["role"] == "user" and "constraints" in p for p in prompts)
 
 
+def test_builtin_unseen_and_validation_splits_load_as_prompts():
+    for source in ("builtin:unseen:heldout", "builtin:unseen:validation", "builtin:prompts:validation"):
+        rows, report = load(source, "prompt", builtin_size=6)
+        assert report.format == "prompt_only" and len(rows) == 6, source
+        assert all(row["prompt"][-1]["role"] == "user" and "constraints" in row for row in rows)
+    assert any('"align:' in row["constraints"] for row in load("builtin:unseen:heldout", "prompt", builtin_size=6)[0])
+
+
+def test_heldout_types_reach_the_builtin_generator():
+    def types(rows: list[dict]) -> set[str]:
+        return {c["type"] for row in rows for c in json.loads(row["constraints"])}
+
+    held = ["punctuation:no_comma", "startend:quotation"]
+    assert set(held) <= types(load("builtin:sft:train", "sft", builtin_size=150)[0])
+    assert not set(held) & types(load("builtin:sft:train", "sft", builtin_size=150, heldout_types=held)[0])
+    unseen, _ = load("builtin:unseen:heldout", "prompt", builtin_size=150, heldout_types=held)
+    assert set(held) <= types(unseen)
+
+
+def test_heldout_types_are_validated_when_the_config_is_made():
+    with pytest.raises(DataError) as info:
+        DataConfig(heldout_types=["punctuation:no_coma"])
+    message = str(info.value)
+    assert message.startswith("data.heldout_types: heldout_types has unknown or untrained type ids "
+                              "'punctuation:no_coma'; valid ids (the trained types): keywords:existence, ")
+    assert "punctuation:no_comma" in message and "align:" not in message
+    with pytest.raises(DataError, match="^data.heldout_types: heldout_types must be a list of constraint type ids"):
+        DataConfig(heldout_types="punctuation:no_comma")  # type: ignore[arg-type]
+    assert DataConfig(heldout_types=["punctuation:no_comma"]).heldout_types == ["punctuation:no_comma"]
+
+
 # --- real data -------------------------------------------------------------------------------------------
 
 

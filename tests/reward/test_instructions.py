@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import statistics
-import time
 
 import pytest
 
 from reward import instruction_bank as bank
-from reward import instructions
-from reward.instructions import DEFAULT_SIZES, PAIR_TYPES, USED_TYPES, build_dataset, describe_dataset
+from reward import instructions, unseen_bank
+from reward.degeneration import repetition_loop
+from reward.extra_verifiers import ALIGN_TYPES
+from reward.instructions import (
+    DEFAULT_SIZES,
+    PAIR_TYPES,
+    SPLITS,
+    UNSEEN_TYPES,
+    USED_TYPES,
+    build_dataset,
+    describe_dataset,
+)
 from reward.verifiers import CONSTRAINT_TYPES, check_all, parse_constraints
 
 ALL_TOPICS = bank.TRAIN_TOPICS + bank.HELDOUT_TOPICS
+TRAINING = [("sft", "train"), ("pairs", "train"), ("prompts", "train")]
+PROMPT_KINDS = ("prompts", "unseen")  # rows {"prompt", "constraints", "task", "topic"}
 
 
 @pytest.fixture(scope="module")
-def built() -> tuple[dict[tuple[str, str], list[dict]], float]:
-    """Every kind and split at its default size, and how long building all of them took."""
-    start = time.perf_counter()
-    data = {(kind, split): build_dataset(kind, split) for kind in DEFAULT_SIZES for split in bank.SPLITS}
-    return data, time.perf_counter() - start
-
-
-@pytest.fixture(scope="module")
-def data(built) -> dict[tuple[str, str], list[dict]]:
-    return built[0]
+def data() -> dict[tuple[str, str], list[dict]]:
+    """Every kind and each of its splits at the default size."""
+    return {(kind, split): build_dataset(kind, split) for kind, sizes in DEFAULT_SIZES.items() for split in sizes}
 
 
 def prompt_of(kind: str, row: dict) -> str:
@@ -44,12 +50,16 @@ def topic_of(prompt: str):
 # --- size, speed, schema ----------------------------------------------------------------------------------
 
 
-def test_default_sizes_are_thousands(built):
+def test_default_sizes_are_thousands(data):
     """(How long building takes is measured by the benchmark, never asserted in a test.)"""
-    data, _ = built
+    assert DEFAULT_SIZES == {
+        "sft": {"train": 2000, "heldout": 200},
+        "pairs": {"train": 2000, "heldout": 200},
+        "prompts": {"train": 1000, "heldout": 300, "validation": 200},
+        "unseen": {"heldout": 300, "validation": 200},
+    }
     for (kind, split), rows in data.items():
         assert len(rows) == DEFAULT_SIZES[kind][split]
-    assert DEFAULT_SIZES["sft"]["train"] >= 1000 and DEFAULT_SIZES["pairs"]["train"] >= 1000
 
 
 def test_rows_have_the_documented_columns(data):
@@ -59,12 +69,12 @@ def test_rows_have_the_documented_columns(data):
             assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
         for row in data[("pairs", split)]:
             assert set(row) == {"prompt", "chosen", "rejected", "constraints", "pair_type"}
-        for row in data[("prompts", split)]:
-            assert set(row) == {"prompt", "constraints", "task", "topic"}
-        for kind in DEFAULT_SIZES:
-            for row in data[(kind, split)]:
-                assert isinstance(row["constraints"], str)  # a JSON string column, as the contract says
-                assert 1 <= len(parse_constraints(row["constraints"])) <= 3
+    for (kind, split), rows in data.items():
+        for row in rows:
+            if kind in PROMPT_KINDS:
+                assert set(row) == {"prompt", "constraints", "task", "topic"}
+            assert isinstance(row["constraints"], str)  # a JSON string column, as the contract says
+            assert 1 <= len(parse_constraints(row["constraints"])) <= (2 if kind == "unseen" else 3)
 
 
 def test_prompts_are_unique_within_each_dataset(data):
@@ -99,9 +109,10 @@ def test_sft_answers_are_short_and_about_their_topic(data):
 
 
 def test_every_prompt_only_row_is_satisfiable_and_names_its_topic(data):
-    for split in bank.SPLITS:
-        for row in data[("prompts", split)]:
+    for (kind, split), rows in data.items():
+        for row in rows if kind in PROMPT_KINDS else ():
             assert topic_of(row["prompt"]).name == row["topic"]
+            assert row["topic"] in [t.name for t in bank.TOPICS["train" if split == "train" else "heldout"]]
             parse_constraints(row["constraints"])  # validates every constraint
 
 
@@ -150,14 +161,27 @@ def test_degenerate_pairs_look_as_described(data):
         if row["pair_type"] == "truncated":
             assert chosen.startswith(rejected) and len(rejected) < 0.8 * len(chosen)
             assert rejected[-1].isalpha()  # stops mid-sentence
-        elif row["pair_type"] == "repetitive":
-            facts = topic_of(row["prompt"]).facts  # one of them now loops 3-5 times
-            assert max(rejected.lower().count(f.lower()) - chosen.lower().count(f.lower()) for f in facts) >= 2
+        elif row["pair_type"] == "repetitive":  # the answer's tail loops until a token cap cuts it off
+            assert repetition_loop(rejected), rejected
+            assert len(os.path.commonprefix([chosen, rejected])) >= 20  # the loop starts inside the answer
+            assert rejected[-1].isalnum()  # cut mid-phrase, never finished
+        elif row["pair_type"] == "runs_on":  # the whole answer, then more instead of stopping; no loop
+            assert rejected.startswith(chosen) and len(rejected) >= len(chosen) + 20
+            assert not repetition_loop(rejected), rejected
         elif row["pair_type"] == "ignores_task":
             assert rejected in bank.EVASIVE_REPLIES
 
 
+def test_only_looping_rejections_loop_and_no_chosen_answer_does(data):
+    for split in bank.SPLITS:
+        for row in data[("pairs", split)]:
+            assert not repetition_loop(row["chosen"]), row["chosen"]
+            assert repetition_loop(row["rejected"]) is (row["pair_type"] == "repetitive"), row
+
+
 def test_pair_types_follow_the_configured_shares(data):
+    assert abs(sum(PAIR_TYPES.values()) - 1) < 1e-9
+    assert PAIR_TYPES["repetitive"] + PAIR_TYPES["runs_on"] == 0.25  # pairs that teach stopping
     rows = data[("pairs", "train")]
     for pair_type, share in PAIR_TYPES.items():
         observed = sum(row["pair_type"] == pair_type for row in rows) / len(rows)
@@ -168,7 +192,7 @@ def test_pair_types_follow_the_configured_shares(data):
 
 
 def test_every_used_constraint_type_appears_in_both_splits(data):
-    assert set(USED_TYPES) == set(CONSTRAINT_TYPES) - {"language:response_language"}
+    assert set(USED_TYPES) == set(CONSTRAINT_TYPES) - {"language:response_language"} - set(ALIGN_TYPES)
     for split in bank.SPLITS:
         seen = {c["type"] for row in data[("sft", split)] for c in json.loads(row["constraints"])}
         assert seen == set(USED_TYPES), set(USED_TYPES) - seen
@@ -197,20 +221,120 @@ def test_no_heldout_prompt_uses_a_train_template_or_topic_and_vice_versa(data):
         tasks = [t for task in bank.TASKS[split] for t in task.templates]  # a request opens the prompt
         return phrasings + [re.compile("^" + _template_regex(t).pattern) for t in tasks]
 
-    for split, other in (("heldout", "train"), ("train", "heldout")):
+    for (kind, split), rows in data.items():  # validation is written from the held-out content
+        other = "heldout" if split == "train" else "train"
         foreign_templates = templates(other)
         foreign_topics = [t.name for t in bank.TOPICS[other]]
-        for kind in DEFAULT_SIZES:
-            for row in data[(kind, split)]:
-                prompt = prompt_of(kind, row)
-                assert not [p.pattern for p in foreign_templates if p.search(prompt)], prompt
-                assert not [name for name in foreign_topics if name in prompt], prompt
+        for row in rows:
+            prompt = prompt_of(kind, row)
+            assert not [p.pattern for p in foreign_templates if p.search(prompt)], prompt
+            assert not [name for name in foreign_topics if name in prompt], prompt
 
 
 def test_heldout_prompts_use_the_heldout_phrasings(data):
     phrasings = [_template_regex(t) for ts in bank.PHRASINGS["heldout"].values() for t in ts]
-    for row in data[("prompts", "heldout")]:
-        assert any(p.search(row["prompt"]) for p in phrasings), row["prompt"]
+    for split in ("heldout", "validation"):
+        for row in data[("prompts", split)]:
+            assert any(p.search(row["prompt"]) for p in phrasings), row["prompt"]
+
+
+# --- unseen constraint types, held-out types, validation ---------------------------------------------------
+
+
+def test_unseen_types_are_align_types_never_trained_on():
+    assert UNSEEN_TYPES == ALIGN_TYPES and len(UNSEEN_TYPES) >= 12
+    assert all(t.startswith("align:") for t in UNSEEN_TYPES)
+    assert not set(UNSEEN_TYPES) & set(USED_TYPES)
+
+
+def test_no_split_but_unseen_carries_an_unseen_type(data):
+    for (kind, split), rows in data.items():
+        if kind != "unseen":
+            types = {c["type"] for row in rows for c in json.loads(row["constraints"])}
+            assert not types & set(UNSEEN_TYPES), (kind, split)
+
+
+def test_every_unseen_row_asks_for_an_unseen_type_with_sane_arguments(data):
+    for split in ("heldout", "validation"):
+        rows = data[("unseen", split)]
+        seen_types = set()
+        for row in rows:
+            constraints = parse_constraints(row["constraints"])  # validates them
+            assert any(c["type"] in UNSEEN_TYPES for c in constraints), row
+            topic = topic_of(row["prompt"])
+            for c in constraints:
+                seen_types.add(c["type"])
+                assert _sane_unseen_arguments(c, topic), (c, row["prompt"])
+        assert seen_types >= set(UNSEEN_TYPES), set(UNSEEN_TYPES) - seen_types
+        assert seen_types - set(UNSEEN_TYPES)  # a second, trained type comes with some of them
+
+
+def _sane_unseen_arguments(c: dict, topic) -> bool:
+    """What each align type's arguments must look like in a prompt (numbers read off a real answer)."""
+    checks = {
+        "align:first_word": lambda: c["word"] in unseen_bank.OPENING_WORDS,
+        "align:last_word": lambda: c["word"] in unseen_bank.CLOSINGS,
+        "align:keyword_order": lambda: {c["first"], c["second"]} <= {topic.core, *topic.keywords},
+        "align:table_rows": lambda: 2 <= c["num_rows"] <= 5,
+        "align:hashtags": lambda: c["num_hashtags"] in (2, 3),
+        "align:question_count": lambda: c["num_questions"] in (1, 2),
+        "align:wrapped_in_tag": lambda: c["tag"] in unseen_bank.WRAPPING_TAGS,
+        "align:max_paragraph_sentences": lambda: c["max_sentences"] in (2, 3),
+        "align:max_word_length": lambda: 9 <= c["max_letters"] <= 20,
+        "align:max_sentence_words": lambda: 5 <= c["max_words"] <= 40 and c["max_words"] % 5 == 0,
+        "align:bullet_max_words": lambda: 5 <= c["max_words"] <= 30 and c["max_words"] % 5 == 0,
+        "align:max_characters": lambda: 50 <= c["max_chars"] <= 2000 and c["max_chars"] % 50 == 0,
+        "align:line_count": lambda: 2 <= c["num_lines"] <= 12,
+    }
+    return checks.get(c["type"], lambda: True)()
+
+
+def test_every_unseen_prompt_was_verified_with_a_reference_answer(monkeypatch):
+    passed: set[tuple[str, str, str]] = set()  # (prompt, constraint, answer) that the generator checked
+
+    def recording_check(constraint, response, *, prompt=None, **kwargs):
+        result = real_check(constraint, response, prompt=prompt, **kwargs)
+        if result:
+            passed.add((prompt, json.dumps(constraint), response))
+        return result
+
+    real_check = instructions.check
+    monkeypatch.setattr(instructions, "check", recording_check)
+    for row in build_dataset("unseen", "heldout", n=80):
+        constraints = [json.dumps(c) for c in json.loads(row["constraints"])]
+        answers = {answer for prompt, _, answer in passed if prompt == row["prompt"]}
+        assert any(all((row["prompt"], c, answer) in passed for c in constraints) for answer in answers), row
+
+
+def test_heldout_types_leave_training_and_join_the_unseen_pool():
+    held = ["punctuation:no_comma", "detectable_format:title"]
+    for kind, split in TRAINING:
+        rows = build_dataset(kind, split, heldout_types=held)
+        assert len(rows) == DEFAULT_SIZES[kind][split]
+        types = {c["type"] for row in rows for c in json.loads(row["constraints"])}
+        assert not types & (set(held) | set(UNSEEN_TYPES)), (kind, types & set(held))
+        assert types == set(USED_TYPES) - set(held)
+    heldout_sft = build_dataset("sft", "heldout", heldout_types=held)  # evaluation data still asks for them
+    assert {c["type"] for row in heldout_sft for c in json.loads(row["constraints"])} >= set(held)
+    unseen = [json.loads(row["constraints"]) for row in build_dataset("unseen", "heldout", heldout_types=held)]
+    assert all(any(c["type"] in set(UNSEEN_TYPES) | set(held) for c in cs) for cs in unseen)
+    assert {c["type"] for cs in unseen for c in cs} >= set(held)
+    assert build_dataset("unseen", "heldout", n=30) != build_dataset("unseen", "heldout", n=30, heldout_types=held)
+
+
+def test_validation_rows_are_disjoint_from_heldout_rows(data):
+    for kind in PROMPT_KINDS:
+        heldout = {row["prompt"] for row in data[(kind, "heldout")]}
+        validation = [row["prompt"] for row in data[(kind, "validation")]]
+        assert not heldout & set(validation), kind
+        assert {topic_of(p).name for p in validation} <= {t.name for t in bank.HELDOUT_TOPICS}
+
+
+def test_prompts_heldout_keeps_its_first_200_rows():
+    """Raising the default size to 300 kept the first 200 rows: sha256 of them, computed before the change."""
+    rows = build_dataset("prompts", "heldout")[:200]
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    assert digest == "509773887899c9ba456a02546ee0bd85738f9a0ee270f2ada0ae43d342c55196"
 
 
 # --- determinism and bad requests --------------------------------------------------------------------------
@@ -218,28 +342,41 @@ def test_heldout_prompts_use_the_heldout_phrasings(data):
 
 @pytest.mark.parametrize("kind", list(DEFAULT_SIZES))
 def test_same_seed_same_rows_other_seed_other_rows(kind):
-    first = build_dataset(kind, "train", n=40, seed=7)
-    assert build_dataset(kind, "train", n=40, seed=7) == first
-    assert build_dataset(kind, "train", n=40, seed=8) != first
-    assert build_dataset(kind, "heldout", n=40, seed=7) != first
+    split, other_split = list(DEFAULT_SIZES[kind])[:2]
+    first = build_dataset(kind, split, n=40, seed=7)
+    assert build_dataset(kind, split, n=40, seed=7) == first
+    assert build_dataset(kind, split, n=40, seed=8) != first
+    assert build_dataset(kind, other_split, n=40, seed=7) != first
 
 
 def test_a_smaller_n_is_a_prefix_of_a_larger_one(data):
-    for kind in DEFAULT_SIZES:
-        assert build_dataset(kind, "train", n=100) == data[(kind, "train")][:100]
-        assert build_dataset(kind, "heldout", n=25, seed=3) == build_dataset(kind, "heldout", n=60, seed=3)[:25]
+    for (kind, split), rows in data.items():
+        assert build_dataset(kind, split, n=50) == rows[:50], (kind, split)
+        assert build_dataset(kind, split, n=25, seed=3) == build_dataset(kind, split, n=60, seed=3)[:25]
+    held = ["startend:quotation"]
+    assert build_dataset("unseen", "validation", n=20, heldout_types=held) == build_dataset(
+        "unseen", "validation", n=45, heldout_types=held)[:20]
     assert build_dataset("sft", "train", n=0) == []
 
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (("dpo", "train"), "unknown dataset kind 'dpo'; expected one of 'sft', 'pairs', 'prompts'"),
-        (("sft", "test"), "unknown split 'test'; expected one of 'train', 'heldout'"),
+        (("dpo", "train"), "unknown dataset kind 'dpo'; expected one of 'sft', 'pairs', 'prompts', 'unseen'"),
+        (("sft", "test"), "unknown split 'test'; expected one of 'train', 'heldout', 'validation'"),
+        (("unseen", "train"), "kind 'unseen' has no split 'train'; it has 'heldout', 'validation'"),
+        (("sft", "validation"), "kind 'sft' has no split 'validation'; it has 'train', 'heldout'"),
         (("sft", "train", -1), "n (number of rows) must be a non-negative int or None for the default, got -1"),
         (("sft", "train", "10"), "n (number of rows) must be a non-negative int or None for the default, got '10'"),
         (("sft", "train", True), "n (number of rows) must be a non-negative int or None for the default, got True"),
         (("sft", "train", 5, "0"), "seed must be an int, got '0'"),
+        (("sft", "train", 5, 0, ["punctuation:no_coma", "align:first_word"]),
+         "heldout_types has unknown or untrained type ids 'align:first_word', 'punctuation:no_coma'; "
+         "valid ids (the trained types): keywords:existence, keywords:frequency,"),
+        (("sft", "train", 5, 0, "punctuation:no_comma"),
+         "heldout_types must be a list of constraint type ids, got str; valid ids (the trained types): "),
+        (("sft", "train", 5, 0, list(USED_TYPES)),
+         "heldout_types holds out every trained type; leave at least one to train on"),
     ],
 )
 def test_bad_requests_raise_clear_errors(arguments, message):
@@ -253,19 +390,25 @@ def test_bad_requests_raise_clear_errors(arguments, message):
 def test_describe_dataset_counts_the_default_data(data):
     summary = describe_dataset()
     assert summary["sizes"] == DEFAULT_SIZES
-    for split in bank.SPLITS:
+    assert list(summary["splits"]) == list(SPLITS)
+    for split in SPLITS:
         described = summary["splits"][split]
+        kinds = [kind for kind in DEFAULT_SIZES if split in DEFAULT_SIZES[kind]]
+        assert described["kinds"] == kinds
         expected = {}
-        for kind in DEFAULT_SIZES:
+        for kind in kinds:
             for row in data[(kind, split)]:
                 for constraint in json.loads(row["constraints"]):
                     expected[constraint["type"]] = expected.get(constraint["type"], 0) + 1
         assert described["constraint_types"] == dict(sorted(expected.items()))
-        assert sum(described["pair_types"].values()) == DEFAULT_SIZES["pairs"][split]
-        assert sum(described["constraints_per_prompt"].values()) == sum(s[split] for s in DEFAULT_SIZES.values())
-        assert described["topics"] == [t.name for t in bank.TOPICS[split]]
-        low, median, high = (described["sft_response_words"][k] for k in ("p10", "median", "p90"))
-        assert 0 < low <= median <= high
+        assert sum(described["constraints_per_prompt"].values()) == sum(DEFAULT_SIZES[k][split] for k in kinds)
+        assert described["topics"] == [t.name for t in bank.TOPICS["train" if split == "train" else "heldout"]]
+        if "pairs" in kinds:
+            assert sum(described["pair_types"].values()) == DEFAULT_SIZES["pairs"][split]
+        if "sft" in kinds:
+            low, median, high = (described["sft_response_words"][k] for k in ("p10", "median", "p90"))
+            assert 0 < low <= median <= high
+    assert "pair_types" not in summary["splits"]["validation"]
     json.dumps(summary)  # plain data, ready for a README
 
 
@@ -285,3 +428,9 @@ def test_bank_facts_keywords_and_questions_are_consistent():
             has_relation = any(arg.kind == "relation" for arg in CONSTRAINT_TYPES[type_id].args)
             keys = [f"{type_id}|{r}" for r in ("at least", "less than")] if has_relation else [type_id]
             assert all(bank.PHRASINGS[split].get(key) for key in keys), (split, type_id)
+    for type_id in UNSEEN_TYPES:  # at least three phrasings each, using exactly the type's arguments
+        phrasings = unseen_bank.PHRASINGS[type_id]
+        assert len(phrasings) >= 3 and len(set(phrasings)) == len(phrasings), type_id
+        arguments = {arg.name for arg in CONSTRAINT_TYPES[type_id].args}
+        for phrasing in phrasings:
+            assert set(re.findall(r"\{(\w+)\}", phrasing)) == arguments, phrasing

@@ -41,6 +41,13 @@ IFEVAL_TYPE_IDS = [
     "punctuation:no_comma",
 ]  # fmt: skip
 EXTRA_TYPE_IDS = ["startend:start_checker", "detectable_format:number_numbered_items"]
+# align's own types (reward.extra_verifiers, never trained on by default); tested in test_extra_verifiers.py.
+ALIGN_TYPE_IDS = [
+    "align:first_word", "align:last_word", "align:max_word_length", "align:max_sentence_words",
+    "align:question_count", "align:keyword_order", "align:distinct_sentence_starts", "align:hashtags",
+    "align:table_rows", "align:wrapped_in_tag", "align:no_digits", "align:max_paragraph_sentences",
+    "align:bullet_max_words", "align:max_characters", "align:line_count", "align:ascii_only",
+]  # fmt: skip
 VALID_TYPES = ", ".join(sorted(CONSTRAINT_TYPES))
 
 FRENCH = "Le chat dort sur la table de la cuisine. Il est très calme et nous le laissons tranquille."
@@ -49,7 +56,8 @@ ENGLISH = "The weather was lovely this morning, so we decided to walk to the mar
 
 def test_every_contract_type_is_registered_and_nothing_else():
     assert set(IFEVAL_TYPE_IDS) <= set(CONSTRAINT_TYPES)
-    assert set(CONSTRAINT_TYPES) == set(IFEVAL_TYPE_IDS) | set(EXTRA_TYPE_IDS)
+    assert set(CONSTRAINT_TYPES) == set(IFEVAL_TYPE_IDS) | set(EXTRA_TYPE_IDS) | set(ALIGN_TYPE_IDS)
+    assert len(CONSTRAINT_TYPES) == 25 + 2 + 16  # no id is listed twice
     for type_id, spec in CONSTRAINT_TYPES.items():
         assert spec.type == type_id
 
@@ -254,7 +262,7 @@ def test_constraint_strict_and_loose(name: str, response: str, strict: bool, loo
 
 def test_every_type_has_a_passing_and_a_failing_case():
     types_by_outcome = {(C[name]["type"], strict) for name, _, strict, _ in CASES}
-    for type_id in CONSTRAINT_TYPES:
+    for type_id in IFEVAL_TYPE_IDS + EXTRA_TYPE_IDS:
         assert (type_id, True) in types_by_outcome, type_id
         assert (type_id, False) in types_by_outcome, type_id
 
@@ -263,7 +271,7 @@ def test_loose_only_cases_cover_all_types_whose_semantics_allow_it():
     loose_only = {C[name]["type"] for name, _, strict, loose in CASES if not strict and loose}
     # Loose variants only remove text, so "at least N placeholders/highlights" can't be rescued.
     cannot = {"detectable_content:number_placeholders", "detectable_format:number_highlighted_sections"}
-    assert loose_only == set(CONSTRAINT_TYPES) - cannot
+    assert loose_only == set(IFEVAL_TYPE_IDS + EXTRA_TYPE_IDS) - cannot
 
 
 def test_blank_response_follows_nothing():
