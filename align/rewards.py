@@ -24,9 +24,10 @@ from reward.compose import CompositeReward, RewardFunctionConfig
 class RewardConfig:
     reward_model: str | None = "rm"  # an earlier stage of the run (rm), a reward-model directory, or null
     reward_model_weight: float = 1.0  # weight of the reward model's score in the total
-    normalize: Literal["none", "batch", "running"] = "none"  # z-score each component (over the batch, or running
-    # statistics) before weighting
-    # reward functions, each {name, weight, kwargs}: a built-in, package.module:function or file.py:function
+    normalize: Literal["none", "batch", "running"] = "none"  # z-score each component (over the batch, or
+        # running statistics) before weighting
+    # reward functions, each {name, weight, kwargs, factory_kwargs}: a built-in, package.module:function or
+    # file.py:function (see reward.functions[] below)
     functions: list[RewardFunctionConfig] = field(
         default_factory=lambda: [RewardFunctionConfig(name="instruction_following", weight=1.0)]
     )
