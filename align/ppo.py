@@ -385,12 +385,12 @@ def iteration_metrics(rollout: Rollout, kl_coef: float, stats: dict[str, float])
     """Everything an RL run is judged by, including reward-hacking signals (names without the `ppo/` prefix)."""
     lengths = [len(ids) for ids in rollout.response_ids]
     return {
+        **rollout.reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
         **completion_metrics(rollout.breakdown, rollout.rows, rollout.texts, lengths, rollout.finished),
         "reward/score": float(rollout.scores.mean()),  # total after the missing-EOS penalty
         "kl": float(rollout.kl.sum(1).mean()), "kl_coef": kl_coef,
         "value_explained_variance": explained_variance(rollout.values, rollout.returns, rollout.mask),
         **stats, **{f"time/{k}": v for k, v in rollout.timings.items()},
-        **rollout.reward_log.metric_means(),  # what the reward functions logged with log_metric
     }
 
 
