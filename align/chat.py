@@ -50,7 +50,11 @@ def read_prompts(source: str) -> list:
     if path.suffix.lower() == ".txt":
         if not path.is_file():
             raise DataError(f"{source}: file not found (looked for {path.resolve()})")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{source}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
         if not prompts:
             raise DataError(f"{source}: no prompts (every line is blank)")
         return prompts

@@ -67,13 +67,17 @@ def _field_default(cfg, key: str):
     *parents, leaf = key_parts(key)
     node = cfg
     for part in parents:
-        node = node[part] if isinstance(part, int) and isinstance(node, list) and part < len(node) \
-            else getattr(node, str(part), None)
-    field = next((f for f in dataclasses.fields(node) if f.name == leaf), None) \
-        if dataclasses.is_dataclass(node) else None
-    if field is None or (field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING):
-        return _ABSENT
-    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            node = getattr(node, part, None)
+    fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+    field = fields.get(leaf)
+    if field is not None and field.default is not dataclasses.MISSING:
+        return field.default
+    if field is not None and field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return _ABSENT
 
 
 def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]:

@@ -261,11 +261,18 @@ def check_reward_function(label: str, fn: Callable[..., Any], columns: set[str] 
     if columns is None:
         return
     if not takes_any_keyword:
-        refused = sorted(c for c in columns if c not in named)
+        refused = sorted(c for c in columns if c not in named and c not in TRL_EXTRA_KWARGS)
         if refused:
             raise RewardFunctionError(
                 f"reward function '{label}' does not accept the dataset column(s) {', '.join(map(repr, refused))}; "
                 "add **kwargs to its parameters (every dataset column is passed as a keyword argument, as in TRL)"
+            )
+        refused = sorted(c for c in columns if c not in named)
+        if refused:
+            raise RewardFunctionError(
+                f"reward function '{label}' does not accept TRL's keyword(s) {', '.join(map(repr, refused))}; add "
+                "**kwargs to its parameters (TRL, and align's RL stages, pass completion_ids, trainer_state, "
+                "log_metric and log_extra to every reward function)"
             )
     _check_required(label, params, named, columns)
 

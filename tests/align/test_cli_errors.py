@@ -47,13 +47,15 @@ CASES = {
     "YAML": (lambda t: ["sft", t / "broken.yaml"], "broken.yaml:3: not valid YAML"),
     "data row": (lambda t: ["validate", SFT, f"data.train={t / 'bad.jsonl'}"],
                  "bad.jsonl, line 1: field 'messages': must end with an assistant turn"),
-    "model path": (lambda t: ["chat", "/no/such/model", "--prompt", "hi"], "model.name '/no/such/model' does not exist"),
+    "model path": (lambda t: ["chat", "/no/such/model", "--prompt", "hi"],
+                   "model.name '/no/such/model' does not exist"),
     "chat usage": (lambda t: ["chat", "tiny-random", "--out", t / "answers.jsonl"], "--out needs --prompts"),
     "command line": (lambda t: ["chat"], "the following arguments are required: model"),
     "reward function name": (lambda t: ["validate", PPO, "reward.functions=[{name: nope}]"],
                              "reward.functions[0]: unknown reward function 'nope'"),
-    "factory arguments": (lambda t: ["validate", PPO, "reward.functions=[{name: 'trl.rewards:get_soft_overlong_punishment',"
-                                     " factory_kwargs: {max_len: 8, soft_punish_cache: 2}}]"],
+    "factory arguments": (lambda t: ["validate", PPO, "reward.functions=[{name: 'trl.rewards:"
+                                     "get_soft_overlong_punishment', factory_kwargs: {max_len: 8, "
+                                     "soft_punish_cache: 2}}]"],
                           "factory 'trl.rewards:get_soft_overlong_punishment' has no parameter 'max_len' — did you "
                           "mean 'max_completion_len'?"),
     "reward function failure": (lambda t: ["ppo", PPO, f"run.root={t / 'runs'}", *TINY_PPO,

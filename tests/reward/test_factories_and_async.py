@@ -146,3 +146,16 @@ def test_a_composite_called_inside_a_running_event_loop_still_awaits_its_functio
         return reward(prompts=["p"], completions=["abc"])
 
     assert asyncio.run(notebook_cell()).components == {"slow_length": [3.0]}
+
+
+def test_a_function_without_kwargs_is_told_about_trls_keywords(tmp_path):
+    (tmp_path / "strict.py").write_text("def strict(prompts, completions, constraints):\n"
+                                        "    return [0.0 for _ in completions]\n")
+    with pytest.raises(RewardFunctionError, match=exact(
+        "reward.functions[0]: reward function 'strict.py:strict' does not accept TRL's keyword(s) 'completion_ids', "
+        "'log_extra', 'log_metric', 'trainer_state'; add **kwargs to its parameters (TRL, and align's RL stages, "
+        "pass completion_ids, trainer_state, log_metric and log_extra to every reward function)"
+    )):
+        CompositeReward.from_config([RewardFunctionConfig("strict.py:strict")], base_dir=tmp_path,
+                                    columns={"constraints", "completion_ids", "trainer_state", "log_extra",
+                                             "log_metric"})
