@@ -224,12 +224,26 @@ def is_under(key: str, keys: tuple[str, ...]) -> bool:
 
 
 def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs."""
+    """Dotted keys whose values differ between two resolved configs. Lists of sections of the same length are
+    compared entry by entry (`reward.functions[1].weight`)."""
     changed = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += diff_configs(a, b, prefix + key + ".")
+        elif _sections(a) and _sections(b) and len(a) == len(b):
+            for index, (x, y) in enumerate(zip(a, b)):
+                changed += diff_configs(x, y, f"{prefix}{key}[{index}].")
         elif a != b:
             changed.append(prefix + key)
     return changed
+
+
+def _sections(value: Any) -> bool:
+    """Whether `value` is a list of sections (dicts), e.g. `reward.functions`."""
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def key_parts(key: str) -> list[str | int]:
+    """`"reward.functions[1].weight"` -> `["reward", "functions", 1, "weight"]`."""
+    return [int(index) if index else name for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key)]

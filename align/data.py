@@ -4,7 +4,7 @@ Every stage reads its rows through `load_rows(source, purpose, cfg)`, which retu
 
     purpose "sft"        -> {"messages": [{"role", "content"}, ... ending with an assistant turn], **extra}
     purpose "preference" -> {"prompt": [messages ending with a user turn], "chosen": str, "rejected": str, **extra}
-    purpose "prompt"     -> {"prompt": [messages ending with a user turn], **extra}
+    purpose "prompt"     -> {"prompt": str as given (TRL's standard form) | [messages ending in a user turn], **extra}
 
 Input formats (TRL's standard and conversational dataset types, plus raw Anthropic-HH text):
 
@@ -157,6 +157,8 @@ def load_rows(source: str, purpose: str, cfg: DataConfig) -> tuple[list[dict], L
                         f"(or set data.format to choose the columns to read)"
                     )
             normalised = _project(purpose, row_format, _NORMALISERS[row_format](raw.value))
+            if purpose == "prompt" and row_format != "messages" and isinstance(raw.value.get("prompt"), str):
+                normalised["prompt"] = raw.value["prompt"]  # kept standard: reward functions get it as TRL does
         except _RowError as err:
             message = f"{source}, {where}: {err}"
             if not cfg.skip_bad_rows:
@@ -597,4 +599,6 @@ def _read_builtin(source: str, cfg: DataConfig) -> Iterator[_RawRow]:
     except (ValueError, KeyError) as err:
         raise DataError(f"{source}: {err}") from None
     for number, record in enumerate(records, start=1):
+        if isinstance(record.get("prompt"), str):  # the built-in datasets are conversational, in TRL's sense
+            record = {**record, "prompt": [{"role": "user", "content": record["prompt"]}]}
         yield _RawRow(number, "row", dict(record))

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
-from align.data import DataConfig, load_rows
+from align.data import DataConfig, DataError, load_rows
 from align.rollout import GenerationConfig
 
 
@@ -52,7 +50,7 @@ def constraints_of(row: dict) -> list[dict]:
     if "instruction_id_list" in row:
         kwargs = row.get("kwargs") or [{} for _ in row["instruction_id_list"]]
         return constraints_from_ifeval(row["instruction_id_list"], kwargs)
-    raise ValueError("a prompt row has neither a 'constraints' column nor IFEval's 'instruction_id_list'")
+    raise DataError("a prompt row has neither a 'constraints' column nor IFEval's 'instruction_id_list'")
 
 
 def score_completions(prompts: list[str], completions: list[str], constraints: list[list[dict]]) -> dict:
@@ -106,28 +104,20 @@ def markdown_table(results: dict[str, dict]) -> str:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Generate on cfg.prompts with cfg.model and score instruction following. Returns the results dict."""
-    from transformers import AutoModelForCausalLM
-
-    from align.models import load_tokenizer, resolve_model_path
-    from align.precision import fast_bf16, resolve_precision
-    from align.rollout import TextGenerator
+    from align.rollout import load_generator
     from align.runtime import set_threads
+    from reward.functions import prompt_text
 
     set_threads(cfg.threads)
     rows, _ = load_rows(cfg.prompts, "prompt", cfg.data)
     rows = rows[: cfg.max_prompts] if cfg.max_prompts else rows
     constraints = [constraints_of(r) for r in rows]
-    path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(path)
-    dtype = torch.bfloat16 if resolve_precision(cfg.precision, fast_bf16(torch.device("cpu")), ("bf16",)) == "bf16" \
-        else torch.float32
     started = time.perf_counter()
-    generator = TextGenerator(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True),
-                              tokenizer, cfg.generation)
+    generator = load_generator(cfg.model, cfg.precision, cfg.generation)
     setup_seconds, started = time.perf_counter() - started, time.perf_counter()
     generations = generator.generate([r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens)
     seconds = time.perf_counter() - started
-    user_prompts = [r["prompt"][-1]["content"] for r in rows]
+    user_prompts = [prompt_text(r["prompt"]) for r in rows]
     results = score_completions(user_prompts, generations.texts, constraints)
     results.update(
         model=cfg.model,

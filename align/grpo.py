@@ -12,11 +12,13 @@ The value model of PPO is replaced by the group mean: that is the whole point.
 TRL's `GRPOTrainer` (trl 1.16) runs the loop; this module wires our pieces into it:
 1. the policy: the SFT stage's output (`model.name: sft`), LoRA passed to TRL as a peft config, so TRL computes the
    reference with the adapters disabled and never loads a second model;
-2. the prompts: a `datasets.Dataset` in TRL's conversational prompt-only format (`prompt` = chat messages), so TRL
-   applies the chat template, plus a `row_index` column pointing back at our loaded rows (see `prompt_dataset`);
+2. the prompts: a `datasets.Dataset` in TRL's conversational prompt-only format (`prompt` = chat messages, a
+   string prompt as one user turn), so TRL applies the chat template as every stage does, plus a `row_index`
+   column pointing back at our loaded rows (see `prompt_dataset`);
 3. the reward: ONE TRL reward function, `CompositeRewardFunction`, that calls the composite reward built by
-   `align.rewards.build_reward` (reward model + reward functions, checked at stage start) and returns its total.
-   Each component's batch mean goes to TRL's `log_metric`, so it is averaged and logged with TRL's own metrics;
+   `align.rewards.build_reward` (reward model + reward functions, checked at stage start) through
+   `align.rewards.score_completions`, as PPO does, and returns its total. Each component's batch mean goes to
+   TRL's `log_metric`, so it is averaged and logged with TRL's own metrics;
 4. the logs: TRL reports to nothing itself (`report_to="none"`); `TrackerCallback` forwards every TRL log to our
    tracker as `grpo/<name>`, so a stage has exactly one W&B run (ours) and one metrics.jsonl;
 5. checkpoints: TRL's own, in `<stage>/checkpoints/trl/checkpoint-<step>` every `save_every` steps (newest
@@ -26,10 +28,10 @@ TRL's `GRPOTrainer` (trl 1.16) runs the loop; this module wires our pieces into 
    config resumes from the newest complete one; SIGTERM/SIGINT saves one at the end of the step and stops;
 6. the output: the policy with LoRA merged (`align.models.save_model`), tokenizer, config.yaml, manifest.json,
    metrics.jsonl and tables/grpo/samples.jsonl, like every policy stage.
-Reward functions get what PPO gives them: prompts (chat messages), completions, one keyword per dataset column.
-Completions arrive as TRL hands them for chat prompts, `[{"role": "assistant", "content": ...}]`
-(`reward.functions.completion_text` reads both forms); TRL's extra keywords (trainer_state, log_metric, ...) are not
-forwarded, so a reward function runs unchanged in both stages.
+Reward functions get what PPO gives them, which is what TRL gives them for the dataset's prompts (standard or
+conversational, see align.rewards): prompts as loaded, completions in the prompts' form, one keyword per dataset
+column, and TRL's completion_ids, trainer_state, log_metric (TRL's own: logged as grpo/<name>) and log_extra
+(columns of the grpo/samples table). So a reward function runs unchanged in both stages, and in TRL.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ from align.data import DataConfig, data_fingerprint, load_rows
 from align.loop import Interrupted, TrainConfig, check_finite, check_finite_parameters, stop_if_requested
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model, peft_lora_config, save_model
 from align.precision import AutocastPrecision
-from align.rewards import RewardConfig, build_reward
+from align.rewards import RewardConfig, build_reward, dataset_columns, score_completions
 from align.rl import constraint_pass_rates, log_samples
+from align.rollout import prompt_messages
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import Tracker, TrackingConfig
 from reward.compose import CompositeReward
@@ -108,7 +111,8 @@ class GRPOConfig:
 
 
 def prompt_dataset(rows: list[dict], first_index: int = 0):
-    """TRL's conversational prompt-only dataset: `prompt` (chat messages) and `row_index` (first_index + i).
+    """TRL's conversational prompt-only dataset: `prompt` (chat messages; a string prompt as one user turn, so TRL
+    applies the chat template to it, as PPO and eval do) and `row_index` (first_index + i).
 
     Only the prompt goes through Arrow: Arrow would rewrite the other columns (dicts in a list column are padded to
     one common set of keys, a column missing from some rows becomes None), and reward functions must see the values
@@ -116,7 +120,7 @@ def prompt_dataset(rows: list[dict], first_index: int = 0):
     from datasets import Dataset
 
     return Dataset.from_dict({
-        "prompt": [row["prompt"] for row in rows],
+        "prompt": [prompt_messages(row["prompt"]) for row in rows],
         "row_index": list(range(first_index, first_index + len(rows))),
     })
 
@@ -125,8 +129,11 @@ class CompositeRewardFunction:
     """The composite reward as one TRL reward function: returns the weighted total per completion.
 
     TRL calls it as f(prompts=, completions=, completion_ids=, row_index=, trainer_state=, log_extra=, log_metric=).
-    Each component's batch mean (and constraint pass rates) goes to `log_metric`; on the main process, the first
-    `table_rows` completions of each training batch go to the tracker's `grpo/samples` table."""
+    The composite is called through `align.rewards.score_completions` with the rows' own prompts (TRL's are the
+    chat messages we gave it) and the completions' texts, so its functions get exactly what PPO gives them. Each
+    component's batch mean (and constraint pass rates) goes to `log_metric`; on the main process, the first
+    `table_rows` completions of each training batch go to the tracker's `grpo/samples` table, with the columns
+    the functions logged through `log_extra`."""
 
     def __init__(self, composite: CompositeReward, rows: list[dict], columns: list[str], train_rows: int,
                  tracker: Tracker | None, table_rows: int) -> None:
@@ -134,19 +141,22 @@ class CompositeRewardFunction:
         self.composite, self.rows, self.columns = composite, rows, columns
         self.train_rows, self.tracker, self.table_rows = train_rows, tracker, table_rows
 
-    def __call__(self, prompts: list, completions: list, row_index: list[int], trainer_state=None, log_metric=None,
-                 **trl_extras: Any) -> list[float]:
+    def __call__(self, prompts: list, completions: list, row_index: list[int], completion_ids=None,
+                 trainer_state=None, log_metric=None, **trl_extras: Any) -> list[float]:
+        from reward.functions import completion_text
+
         batch = [self.rows[i] for i in row_index]  # their prompts are TRL's `prompts`, as loaded (not via Arrow)
-        breakdown = self.composite([row["prompt"] for row in batch], completions,
-                                   **{column: [row.get(column) for row in batch] for column in self.columns})
+        texts = [completion_text(completion) for completion in completions]
+        breakdown, log = score_completions(self.composite, batch, texts, completion_ids, self.columns,
+                                           trainer_state, log_metric)
         if log_metric is not None:
             for name, value in {**breakdown.metrics("reward/"), **constraint_pass_rates(batch, completions)}.items():
                 log_metric(name, value)
         training = all(i < self.train_rows for i in row_index)  # held-out rows are indexed after the training rows
         if training and trainer_state is not None:
             step = trainer_state.global_step + 1  # the optimiser step these completions train
-            log_samples(self.tracker, "grpo/samples", step, [row["prompt"] for row in batch], completions, breakdown,
-                        self.table_rows)
+            log_samples(self.tracker, "grpo/samples", step, [row["prompt"] for row in batch], texts, breakdown,
+                        self.table_rows, extra=log.extra)
         return breakdown.total
 
 
@@ -320,10 +330,10 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
     # 2. prompts (training rows first, then held-out rows, indexed in that order) and 3. the reward, checked now
     train_rows, eval_rows, report = load_prompts(cfg)
     rows = train_rows + eval_rows
-    columns = sorted({key for row in rows for key in row} - {"prompt"})
+    columns = dataset_columns(rows)
     args = trl_arguments(cfg, trl_dir, processes, len(train_rows), evaluate=bool(eval_rows),
                          use_cpu=not torch.cuda.is_available(), precision=stage.precision)
-    composite = build_reward(cfg.reward, cfg.run, columns=set(columns), device=device)
+    composite = build_reward(cfg.reward, cfg.run, columns, device=device)
     print(f"[align] grpo: {len(train_rows)} prompts from {cfg.data.train} ({len(eval_rows)} held out), "
           f"{cfg.train.num_generations} completions each; reward = {composite.describe()}")
 

@@ -25,6 +25,7 @@ from typing import Callable, Literal
 import torch
 
 from align.checkpoint import save_checkpoint
+from align.config import ConfigError
 from align.precision import Precision, training_weights
 
 
@@ -62,7 +63,7 @@ def plan_steps(steps_per_epoch: int, cfg: DatasetTrainConfig, too_few: str) -> i
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     if total < 1:
-        raise ValueError(too_few)
+        raise ConfigError(too_few)
     return total
 
 
@@ -123,7 +124,8 @@ def restore_training_state(checkpoint: Path, weights, optimizer) -> dict:
     tensors, state, objects = load_checkpoint(checkpoint)
     missing = set(tensors) - {name for name, _ in weights.named_parameters()}
     if missing:
-        raise ValueError(f"checkpoint {checkpoint} has parameters this model does not train: {sorted(missing)[:5]}")
+        raise ConfigError(f"checkpoint {checkpoint} has parameters this model does not train: {sorted(missing)[:5]}; "
+                          "rerun with --restart to discard it")
     weights.load_state_dict(tensors, strict=False)
     optimizer.load_state_dict(objects["optimizer"])
     torch.set_rng_state(objects["rng"])

@@ -50,6 +50,20 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
+class ModelError(ValueError):
+    """A model that cannot be loaded or used: not found (a hub id offline), unreadable weights, no chat template."""
+
+
+def from_pretrained(loader, path: str, **kwargs):
+    """`loader.from_pretrained(path, **kwargs)` (a transformers Auto class), with transformers' OSError for a
+    missing or unreadable model turned into a one-line ModelError naming it."""
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ModelError(f"cannot load the model '{path}': {first}") from err
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align"))
 
@@ -164,11 +178,11 @@ def _build_tiny_random(out: Path) -> None:
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = from_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        raise ValueError(
+        raise ModelError(
             f"the tokenizer of '{path}' has no chat template; align trains chat models — use an instruct/chat "
             f"model or add a chat_template to its tokenizer_config.json"
         )
@@ -183,7 +197,8 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
 
     path = resolve_model_path(cfg.name)
     tokenizer = load_tokenizer(path, cfg.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = from_pretrained(
+        AutoModelForCausalLM,
         path,
         revision=cfg.revision,
         dtype=dtype,
@@ -211,7 +226,9 @@ def lora_layers(lora: LoraConfig, num_layers: int) -> list[int] | None:
     if lora.last_layers is None:
         return None
     if not 1 <= lora.last_layers <= num_layers:
-        raise ValueError(f"model.lora.last_layers={lora.last_layers} must be between 1 and the model's "
+        from align.config import ConfigError
+
+        raise ConfigError(f"model.lora.last_layers={lora.last_layers} must be between 1 and the model's "
                          f"{num_layers} layers, or null for all layers")
     return list(range(num_layers - lora.last_layers, num_layers))
 

@@ -31,13 +31,15 @@ from typing import Literal
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, decoder_body, response_logprobs, response_values, trunk_matches, trunk_states
 from align.losses import POLICY_LOSSES, PolicyLossName, masked_mean, value_loss
 from align.loop import TrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import AutocastPrecision, autocast
-from align.rewards import RewardConfig, build_reward
+from align.rewards import (RewardConfig, RewardLog, build_reward, dataset_columns, score_completions,
+                           trainer_state)
 from align.rl import completion_metrics, iteration_rows, log_samples
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -268,6 +270,7 @@ class Rollout:
     texts: list[str]  # the responses as text
     finished: list[bool]  # emitted EOS before max_new_tokens
     breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
+    reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
     trunks: tuple = (None, None)  # 3. frozen-trunk states of the policy and the value model, or None
     old_logprobs: torch.Tensor = None  # 3. [B, R] of the policy that generated
@@ -298,10 +301,11 @@ def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t:
     return Rollout(rows, prompt_ids, response_ids, gens.texts, gens.finished)
 
 
-def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_penalty: float) -> None:
-    """2. The composite reward of each response; one that never emitted EOS loses `missing_eos_penalty`."""
-    rollout.breakdown = reward_fn(rollout.prompts, rollout.texts,
-                                  **{c: [row.get(c) for row in rollout.rows] for c in columns})
+def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
+    """2. The composite reward of each response, its functions called as TRL calls them (`state`: the
+    trainer_state they get); one that never emitted EOS loses `missing_eos_penalty`."""
+    rollout.breakdown, rollout.reward_log = score_completions(reward_fn, rollout.rows, rollout.texts,
+                                                              rollout.response_ids, columns, state)
     finished = torch.tensor(rollout.finished, dtype=torch.float32)
     rollout.scores = torch.tensor(rollout.breakdown.total, dtype=torch.float32) - missing_eos_penalty * (1 - finished)
 
@@ -380,6 +384,7 @@ def iteration_metrics(rollout: Rollout, kl_coef: float, stats: dict[str, float])
     """Everything an RL run is judged by, including reward-hacking signals (names without the `ppo/` prefix)."""
     lengths = [len(ids) for ids in rollout.response_ids]
     return {
+        **rollout.reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
         **completion_metrics(rollout.breakdown, rollout.rows, rollout.texts, lengths, rollout.finished),
         "reward/score": float(rollout.scores.mean()),  # total after the missing-EOS penalty
         "kl": float(rollout.kl.sum(1).mean()), "kl_coef": kl_coef,
@@ -402,12 +407,12 @@ def proximal_policy_optimisation(stage: Stage) -> None:
     # checked now rather than at the first step
     policy, value_model, models, parents = load_models(cfg, device, stage.precision)
     rows, _ = load_rows(cfg.data.train, "prompt", cfg.data)
-    columns = sorted({k for row in rows for k in row} - {"prompt"})
-    reward_fn = build_reward(cfg.reward, cfg.run, columns=set(columns), device=device)
+    columns = dataset_columns(rows)
+    reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
     print(f"[align] ppo: {len(rows)} prompts from {cfg.data.train}; reward = {reward_fn.describe()}")
     per_process = t.prompts_per_iteration // accelerator.num_processes
     if per_process < 1 or per_process < t.minibatch_size:
-        raise ValueError(f"train.prompts_per_iteration={t.prompts_per_iteration} must give every one of the "
+        raise ConfigError(f"train.prompts_per_iteration={t.prompts_per_iteration} must give every one of the "
                          f"{accelerator.num_processes} processes at least train.minibatch_size={t.minibatch_size}")
     kl = {"coef": t.kl_coef}  # beta, adapted after every iteration when train.adaptive_kl
     training = Training(stage, {"policy": policy, "value": value_model}, t, t.iterations,
@@ -428,7 +433,7 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         rollout = generate_rollout(training, models, batch, t, seed)
         rollout.timings["generate"], started = time.perf_counter() - started, time.perf_counter()
         # 2. composite reward at the end of each response
-        score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty)
+        score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))
         rollout.timings["score"], started = time.perf_counter() - started, time.perf_counter()
         # 3. old and reference log-probs, values; 4. KL-shaped rewards, advantages and returns
         evaluate_rollout(rollout, training, models, t, device, stage.precision)
@@ -445,7 +450,7 @@ def proximal_policy_optimisation(stage: Stage) -> None:
 
         def log() -> dict:
             log_samples(stage.tracker, "ppo/samples", iteration + 1, rollout.prompts, rollout.texts,
-                        rollout.breakdown, t.sample_table_rows, step_column="iteration")
+                        rollout.breakdown, t.sample_table_rows, step_column="iteration", extra=rollout.reward_log.extra)
             return iteration_metrics(rollout, kl["coef"], stats)
 
         training.end_step(log=log)

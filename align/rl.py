@@ -77,15 +77,27 @@ def completion_metrics(breakdown, rows: list[dict], texts: list[str], lengths: l
 
 
 def log_samples(tracker, name: str, step: int, prompts: list, completions: list, breakdown, limit: int,
-                step_column: str = "step") -> None:
-    """The first `limit` completions of a batch, with their total and per-component rewards, as table `name`
-    (one table over the whole run; its first column, `step_column`, says when)."""
+                step_column: str = "step", extra: dict[str, list] | None = None) -> None:
+    """The first `limit` completions of a batch, with their total and per-component rewards and the `extra`
+    columns reward functions logged (TRL's `log_extra`: one value per sample), as table `name` (one table over the
+    whole run; its first column, `step_column`, says when). A table keeps the extra columns of its first step."""
     from reward.functions import completion_text, prompt_text
 
     if tracker is None or limit <= 0:
         return
-    names = list(breakdown.components)
+    names, extra = list(breakdown.components), extra or {}
+    columns = [step_column, "prompt", "completion", "total", *names]
+    known, fixed = tracker.table_columns(name), len(columns)
+    extra_columns = known[fixed:] if known else list(extra)
+    columns += extra_columns
     rows = [[step, prompt_text(prompt), completion_text(completion), round(total, 4),
-             *[breakdown.components[component][i] for component in names]]
+             *[breakdown.components[component][i] for component in names],
+             *[_cell(extra.get(column), i) for column in extra_columns]]
             for i, (prompt, completion, total) in enumerate(zip(prompts, completions, breakdown.total))]
-    tracker.log_table(name, [step_column, "prompt", "completion", "total", *names], rows[:limit], step=step)
+    tracker.log_table(name, columns, rows[:limit], step=step)
+
+
+def _cell(values: list | None, index: int):
+    """Sample `index` of a logged extra column, as a table cell: a JSON scalar as it is, anything else as text."""
+    value = values[index] if values is not None and index < len(values) else None
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)

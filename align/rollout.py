@@ -43,10 +43,14 @@ class Generations:
     logprobs: list[list[float]]  # per generated token: its log-prob at the sampling temperature (before top-k/p)
 
 
+def prompt_messages(prompt) -> list[dict]:
+    """A prompt as chat messages: a string (TRL's standard form) is one user turn; messages are kept."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
 def render_prompt(tokenizer, prompt) -> str:
     """A prompt as text with the chat template applied: accepts a string (one user turn) or a list of messages."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(prompt_messages(prompt), tokenize=False, add_generation_prompt=True)
 
 
 class Sampler:
@@ -132,7 +136,9 @@ class TextGenerator:
         self.config, self.tokenizer = config or GenerationConfig(), tokenizer
         reason = unsupported_reason(model) if self.config.backend != "hf" else None
         if self.config.backend == "engine" and reason:
-            raise ValueError(f"generation.backend is 'engine' but the engine cannot run this model: {reason}; "
+            from align.config import ConfigError
+
+            raise ConfigError(f"generation.backend is 'engine' but the engine cannot run this model: {reason}; "
                              f"use 'auto' or 'hf'")
         self.backend = "hf" if self.config.backend == "hf" or reason else "engine"
         self.model = model if self.backend == "hf" else None
@@ -176,6 +182,24 @@ class TextGenerator:
                 completions[i] = completion
         self.model.train(was_training)
         return completions
+
+
+def load_generator(model: str, precision: str = "auto", config: GenerationConfig | None = None) -> TextGenerator:
+    """A TextGenerator for a model named as `align eval` and `align chat` name it (an alias, a model directory such
+    as a stage's output, or a hub id): its tokenizer (a chat template is required) and its weights, from
+    safetensors, in bf16 or fp32 while generating (`auto`: bf16 where bf16 products are native)."""
+    from transformers import AutoModelForCausalLM
+
+    from align.models import from_pretrained, load_tokenizer, resolve_model_path
+    from align.precision import fast_bf16, resolve_precision
+
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = resolve_precision(precision, fast_bf16(device), ("bf16",))
+    dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
+    weights = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True)
+    return TextGenerator(weights, tokenizer, config)
 
 
 def generate(model, tokenizer, prompts: list, *, config: GenerationConfig | None = None, **sampling) -> Generations:

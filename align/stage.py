@@ -9,6 +9,7 @@ Stage directory layout (`runs/<run.name>/<stage>/`):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from align.checkpoint import newest_complete_checkpoint, now, read_manifest, versions, write_manifest
-from align.config import ConfigError, config_hash, diff_configs, is_under, to_dict, to_yaml
+from align.config import ConfigError, config_hash, diff_configs, is_under, key_parts, to_dict, to_yaml
 
 
 @dataclass
@@ -39,20 +40,44 @@ VOLATILE_KEYS = ("tracking", "reward.config_dir")
 def changed_keys(old: dict, cfg) -> list[str]:
     """Dotted keys whose value differs between a stage's saved config and `cfg`, leaving out volatile keys and keys
     a newer version of align added (absent from the saved config) that hold their default."""
-    defaults = to_dict(type(cfg)())
-
-    def lookup(tree: dict, key: str):
-        for part in key.split("."):
-            if not isinstance(tree, dict) or part not in tree:
-                return _ABSENT
-            tree = tree[part]
-        return tree
-
-    return [key for key in diff_configs(old, to_dict(cfg)) if not is_under(key, VOLATILE_KEYS)
-            and not (lookup(old, key) is _ABSENT and lookup(to_dict(cfg), key) == lookup(defaults, key))]
+    new, defaults = to_dict(cfg), to_dict(type(cfg)())
+    return [key for key in diff_configs(old, new) if not is_under(key, VOLATILE_KEYS)
+            and not (_lookup(old, key) is _ABSENT and _lookup(new, key) in (_lookup(defaults, key),
+                                                                          _field_default(cfg, key)))]
 
 
 _ABSENT = object()
+
+
+def _lookup(tree, key: str):
+    """The value at dotted `key` (list entries as `name[i]`) of a config as plain data, or _ABSENT."""
+    for part in key_parts(key):
+        if isinstance(part, int) and isinstance(tree, list) and part < len(tree):
+            tree = tree[part]
+        elif isinstance(part, str) and isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        else:
+            return _ABSENT
+    return tree
+
+
+def _field_default(cfg, key: str):
+    """The default its dataclass gives the field at dotted `key` of `cfg` (e.g. a key inside a list entry), or
+    _ABSENT."""
+    *parents, leaf = key_parts(key)
+    node = cfg
+    for part in parents:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            node = getattr(node, part, None)
+    fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+    field = fields.get(leaf)
+    if field is not None and field.default is not dataclasses.MISSING:
+        return field.default
+    if field is not None and field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return _ABSENT
 
 
 def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]:
@@ -60,6 +85,8 @@ def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]
 
     - a finished stage with the same config is skipped (`already_complete`);
     - a finished or interrupted stage whose config changed is refused, naming the changed keys, unless `restart`;
+      an earlier attempt that stopped before its first step (nothing trained, nothing to resume) is discarded
+      instead, so a corrected config just runs;
     - an interrupted stage with the same config resumes from its newest complete checkpoint.
     """
     out = stage_dir(cfg)
@@ -69,12 +96,16 @@ def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]
         if manifest.get("config_sha256") != digest:
             old = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
             changed = changed_keys(old or {}, cfg)
-            if changed or not old:  # no change outside volatile keys: a hash from a version that hashed more keys
-                raise ConfigError(
-                    f"stage '{cfg.stage}' in {out} was run with a different config (changed: "
-                    f"{', '.join(changed or ['(unknown)'])}); rerun with --restart to discard it, or choose another "
-                    f"run.name"
-                )
+            if changed or not old:  # (no change outside volatile keys: a hash from a version that hashed more)
+                if made_progress(out, manifest):
+                    raise ConfigError(
+                        f"stage '{cfg.stage}' in {out} was run with a different config (changed: "
+                        f"{', '.join(changed or ['(unknown)'])}); rerun with --restart to discard it, or choose "
+                        f"another run.name"
+                    )
+                print(f"[align] {cfg.stage}: the earlier attempt in {out} stopped before its first step; starting "
+                      f"afresh with the new config")
+                restart = True
         if manifest.get("status") == "complete":
             return out, None, True
     if restart and out.exists():
@@ -95,6 +126,16 @@ def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]
         pid=os.getpid(),
     )
     return out, resume_from, False
+
+
+def made_progress(out: Path, manifest: dict) -> bool:
+    """Whether an earlier attempt in `out` got anywhere worth protecting: it completed, it recorded a completed
+    step, or it left a checkpoint (any file under checkpoints/, align's or TRL's, even a half-written one: a
+    checkpoint is only written after a step). An attempt killed before its first step has none of these."""
+    if manifest.get("status") == "complete" or (manifest.get("steps") or 0) > 0:
+        return True
+    checkpoints = out / "checkpoints"
+    return checkpoints.is_dir() and any(path.is_file() for path in checkpoints.rglob("*"))
 
 
 def resolve_stage_model(name: str, run: RunConfig) -> str:

@@ -205,6 +205,10 @@ class Tracker:
         if self._run is not None:
             self._run.log(values, step=step)
 
+    def table_columns(self, name: str) -> list[str] | None:
+        """The columns table `name` was first logged with (every later step must use them), or None."""
+        return self._table_columns.get(name)
+
     def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
         """Log a sample table at `step`, keeping every step's rows.
 

@@ -89,13 +89,45 @@ def rows(cls, prefix: str = "", instance=None) -> list[str]:
         if dataclasses.is_dataclass(value):
             out += rows(type(value), f"{prefix}{f.name}.", value)
             continue
+        item = _list_item_class(hints[f.name])
         if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
             value = [dataclasses.asdict(v) for v in value]
         shown = f"`{value!r}`".replace("|", "\\|")
         kind = type_name(hints[f.name]).replace("|", "\\|")
         meaning = meanings.get(f.name, "").replace("|", "\\|")
         out.append(f"| `{prefix}{f.name}` | {kind} | {shown} | {meaning} |")
+        if item is not None:  # the keys of each entry of a list of sections, e.g. reward.functions[].name
+            out += rows(item, f"{prefix}{f.name}[].", _defaults_of(item))
     return out
+
+
+def _list_item_class(tp):
+    """The dataclass of a `list[SomeDataclass]` field, else None."""
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
+class _Required:
+    """Shown as the default of a field that has none (it must be set)."""
+
+    def __repr__(self) -> str:
+        return "required"
+
+
+def _defaults_of(cls):
+    """An object with every field of `cls` at its default (`required` where there is none)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+        else:
+            values[f.name] = _Required()
+    return type(cls.__name__, (), values)()
 
 
 def reference() -> str:

@@ -47,22 +47,38 @@ def readme_block(after: str, language: str) -> str:
 
 
 def test_the_readme_reward_function_example_runs_as_written(tmp_path):
-    """Write the README's user file and YAML as a user would, build the composite reward and call it."""
+    """Write the README's user file and YAML as a user would, build the composite reward as a stage does and score
+    conversational samples the way the stages call it (TRL's arguments)."""
     import yaml
 
     from align.config import from_dict
-    from align.rewards import RewardConfig
-    from reward.compose import CompositeReward
+    from align.rewards import RewardConfig, build_reward, score_completions
 
     (tmp_path / "rewards").mkdir()
     (tmp_path / "rewards" / "my_rewards.py").write_text(readme_block("### Your own reward functions", "python"))
     section = yaml.safe_load(readme_block("### Your own reward functions", "yaml"))["reward"]
-    cfg = from_dict(RewardConfig, {**section, "reward_model": None})
-    reward = CompositeReward.from_config(cfg.functions, base_dir=tmp_path, columns={"constraints", "topic"})
-    constraints = '[{"type": "change_case:english_lowercase"}]'
-    breakdown = reward(["Describe tea, in lowercase."] * 2, ["tea is a hot drink.", "TEA IS A HOT DRINK."],
-                       constraints=[constraints] * 2, topic=["tea", None])
-    assert set(breakdown.components) == {"instruction_following", "no_repetition", "brevity", "mentions_topic"}
-    assert breakdown.components["instruction_following"] == [1.0, 0.0]
-    assert breakdown.components["mentions_topic"] == [1.0, None]
+    cfg = from_dict(RewardConfig, {**section, "reward_model": None, "config_dir": str(tmp_path)})
+    reward = build_reward(cfg, run=None, columns=["constraints", "topic"])
+    lowercase = '[{"type": "change_case:english_lowercase"}]'
+    rows = [{"prompt": [{"role": "user", "content": "Describe tea, in lowercase."}], "constraints": lowercase,
+             "topic": topic} for topic in ("tea", None)]
+    texts = ["tea is a hot drink, brewed because it tastes good.", "TEA IS A HOT DRINK"]
+    breakdown, log = score_completions(reward, rows, texts, [[1] * 10, [1] * 150], ["constraints", "topic"],
+                                       state=None)
+    assert breakdown.components == {
+        "instruction_following": [1.0, 0.0], "no_repetition": [0.0, 0.0], "brevity": [1.0, 1.0],
+        "mentions_topic": [1.0, None], "keyword_reward": [1.0, 0.0], "judge": [1.0, 0.0],
+        "soft_overlong_punishment_reward": [0.0, -1.0]}
+    assert log.metric_means() == {"samples_with_topic": 0.5}
     assert breakdown.total[0] > breakdown.total[1]
+
+
+def test_the_readme_chat_examples_use_real_options():
+    """Every `align chat` flag the README uses is one the command accepts."""
+    readme = (REPO / "README.md").read_text()
+    used = {flag for line in readme.splitlines() if "align chat" in line for flag in re.findall(r"--[a-z-]+", line)}
+    assert used >= {"--prompt", "--prompts", "--out"}
+    result = subprocess.run([sys.executable, "-m", "align", "chat", "--help"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(used - set(re.findall(r"--[a-z-]+", result.stdout))) == []

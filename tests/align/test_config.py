@@ -118,7 +118,7 @@ def test_a_stage_moved_to_another_checkout_is_not_a_changed_config(tmp_path):
     """reward.config_dir (the absolute folder of the config file) is volatile: a PPO stage started from one
     checkout resumes from another; a real change (train.kl_coef) is still refused, by name."""
     from align.ppo import PPOConfig
-    from align.stage import begin_stage
+    from align.stage import begin_stage, finish_stage
 
     def ppo(config_dir: str, kl_coef: float = 0.05) -> PPOConfig:
         cfg = load_config(PPOConfig, None, [f"run.root={tmp_path}", f"train.kl_coef={kl_coef}"])
@@ -127,6 +127,7 @@ def test_a_stage_moved_to_another_checkout_is_not_a_changed_config(tmp_path):
 
     out, _, done = begin_stage(ppo("/home/me/align/configs"))
     assert not done
+    finish_stage(out, "interrupted", steps=1)  # it trained: a changed config is refused, not started afresh
     assert begin_stage(ppo("/srv/checkout/configs"))[0] == out
     with pytest.raises(ConfigError, match=r"different config \(changed: train.kl_coef\)"):
         begin_stage(ppo("/srv/checkout/configs", kl_coef=0.1))
@@ -142,10 +143,11 @@ def test_a_key_added_by_a_newer_version_at_its_default_is_not_a_change(tmp_path)
     import yaml
 
     from align.ppo import PPOConfig
-    from align.stage import begin_stage
+    from align.stage import begin_stage, finish_stage
 
     cfg = load_config(PPOConfig, None, [f"run.root={tmp_path}"])
     out, _, _ = begin_stage(cfg)
+    finish_stage(out, "interrupted", steps=1)  # it trained: a changed config is refused, not started afresh
     saved = yaml.safe_load((out / "config.yaml").read_text())
     del saved["train"]["policy_loss"]  # as an older version wrote it
     (out / "config.yaml").write_text(yaml.safe_dump(saved))

@@ -92,7 +92,7 @@ def test_preference_rows_give_sft_on_chosen_and_prompts(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}])
     user = {"role": "user", "content": "Hi"}
     assert load(src, "sft")[0] == [{"messages": [user, {"role": "assistant", "content": "Hello!"}]}]
-    assert load(src, "prompt")[0] == [{"prompt": [user]}]
+    assert load(src, "prompt")[0] == [{"prompt": "Hi"}]  # a prompt keeps TRL's standard form
 
 
 def test_hh_text_is_split_at_the_last_assistant_turn(tmp_path):
@@ -109,9 +109,10 @@ def test_hh_text_is_split_at_the_last_assistant_turn(tmp_path):
 
 
 def test_prompt_only_string_and_messages_become_prompts(tmp_path):
+    """A string prompt stays a string (TRL's standard form: reward functions get strings), messages stay messages
+    (conversational); generation applies the chat template to both."""
     src = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Write a haiku.", "constraints": "[]"}])
-    assert load(src, "prompt")[0] == [{"prompt": [{"role": "user", "content": "Write a haiku."}],
-                                       "constraints": "[]"}]
+    assert load(src, "prompt")[0] == [{"prompt": "Write a haiku.", "constraints": "[]"}]
     conversation = write_jsonl(tmp_path / "m.jsonl", [{"messages": [USER, ASSISTANT]}, {"messages": [USER]}])
     assert load(conversation, "prompt")[0] == [{"prompt": [USER]}, {"prompt": [USER]}]
 
@@ -120,13 +121,13 @@ def test_purpose_picks_its_columns_when_a_row_has_several_formats(tmp_path):
     # like HuggingFaceH4/ultrachat_200k: a `prompt` string and the full `messages`
     src = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "messages": [USER, ASSISTANT]}])
     assert load(src, "sft")[0] == [{"messages": [USER, ASSISTANT], "prompt": "Hi"}]
-    assert load(src, "prompt")[0] == [{"prompt": [{"role": "user", "content": "Hi"}], "messages": [USER, ASSISTANT]}]
+    assert load(src, "prompt")[0] == [{"prompt": "Hi", "messages": [USER, ASSISTANT]}]
 
 
 def test_explicit_format_reads_only_its_columns(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "completion": ""}])
     rows, report = load(src, "prompt", format="prompt_only")  # the empty completion is just an extra column
-    assert rows == [{"prompt": [{"role": "user", "content": "Hi"}], "completion": ""}]
+    assert rows == [{"prompt": "Hi", "completion": ""}]
     assert report.format == "prompt_only"
 
 

@@ -137,7 +137,8 @@ def test_a_name_that_is_not_callable_is_refused():
 def test_a_class_is_refused_but_an_instance_is_named_after_its_class():
     with pytest.raises(RewardFunctionError, match=exact(
         "reward function 'fixtures/my_rewards.py:LengthReward' is a class; name a function, or an instance created "
-        "in the module (e.g. `my_reward = LengthReward()`) whose __call__ takes (prompts, completions, **kwargs)"
+        "in the module (e.g. `my_reward = LengthReward()`) whose __call__ takes (prompts, completions, **kwargs), "
+        "or set `factory_kwargs` to build one at stage start"
     )):
         resolve_reward_function("fixtures/my_rewards.py:LengthReward", base_dir=HERE)
     reward = CompositeReward.from_config([RewardFunctionConfig("fixtures/my_rewards.py:length_reward")], base_dir=HERE)
@@ -185,8 +186,6 @@ def test_trl_style_functions_and_builtins_accept_everything_trl_passes():
         ("positional_only", None,
          "reward function '{name}' has positional-only parameters (prompts, completions); reward functions are "
          "called with keyword arguments (prompts=..., completions=..., one per dataset column), as TRL does"),
-        ("async_reward", None,
-         "reward function '{name}' is async; align calls reward functions synchronously"),
         ("without_kwargs", {"constraints", "topic"},
          "reward function '{name}' does not accept the dataset column(s) 'constraints', 'topic'; add **kwargs to "
          "its parameters (every dataset column is passed as a keyword argument, as in TRL)"),
