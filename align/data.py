@@ -36,20 +36,17 @@ what was expected. With data.skip_bad_rows they are skipped and listed in the Lo
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
+
+from align.data_sources import FILE_EXTENSIONS, DataError, json_type_name, read_source  # noqa: F401
 
 PURPOSES = ("sft", "preference", "prompt")
 FORMATS = ("messages", "prompt_completion", "preference", "prompt_only", "hh")
 ROLES = ("system", "user", "assistant")
-FILE_EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
 
 # The input formats each purpose can be built from.
 ACCEPTED_FORMATS = {
@@ -72,10 +69,6 @@ FORMAT_PRIORITY = {
     "preference": ("preference", "hh", "messages", "prompt_completion", "prompt_only"),
     "prompt": ("prompt_completion", "preference", "prompt_only", "hh", "messages"),
 }
-
-
-class DataError(ValueError):
-    """Data that cannot be used, with a message naming the source, row, field and what was expected."""
 
 
 @dataclass
@@ -137,7 +130,7 @@ def load_rows(source: str, purpose: str, cfg: DataConfig) -> tuple[list[dict], L
     file_format = None if cfg.format == "auto" else cfg.format
     first_where = ""  # the row that fixed file_format in auto mode
     rows_read = 0
-    for raw in _read_source(source, cfg):
+    for raw in read_source(source, cfg):
         rows_read += 1
         where = f"{raw.unit} {raw.number}"
         try:
@@ -225,23 +218,6 @@ def _detect_format(row: dict, purpose: str) -> str:
     )
 
 
-def _type_name(value: Any) -> str:
-    """JSON-flavoured type names for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _require(row: dict, name: str, fmt: str) -> Any:
     if name not in row:
         needs = " and ".join(f"'{c}'" for c in FORMAT_COLUMNS[fmt] if not (fmt == "preference" and c == "prompt"))
@@ -253,20 +229,20 @@ def _require(row: dict, name: str, fmt: str) -> Any:
 def _messages(value: Any, name: str) -> list[dict]:
     """Validate a list of {"role", "content"} messages; return them with only those two keys."""
     if not isinstance(value, (list, tuple)):
-        raise _RowError(f"field '{name}': expected a list of {{'role', 'content'}} messages, got {_type_name(value)}")
+        raise _RowError(f"field '{name}': expected a list of {{'role', 'content'}} messages, got {json_type_name(value)}")
     if not value:
         raise _RowError(f"field '{name}': expected at least one message, got an empty list")
     messages = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
             raise _RowError(
-                f"field '{name}[{i}]': expected an object with 'role' and 'content', got {_type_name(message)}"
+                f"field '{name}[{i}]': expected an object with 'role' and 'content', got {json_type_name(message)}"
             )
         for key in ("role", "content"):
             if key not in message:
                 raise _RowError(f"field '{name}[{i}].{key}': missing (every message needs 'role' and 'content')")
             if not isinstance(message[key], str):
-                raise _RowError(f"field '{name}[{i}].{key}': expected a string, got {_type_name(message[key])}")
+                raise _RowError(f"field '{name}[{i}].{key}': expected a string, got {json_type_name(message[key])}")
         if message["role"] not in ROLES:
             raise _RowError(
                 f"field '{name}[{i}].role': unknown role {message['role']!r}; expected one of "
@@ -294,7 +270,7 @@ def _prompt(value: Any, name: str = "prompt") -> list[dict]:
             raise _RowError(f"field '{name}': empty prompt; expected non-blank text")
         return [{"role": "user", "content": value}]
     if not isinstance(value, (list, tuple)):
-        raise _RowError(f"field '{name}': expected a string or a list of messages, got {_type_name(value)}")
+        raise _RowError(f"field '{name}': expected a string or a list of messages, got {json_type_name(value)}")
     messages = _messages(value, name)
     _check_ends_with(messages, "user", name, "the model answers it")
     return messages
@@ -311,7 +287,7 @@ def _response(value: Any, name: str) -> str:
         value = messages[0]["content"]
     elif not isinstance(value, str):
         raise _RowError(
-            f"field '{name}': expected a string or a list with one assistant message, got {_type_name(value)}"
+            f"field '{name}': expected a string or a list with one assistant message, got {json_type_name(value)}"
         )
     if not value.strip():
         raise _RowError(f"field '{name}': empty response; expected non-blank text")
@@ -330,7 +306,7 @@ def _normalise_prompt_completion(row: dict) -> dict:
             raise _RowError("field 'completion': empty response; expected non-blank text")
         return {"prompt": prompt, "completion": [{"role": "assistant", "content": completion}]}
     if not isinstance(completion, (list, tuple)):
-        raise _RowError(f"field 'completion': expected a string or a list of messages, got {_type_name(completion)}")
+        raise _RowError(f"field 'completion': expected a string or a list of messages, got {json_type_name(completion)}")
     messages = _messages(completion, "completion")
     _check_ends_with(messages, "assistant", "completion", "the response to train on")
     return {"prompt": prompt, "completion": messages}
@@ -378,7 +354,7 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 def _parse_hh(value: Any, name: str) -> list[dict]:
     """Anthropic-HH text ("\\n\\nHuman: ...\\n\\nAssistant: ...") -> messages, contents stripped."""
     if not isinstance(value, str):
-        raise _RowError(f"field '{name}': expected Anthropic-HH text (a string), got {_type_name(value)}")
+        raise _RowError(f"field '{name}': expected Anthropic-HH text (a string), got {json_type_name(value)}")
     pieces = _HH_TURN.split(value)  # [text before the first turn, role, content, role, content, ...]
     if len(pieces) < 3 or pieces[0].strip():
         raise _RowError(f"field '{name}': expected Anthropic-HH text starting with '\\n\\nHuman:' "
@@ -441,164 +417,3 @@ def _project(purpose: str, fmt: str, row: dict) -> dict:
         _check_ends_with(messages, "user", "messages", "the prompt is everything before the final assistant turn")
         return {"prompt": messages}
     return {"prompt": row["prompt"]}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Readers: each yields _RawRow records in file order, numbered as the error messages show them.
-
-
-@dataclass
-class _RawRow:
-    number: int  # 1-based line number (JSON lines) or record number (everything else)
-    unit: str  # "line" or "row"
-    value: dict  # the parsed row; {} when `problem` is set
-    problem: str | None = None  # why the row could not even be parsed
-
-
-def _read_source(source: str, cfg: DataConfig) -> Iterator[_RawRow]:
-    """Dispatch on the source: builtin:<kind>:<split>, a local file or folder, or a hub dataset id."""
-    if source.startswith("builtin:"):
-        return _read_builtin(source, cfg)
-    path = Path(source).expanduser()
-    if path.is_dir():  # a dataset folder, e.g. a downloaded hub dataset repo
-        return _read_with_datasets(source, str(path), cfg.split, what="dataset folder")
-    longest_first = sorted(FILE_EXTENSIONS, key=len, reverse=True)  # so ".jsonl.gz" wins over ".gz" names
-    extension = next((e for e in longest_first if path.name.lower().endswith(e)), None)
-    if path.is_file():
-        if extension is None:
-            suffix = f"'{path.suffix}'" if path.suffix else "(none)"
-            raise DataError(f"{source}: unknown file extension {suffix}; expected one of "
-                            f"{', '.join(FILE_EXTENSIONS)} (or a hub dataset id, or builtin:<kind>:<split>)")
-        if extension in (".jsonl", ".jsonl.gz"):
-            return _read_json_lines(source, path)
-        if extension in (".json", ".json.gz"):
-            return _read_json(source, path)
-        if extension == ".parquet":
-            return _read_parquet(source, path)
-        return _read_csv(source, path)
-    if extension is not None or not _HUB_ID.match(source):
-        raise DataError(f"{source}: file not found (looked for {path.resolve()})")
-    dataset_id, _, split = source.partition(":")
-    return _read_with_datasets(source, dataset_id, split or cfg.split, what="hub dataset")
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
-
-
-def _open_text(path: Path, mode: str = "rb"):
-    return gzip.open(path, mode) if path.name.lower().endswith(".gz") else open(path, mode)
-
-
-def _parse_json_line(line: bytes) -> tuple[dict, str | None]:
-    try:
-        value = json.loads(line.rstrip(b"\r\n").decode("utf-8").lstrip("\ufeff"))
-    except UnicodeDecodeError as err:
-        return {}, f"not valid UTF-8 ({err.reason} at byte {err.start})"
-    except json.JSONDecodeError as err:
-        return {}, f"invalid JSON: {err.msg} (column {err.colno})"
-    if not isinstance(value, dict):
-        return {}, f"expected a JSON object, got {_type_name(value)}"
-    return value, None
-
-
-def _json_lines(source: str, lines: Iterator[bytes]) -> Iterator[_RawRow]:
-    """One JSON object per line, numbered by line; blank lines are not rows."""
-    try:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                value, problem = _parse_json_line(line)
-                yield _RawRow(number, "line", value, problem)
-    except (OSError, EOFError) as err:  # e.g. a truncated .gz file
-        raise DataError(f"{source}: cannot read the file: {err}") from None
-
-
-def _read_json_lines(source: str, path: Path) -> Iterator[_RawRow]:
-    with _open_text(path) as handle:
-        yield from _json_lines(source, handle)
-
-
-def _read_json(source: str, path: Path) -> Iterator[_RawRow]:
-    """A .json file is either one JSON list of objects (rows numbered 1..n) or JSON lines."""
-    with _open_text(path) as handle:
-        data = handle.read()
-    if not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-        yield from _json_lines(source, io.BytesIO(data))
-        return
-    try:
-        records = json.loads(data.decode("utf-8").lstrip("\ufeff"))
-    except UnicodeDecodeError as err:
-        raise DataError(f"{source}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{source}, line {err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
-    for number, record in enumerate(records, start=1):
-        if isinstance(record, dict):
-            yield _RawRow(number, "row", record)
-        else:
-            yield _RawRow(number, "row", {}, f"expected a JSON object, got {_type_name(record)}")
-
-
-def _read_parquet(source: str, path: Path) -> Iterator[_RawRow]:
-    import pyarrow.parquet  # installed with `datasets`; read directly so nothing is written to the HF cache
-
-    try:
-        records = pyarrow.parquet.read_table(path).to_pylist()
-    except Exception as err:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{source}: cannot read the parquet file: {err}") from None
-    for number, record in enumerate(records, start=1):
-        yield _RawRow(number, "row", record)
-
-
-def _read_csv(source: str, path: Path) -> Iterator[_RawRow]:
-    """CSV cells are plain strings, so only string formats fit: a `messages` column cannot be read."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader, None)
-            if header is not None and "messages" in header:
-                raise DataError(f"{source}: a 'messages' column cannot be read from CSV (cells are plain text, a "
-                                f"conversation is a list); use .jsonl, .json or .parquet for conversations")
-            for number, cells in enumerate(reader, start=1):
-                if len(cells) != len(header):
-                    problem = f"has {len(cells)} cells but the header has {len(header)} columns"
-                    yield _RawRow(number, "row", {}, problem)
-                else:
-                    yield _RawRow(number, "row", dict(zip(header, cells)))
-        except UnicodeDecodeError as err:  # decoding runs ahead in blocks, so no exact line here
-            raise DataError(f"{source}: not valid UTF-8 ({err.reason}); save the CSV as UTF-8") from None
-        except csv.Error as err:
-            raise DataError(f"{source}, line {reader.line_num}: cannot read the CSV: {err}") from None
-
-
-def _read_with_datasets(source: str, name: str, split: str, what: str) -> Iterator[_RawRow]:
-    """A hub dataset id or a local dataset folder, through `datasets.load_dataset`."""
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError...)
-        if what == "hub dataset" and datasets.config.HF_HUB_OFFLINE:
-            raise DataError(
-                f"{source}: cannot load hub dataset '{name}' (split '{split}'): the Hugging Face hub is offline "
-                f"(HF_HUB_OFFLINE=1) and the dataset is not in the local cache; download it elsewhere and point "
-                f"data.train/data.eval at a local {', '.join(FILE_EXTENSIONS)} file or dataset folder "
-                f"(no local file {Path(source).resolve()} exists)"
-            ) from None
-        raise DataError(f"{source}: cannot load {what} '{name}' (split '{split}'): {err}") from None
-    for number, record in enumerate(dataset, start=1):
-        yield _RawRow(number, "row", record)
-
-
-def _read_builtin(source: str, cfg: DataConfig) -> Iterator[_RawRow]:
-    """builtin:<kind>:<split> -> reward.instructions.build_dataset(kind, split, n=..., seed=..., heldout_types=...)."""
-    parts = source.split(":")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise DataError(f"{source}: expected builtin:<kind>:<split>, e.g. builtin:sft:train")
-    from reward.instructions import build_dataset  # imported lazily: it is only needed for builtin data
-    try:
-        records = build_dataset(parts[1], parts[2], n=cfg.builtin_size, seed=cfg.seed, heldout_types=cfg.heldout_types)
-    except (ValueError, KeyError) as err:
-        raise DataError(f"{source}: {err}") from None
-    for number, record in enumerate(records, start=1):
-        if isinstance(record.get("prompt"), str):  # the built-in datasets are conversational, in TRL's sense
-            record = {**record, "prompt": [{"role": "user", "content": record["prompt"]}]}
-        yield _RawRow(number, "row", dict(record))

@@ -2,12 +2,20 @@
 
     align eval configs/eval.yaml model=runs/default/sft
 
-Generates one greedy completion per prompt (batched, KV cache, bf16 weights) and checks each prompt's
-constraints with `reward.verifiers`, reporting as IFEval does:
+Generates one greedy completion per prompt (align's generation engine) and checks each prompt's constraints with
+`reward.verifiers`, reporting as IFEval does:
 - prompt-level accuracy: the fraction of prompts whose constraints are *all* followed;
 - instruction-level accuracy: the fraction of individual constraints followed;
 each strict and loose (loose forgives a leading/trailing line such as "Sure, here you go:" and markdown stars),
 and per constraint type. Prompts in IFEval's own format (`instruction_id_list` + `kwargs`) are accepted too.
+
+Two splits, side by side: **in-distribution** prompts (`prompts`: the constraint types align trains on, with
+held-out topics, tasks and phrasings) and **unseen types** (`unseen_prompts`: constraint types no built-in
+training data carries, `reward.instructions.UNSEEN_TYPES`), which tell whether a stage generalises or only learnt
+the checkers it was trained on. Two signs of degeneration per split: the **loop share** (answers that are
+repetition loops, `reward.degeneration.repetition_loop`) and the **EOS share** (answers that end with EOS within
+the budget). Everything is scored at the budget (`max_new_tokens`) and, from the same greedy generation, at a
+longer one (`long_budget`): an answer cut at the budget may only look finished because it was cut.
 """
 
 from __future__ import annotations
@@ -27,10 +35,15 @@ from align.rollout import GenerationConfig
 class EvalConfig:
     stage: Literal["eval"] = "eval"  # this file configures `align eval`
     model: str = "smollm2-135m-instruct"  # alias, stage directory or hub id
-    prompts: str = "builtin:prompts:heldout"  # prompts with verifiable constraints: a file, hub id or builtin
-    data: DataConfig = field(default_factory=DataConfig)  # how to read `prompts` (format, skip_bad_rows, seed)
-    max_prompts: int | None = None  # evaluate the first N prompts; null: all
-    max_new_tokens: int = 256  # token budget of each answer (greedy decoding)
+    prompts: str = "builtin:prompts:heldout"  # in-distribution prompts with verifiable constraints: a file, hub id
+    # or builtin
+    unseen_prompts: str | None = "builtin:unseen:heldout"  # prompts whose constraint types are never trained on;
+    # null: no unseen-type split
+    data: DataConfig = field(default_factory=DataConfig)  # how to read the prompts (format, skip_bad_rows, seed)
+    max_prompts: int | None = None  # evaluate the first N prompts of each split; null: all
+    max_new_tokens: int = 256  # the budget answers are scored at (greedy decoding)
+    long_budget: int | None = 384  # also score at this longer budget, from the same generation; null: only the
+    # budget
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # the decoding backend and its rows
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # the weights' dtype while generating; auto: bf16 where
     # bf16 products are native (align.precision.fast_bf16), else fp32
@@ -87,60 +100,116 @@ def score_completions(prompts: list[str], completions: list[str], constraints: l
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    """One column per evaluated model: the four headline accuracies, then strict accuracy per constraint type."""
+    """One column per evaluated model: the four in-distribution headline accuracies, then strict accuracy per
+    constraint type (the unseen types, align:*, from the unseen split)."""
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in ("prompt_level_strict", "prompt_level_loose", "instruction_level_strict", "instruction_level_loose"):
         lines.append(f"| {key} | " + " | ".join(f"{results[n][key]:.3f}" for n in names) + " |")
-    types = sorted({t for r in results.values() for t in r["per_type"]})
-    for t in types:
-        cells = [
-            f"{results[n]['per_type'][t]['strict']:.2f} ({results[n]['per_type'][t]['count']})"
-            if t in results[n]["per_type"] else "-" for n in names
-        ]
+    per_type = {n: {**r["per_type"], **(split_metrics(r, "unseen") or {}).get("per_type", {})}
+                for n, r in results.items()}
+    for t in sorted({t for types in per_type.values() for t in types}):
+        cells = [f"{per_type[n][t]['strict']:.2f} ({per_type[n][t]['count']})" if t in per_type[n] else "-"
+                 for n in names]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Generate on cfg.prompts with cfg.model and score instruction following. Returns the results dict."""
-    from align.rollout import load_generator
-    from align.runtime import set_threads
+SPLITS = ("in_distribution", "unseen")
+
+
+def split_results(rows: list[dict], token_ids: list[list[int]], budget: int, tokenizer) -> dict:
+    """Scores of one split's answers cut at `budget` tokens (what a generation with that budget would have been:
+    decoding is greedy): the IFEval metrics, the loop share and the share that ended with EOS within the budget."""
+    from reward.degeneration import loop_share
     from reward.functions import prompt_text
 
-    set_threads(cfg.threads)
-    rows, _ = load_rows(cfg.prompts, "prompt", cfg.data)
-    rows = rows[: cfg.max_prompts] if cfg.max_prompts else rows
+    eos = tokenizer.eos_token_id
+    cut = [ids[:budget] for ids in token_ids]
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in cut]
+    prompts = [prompt_text(r["prompt"]) for r in rows]
     constraints = [constraints_of(r) for r in rows]
+    results = score_completions(prompts, texts, constraints)
+    results.update(
+        budget=budget,
+        loop_share=loop_share(texts),
+        eos_share=sum(eos in ids for ids in cut) / max(1, len(rows)),
+        mean_new_tokens=sum(map(len, cut)) / max(1, len(rows)),
+        samples=[{"prompt": p, "completion": c, "constraints": k, "followed": f["strict"]}
+                 for p, c, k, f in zip(prompts, texts, constraints, results["per_prompt"])],
+    )
+    return results
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Generate on both splits with cfg.model and score instruction following and degeneration at the budget and
+    the long budget. Returns the results: the in-distribution scores at the budget at the top level (IFEval's
+    headline numbers), and per split and budget under `splits`."""
+    from align.rollout import load_generator
+    from align.runtime import set_threads
+
+    set_threads(cfg.threads)
+    sources = {"in_distribution": cfg.prompts, "unseen": cfg.unseen_prompts}
+    rows = {split: load_rows(source, "prompt", cfg.data)[0][: cfg.max_prompts or None]
+            for split, source in sources.items() if source}
     started = time.perf_counter()
     generator = load_generator(cfg.model, cfg.precision, cfg.generation)
     setup_seconds, started = time.perf_counter() - started, time.perf_counter()
-    generations = generator.generate([r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens)
+    budgets = [cfg.max_new_tokens] + ([cfg.long_budget] if cfg.long_budget and cfg.long_budget > cfg.max_new_tokens
+                                      else [])
+    everything = [row for split_rows in rows.values() for row in split_rows]
+    generations = generator.generate([r["prompt"] for r in everything], max_new_tokens=max(budgets))
     seconds = time.perf_counter() - started
-    user_prompts = [prompt_text(r["prompt"]) for r in rows]
-    results = score_completions(user_prompts, generations.texts, constraints)
-    results.update(
-        model=cfg.model,
-        prompts_source=cfg.prompts,
-        finished_fraction=sum(generations.finished) / max(1, len(rows)),
-        mean_new_tokens=generations.new_tokens / max(1, len(rows)),
-        generation_backend=generator.backend,
-        generation_setup_seconds=setup_seconds,
-        generation_seconds=seconds,
-        new_tokens_per_s=generations.new_tokens / max(1e-9, seconds),
-        samples=[
-            {"prompt": p, "completion": c, "constraints": k, "followed": s["strict"]}
-            for p, c, k, s in zip(user_prompts, generations.texts, constraints, results["per_prompt"])
-        ],
-    )
+    splits, start = {}, 0
+    for split, split_rows in rows.items():
+        token_ids = generations.token_ids[start : start + len(split_rows)]
+        start += len(split_rows)
+        splits[split] = {"source": sources[split], **{
+            f"budget_{budget}": split_results(split_rows, token_ids, budget, generator.tokenizer)
+            for budget in budgets}}
+    headline = splits["in_distribution"][f"budget_{cfg.max_new_tokens}"]
+    results = {**headline, "model": cfg.model, "prompts_source": cfg.prompts, "budgets": budgets,
+               "splits": splits, "finished_fraction": headline["eos_share"], "generation_backend": generator.backend,
+               "generation_setup_seconds": setup_seconds, "generation_seconds": seconds,
+               "new_tokens": generations.new_tokens, "new_tokens_per_s": generations.new_tokens / max(1e-9, seconds)}
     if cfg.reward_model:
-        results.update(reward_model_results(cfg, [r["prompt"] for r in rows], generations.texts))
+        texts = [s["completion"] for s in headline["samples"]]
+        results.update(reward_model_results(cfg, [r["prompt"] for r in rows["in_distribution"]], texts))
     out = Path(cfg.out) if cfg.out else _default_out(cfg.model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown_table({cfg.model: results}) + "\n")
+    (out / "results.md").write_text(summary_table({cfg.model: results}) + "\n\n" + markdown_table({cfg.model: results})
+                                    + "\n")
     results["out"] = str(out)
     return results
+
+
+def split_metrics(results: dict, split: str, budget: int | None = None) -> dict | None:
+    """One split's scores at `budget` (default: the evaluation's budget), or None if it was not evaluated."""
+    budget = budget or results.get("budgets", [None])[0]
+    return results.get("splits", {}).get(split, {}).get(f"budget_{budget}")
+
+
+def summary_table(results: dict[str, dict]) -> str:
+    """One row per evaluated model: prompt-level accuracy on both splits, loop and EOS shares at each budget."""
+    budgets = next(iter(results.values())).get("budgets", [])
+    header = ["model", "in-dist. prompt strict", "in-dist. prompt loose", "in-dist. instr. loose",
+              "unseen prompt loose", "unseen instr. loose"]
+    header += [f"{what} @{b}" for b in budgets for what in ("loops", "EOS")]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, r in results.items():
+        seen, unseen = split_metrics(r, "in_distribution") or r, split_metrics(r, "unseen")
+        cells = [name, f"{seen['prompt_level_strict']:.3f}", f"{seen['prompt_level_loose']:.3f}",
+                 f"{seen['instruction_level_loose']:.3f}"]
+        cells += [f"{unseen['prompt_level_loose']:.3f}", f"{unseen['instruction_level_loose']:.3f}"] if unseen \
+            else ["-", "-"]
+        for budget in budgets:
+            both = [m for m in (split_metrics(r, s, budget) for s in SPLITS) if m]
+            prompts = sum(m["prompts"] for m in both)
+            cells += [f"{sum(m['loop_share'] * m['prompts'] for m in both) / prompts:.0%}",
+                      f"{sum(m['eos_share'] * m['prompts'] for m in both) / prompts:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def reward_model_results(cfg: EvalConfig, prompts: list, completions: list[str]) -> dict:
@@ -170,12 +239,11 @@ def _default_out(model: str) -> Path:
 def train(cfg: EvalConfig, restart: bool = False) -> Path:
     """CLI entry point (stages share the `train(cfg)` shape): evaluate and print the table."""
     results = evaluate(cfg)
-    print(markdown_table({cfg.model: results}))
+    print(summary_table({cfg.model: results}) + "\n\n" + markdown_table({cfg.model: results}))
     if cfg.reward_model:
         print(f"\nreward model {cfg.reward_model}: mean score {results['reward_model_mean_score']:.3f}, "
               f"held-out pair accuracy {results['reward_model_pair_accuracy']:.3f}")
-    print(
-        f"\n[align] eval: {results['prompts']} prompts, {results['new_tokens_per_s']:.1f} new tokens/s, "
-        f"{results['finished_fraction']:.0%} finished with EOS -> {results['out']}/results.json"
-    )
+    prompts = sum(m["prompts"] for m in (split_metrics(results, s) for s in SPLITS) if m)
+    print(f"\n[align] eval: {prompts} prompts, {results['new_tokens_per_s']:.1f} new tokens/s "
+          f"({results['generation_backend']}) -> {results['out']}/results.json")
     return Path(results["out"])

@@ -40,9 +40,11 @@ class GatesConfig:
 @dataclass
 class PipelineEvalConfig:
     enabled: bool = True  # evaluate the base model and every policy stage's output on held-out prompts
-    prompts: str = "builtin:prompts:heldout"  # the evaluation prompts (align eval's `prompts`)
-    max_prompts: int | None = None  # evaluate the first N prompts; null: all
-    max_new_tokens: int = 256  # token budget of each answer (greedy decoding)
+    prompts: str = "builtin:prompts:heldout"  # in-distribution evaluation prompts (align eval's `prompts`)
+    unseen_prompts: str | None = "builtin:unseen:heldout"  # prompts with constraint types never trained on
+    max_prompts: int | None = None  # evaluate the first N prompts of each split; null: all
+    max_new_tokens: int = 256  # the budget answers are scored at (greedy decoding)
+    long_budget: int | None = 384  # also score at this longer budget, from the same generation
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # the decoding backend and its rows
     include_base: bool = True  # also evaluate the model the first stage starts from, as the baseline
 
@@ -86,8 +88,9 @@ def _eval_config(cfg: PipelineConfig, model: str, out: Path):
     from align.eval import EvalConfig
 
     e = cfg.eval
-    return EvalConfig(model=model, prompts=e.prompts, max_prompts=e.max_prompts, max_new_tokens=e.max_new_tokens,
-                      generation=e.generation, threads=cfg.run.threads, out=str(out))
+    return EvalConfig(model=model, prompts=e.prompts, unseen_prompts=e.unseen_prompts, max_prompts=e.max_prompts,
+                      max_new_tokens=e.max_new_tokens, long_budget=e.long_budget, generation=e.generation,
+                      threads=cfg.run.threads, out=str(out))
 
 
 def evaluate_once(cfg: PipelineConfig, model: str, out: Path) -> dict:
@@ -123,7 +126,7 @@ def check_gates(cfg: PipelineConfig, stage_cfg, stage_dir: Path) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig, pipeline_file: Path, restart_from: str | None = None) -> Path:
-    from align.eval import markdown_table
+    from align.eval import markdown_table, summary_table
     from align.stage import stage_dir
 
     configs = stage_configs(cfg, pipeline_file)
@@ -155,10 +158,14 @@ def run_pipeline(cfg: PipelineConfig, pipeline_file: Path, restart_from: str | N
     minutes = (time.perf_counter() - started) / 60
     print(f"\n[align] pipeline '{cfg.run.name}' finished in {minutes:.1f} min -> {run_dir}")
     if results:
-        table = markdown_table(results)
+        warnings = generalisation_warnings(results, {c.stage: c.model.name for c in configs})
+        table = summary_table(results) + "\n\n" + markdown_table(results)
         (run_dir / "eval" / "summary.md").parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / "eval" / "summary.md").write_text(table + "\n")
-        print("\nInstruction following on held-out prompts (IFEval-style accuracy):\n" + table)
+        (run_dir / "eval" / "summary.md").write_text(table + "\n" + "".join(f"\n> {w}\n" for w in warnings))
+        print("\nInstruction following on held-out prompts (IFEval-style accuracy; unseen: constraint types never "
+              "trained on):\n" + table)
+        for warning in warnings:
+            print(f"[align] pipeline: warning: {warning}")
     try:
         from align.report import write_report
 
@@ -166,6 +173,22 @@ def run_pipeline(cfg: PipelineConfig, pipeline_file: Path, restart_from: str | N
     except ImportError:
         pass
     return run_dir
+
+
+def generalisation_warnings(results: dict[str, dict], parents: dict[str, str]) -> list[str]:
+    """A warning for every evaluated stage that follows unseen constraint types worse than the model it started
+    from (its `model.name`: an earlier stage, else the base model), by prompt-level loose accuracy."""
+    from align.eval import split_metrics
+
+    warnings = []
+    for stage, result in results.items():
+        parent = parents.get(stage)
+        parent = parent if parent in results else "base" if stage != "base" and "base" in results else None
+        ours, theirs = split_metrics(result, "unseen"), parent and split_metrics(results[parent], "unseen")
+        if ours and theirs and ours["prompt_level_loose"] < theirs["prompt_level_loose"]:
+            warnings.append(f"{stage} follows unseen constraint types worse than {parent}, the model it started from "
+                            f"(prompt-level loose {ours['prompt_level_loose']:.3f} < {theirs['prompt_level_loose']:.3f})")
+    return warnings
 
 
 def list_runs(root: Path) -> str:

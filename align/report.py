@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from align.registry import STAGES
-from align.report_charts import HEADLINE_KEYS, Chart, Series, eval_comparison_charts, stage_charts
+from align.report_charts import (
+    HEADLINE_KEYS,
+    Chart,
+    Series,
+    eval_comparison_charts,
+    generalisation_rows,
+    split_scores,
+    stage_charts,
+)
 
 STAGE_ORDER = tuple(STAGES)  # align.registry: the stages in pipeline order
 MAX_SAMPLE_PROMPTS = 6  # prompts shown side by side across evaluated models
@@ -318,6 +326,7 @@ def _eval_section(stages: list[Stage], evals: list[EvalRun], charts: list[Chart]
         parts.append('<p class="note">No base-model results (eval/base/results.json): '
                      "accuracies are not compared with the starting model.</p>")
     parts.append(_headline_table(evals))
+    parts.append(_generalisation_table(evals))
     parts.append('<div class="charts">' + "".join(_figure(chart) for chart in charts) + "</div>")
     parts.append(_per_type_table(evals))
     return "\n".join(parts)
@@ -344,8 +353,36 @@ def _headline_table(evals: list[EvalRun]) -> str:
     return f"<table>{header}{''.join(rows)}</table>{caption}"
 
 
+def _generalisation_table(evals: list[EvalRun]) -> str:
+    """Unseen constraint types next to in-distribution ones, and the loop and EOS shares at each budget; a stage
+    that follows unseen types worse than the base model is marked."""
+    rows = {run.label: generalisation_rows(run) for run in evals}
+    keys = list(dict.fromkeys(k for row in rows.values() for k in row))
+    if not any("unseen prompt loose" in row for row in rows.values()) and not any("loops" in k for k in keys):
+        return ""
+    base = rows.get("base", {}).get("unseen prompt loose")
+    body = []
+    for label, row in rows.items():
+        cells = []
+        for key in keys:
+            value = row.get(key)
+            worse = key == "unseen prompt loose" and base is not None and value is not None and value < base
+            text = "—" if value is None else f"{value:.3f}" if "prompt" in key else f"{value:.0%}"
+            cells.append(f'<td class="num{" down" if worse else ""}">{text}</td>')
+        body.append(f"<tr><th>{_esc(label)}</th>{''.join(cells)}</tr>")
+    header = "<tr><th>model</th>" + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr>"
+    note = ('<p class="muted">Unseen: constraint types no training data carries. Loops: answers that repeat a 6-word '
+            "sequence 5 or more times. EOS: answers that end within the budget. Red: below the base model.</p>")
+    return f"<h3>Generalisation and degeneration</h3><table>{header}{''.join(body)}</table>{note}"
+
+
+def _per_type(run: EvalRun) -> dict:
+    """Per constraint type: the in-distribution split's types and the unseen split's (align:*)."""
+    return {**run.results["per_type"], **(split_scores(run.results, "unseen") or {}).get("per_type", {})}
+
+
 def _per_type_table(evals: list[EvalRun]) -> str:
-    types = sorted({name for run in evals for name in run.results["per_type"]})
+    types = sorted({name for run in evals for name in _per_type(run)})
     if not types:
         return '<p class="note">The eval results have no per-constraint-type breakdown.</p>'
     header = "<tr><th>constraint type</th>" + "".join(f"<th>{_esc(run.label)}</th>" for run in evals) + "</tr>"
@@ -353,7 +390,7 @@ def _per_type_table(evals: list[EvalRun]) -> str:
     for name in types:
         cells = []
         for run in evals:
-            entry = run.results["per_type"].get(name)
+            entry = _per_type(run).get(name)
             cells.append('<td class="muted">not evaluated</td>' if entry is None else
                          f'<td class="num">{entry["strict"]:.2f} <span class="muted">loose {entry["loose"]:.2f}'
                          f" &middot; n={_esc(_fmt(entry['count']))}</span></td>")

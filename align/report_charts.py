@@ -59,11 +59,38 @@ def stage_charts(stage) -> list[Chart]:
     return charts
 
 
+def split_scores(results: dict, split: str, budget: int | None = None) -> dict | None:
+    """An `align eval` result's scores of one split ("in_distribution" or "unseen") at `budget` (default: its
+    budget), or None for results without that split (older results, or a run without unseen prompts)."""
+    budget = budget or (results.get("budgets") or [None])[0]
+    return (results.get("splits") or {}).get(split, {}).get(f"budget_{budget}")
+
+
+def generalisation_rows(run) -> dict[str, float]:
+    """What the generalisation table and chart show for one evaluated model: prompt-level loose accuracy on both
+    splits, and over both splits the loop and EOS shares at each budget."""
+    row = {}
+    for split, label in (("in_distribution", "in-dist. prompt loose"), ("unseen", "unseen prompt loose")):
+        scores = split_scores(run.results, split)
+        if scores:
+            row[label] = scores["prompt_level_loose"]
+    for budget in run.results.get("budgets") or []:
+        both = [m for m in (split_scores(run.results, s, budget) for s in ("in_distribution", "unseen")) if m]
+        prompts = sum(m["prompts"] for m in both)
+        row[f"loops @{budget}"] = sum(m["loop_share"] * m["prompts"] for m in both) / prompts
+        row[f"EOS @{budget}"] = sum(m["eos_share"] * m["prompts"] for m in both) / prompts
+    return row
+
+
 def eval_comparison_charts(evals: list) -> list[Chart]:
-    """The headline and per-type comparison of the evaluated models (`align.report.EvalRun`s)."""
+    """The headline and per-type comparison of the evaluated models (`align.report.EvalRun`s), and their
+    generalisation to unseen constraint types and degeneration where the results have them."""
     if not evals:
         return []
     charts = [Chart("eval-headline.png", "Instruction following: headline accuracies", _headline_chart(evals))]
+    if any(run.results.get("splits") for run in evals):
+        charts.append(Chart("eval-generalisation.png", "Unseen constraint types, loops and EOS",
+                            _generalisation_chart(evals)))
     if any(run.results["per_type"] for run in evals):
         charts.append(Chart("eval-per-type.png", "Strict accuracy per constraint type", _per_type_chart(evals)))
     return charts
@@ -111,6 +138,25 @@ def _headline_chart(evals: list) -> bytes:
         axes.figure.legend(loc="outside lower center", ncols=min(len(evals), 6))
 
     return _render(6.4, 3.9, draw)
+
+
+def _generalisation_chart(evals: list) -> bytes:
+    """Grouped bars per evaluated model: accuracy on both splits, loop and EOS shares at each budget."""
+    rows = {run.label: generalisation_rows(run) for run in evals}
+    keys = list(dict.fromkeys(k for row in rows.values() for k in row))
+
+    def draw(axes) -> None:
+        width = 0.8 / len(evals)
+        for index, (label, row) in enumerate(rows.items()):
+            offsets = [position + (index - (len(evals) - 1) / 2) * width for position in range(len(keys))]
+            axes.bar(offsets, [row.get(key, math.nan) for key in keys], width, label=label)
+        axes.set_xticks(range(len(keys)), [key.replace(" prompt", "\nprompt").replace(" @", "\n@") for key in keys],
+                        fontsize=7)
+        axes.set(ylim=(0, 1), ylabel="share", title="Generalisation (unseen constraint types) and degeneration")
+        axes.grid(axis="y", alpha=0.3)
+        axes.figure.legend(loc="outside lower center", ncols=min(len(evals), 6))
+
+    return _render(7.2, 3.9, draw)
 
 
 def _per_type_chart(evals: list) -> bytes:

@@ -5,8 +5,8 @@ dataclasses themselves (where the defaults live), so the reference cannot drift 
     python scripts/config_reference.py --check    # exit 1 if docs/CONFIG.md is out of date (the tests do this)
 
 A field's description is what the code says next to it, wherever it sits: a trailing comment (continued on the
-comment lines below it that are indented further), comment lines right above the field, or a string right after
-it (an attribute docstring). A field a class redeclares to change its default keeps its base class's description
+comment lines below it, up to the next field when that one has a trailing comment of its own), comment lines
+right above the field, or a string right after it (an attribute docstring). A field a class redeclares to change its default keeps its base class's description
 unless it has its own.
 """
 
@@ -40,20 +40,28 @@ def _comments(source: str) -> dict[int, tuple[int, str, bool]]:
 
 
 def own_descriptions(cls) -> dict[str, str]:
-    """Descriptions written in `cls`'s own body (not its bases')."""
+    """Descriptions written in `cls`'s own body (not its bases').
+
+    Comment lines between two fields go to the field below, unless both fields have trailing comments: then they
+    continue the trailing comment above (as do comment lines indented further than the fields)."""
     source = textwrap.dedent(inspect.getsource(cls))
     comments, body = _comments(source), ast.parse(source).body[0].body
-    described = {}
+    described: dict[str, list[str]] = {}
+    previous = None  # (name, whether it has a trailing comment) of the field before
     for index, node in enumerate(body):
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        column, parts = node.col_offset, []
+        name, column, parts = node.target.id, node.col_offset, []
         above, row = [], node.lineno - 1
         while row in comments and comments[row][2] and comments[row][0] == column:
             above.insert(0, comments[row][1])
             row -= 1
-        parts += above
-        if node.end_lineno in comments and not comments[node.end_lineno][2]:
+        trailing = node.end_lineno in comments and not comments[node.end_lineno][2]
+        if above and previous and previous[1] and trailing:
+            described[previous[0]] += above
+        else:
+            parts += above
+        if trailing:
             parts.append(comments[node.end_lineno][1])
             row = node.end_lineno + 1
             while row in comments and comments[row][2] and comments[row][0] > column:
@@ -63,9 +71,9 @@ def own_descriptions(cls) -> dict[str, str]:
         if isinstance(following, ast.Expr) and isinstance(getattr(following, "value", None), ast.Constant) \
                 and isinstance(following.value.value, str):
             parts.append(" ".join(following.value.value.split()))
-        if parts:
-            described[node.target.id] = " ".join(parts)
-    return described
+        described[name] = parts
+        previous = (name, trailing)
+    return {name: " ".join(parts) for name, parts in described.items() if parts}
 
 
 def descriptions(cls) -> dict[str, str]:

@@ -41,12 +41,44 @@ def test_markdown_table_has_one_column_per_model():
     assert "| change_case:english_lowercase | 1.00 (1) | 1.00 (1) |" in table
 
 
-def test_a_real_evaluation_on_the_tiny_model_writes_results(tmp_path, tiny_model_dir):
-    results = evaluate(EvalConfig(model="tiny-random", max_prompts=4, max_new_tokens=8, out=str(tmp_path)))
+def test_a_real_evaluation_on_the_tiny_model_writes_both_splits_at_both_budgets(tmp_path, tiny_model_dir):
+    results = evaluate(EvalConfig(model="tiny-random", max_prompts=4, max_new_tokens=8, long_budget=12,
+                                  out=str(tmp_path)))
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["prompts"] == 4 and len(on_disk["samples"]) == 4
     assert 0 <= results["prompt_level_strict"] <= 1 and results["mean_new_tokens"] <= 8
-    assert (tmp_path / "results.md").read_text().startswith("| metric | tiny-random |")
+    assert set(on_disk["splits"]) == {"in_distribution", "unseen"} and on_disk["budgets"] == [8, 12]
+    unseen = on_disk["splits"]["unseen"]["budget_12"]
+    assert unseen["prompts"] == 4 and all(t.startswith("align:") for t in unseen["per_type"])
+    assert unseen["mean_new_tokens"] <= 12 and 0 <= unseen["loop_share"] <= 1 and 0 <= unseen["eos_share"] <= 1
+    table = (tmp_path / "results.md").read_text()
+    assert table.startswith("| model | in-dist. prompt strict |") and "| metric | tiny-random |" in table
+
+
+def test_answers_are_scored_as_if_cut_at_each_budget(tokenizer):
+    """One greedy generation serves both budgets: at 4 tokens the looping answer is cut before it loops and the
+    answer whose EOS is its 6th token has not ended; at 40 tokens the first loops and the second ended."""
+    from align.eval import split_results
+
+    eos = tokenizer.eos_token_id
+    loop = tokenizer("one two three four five six " * 6, add_special_tokens=False)["input_ids"]
+    done = tokenizer("all lowercase words here", add_special_tokens=False)["input_ids"][:5] + [eos]
+    rows = [{"prompt": "p", "constraints": json.dumps([LOWER])}] * 2
+    short, long = (split_results(rows, [loop, done], budget, tokenizer) for budget in (4, 40))
+    assert (short["loop_share"], short["eos_share"]) == (0.0, 0.0)
+    assert (long["loop_share"], long["eos_share"]) == (0.5, 0.5)
+    assert short["mean_new_tokens"] == 4 and long["mean_new_tokens"] == (len(loop) + len(done)) / 2
+
+
+def test_a_stage_that_lowers_unseen_type_accuracy_below_its_parents_is_warned_about():
+    from align.pipeline import generalisation_warnings
+
+    def scored(unseen_loose):
+        return {"budgets": [8], "splits": {"unseen": {"budget_8": {"prompt_level_loose": unseen_loose}}}}
+
+    results = {"base": scored(0.2), "sft": scored(0.1), "ppo": scored(0.15), "dpo": scored(0.3)}
+    warnings = generalisation_warnings(results, {"sft": "smollm2-135m-instruct", "ppo": "sft", "dpo": "sft"})
+    assert len(warnings) == 1 and warnings[0].startswith("sft follows unseen constraint types worse than base")
 
 
 def test_a_missing_prompt_file_is_a_clear_error(tmp_path):
