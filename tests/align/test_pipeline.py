@@ -52,7 +52,9 @@ def test_the_chain_completes_with_lineage_evaluation_and_report(uninterrupted):
         assert manifest["status"] == "complete", stage
     assert json.loads((uninterrupted / "ppo" / "manifest.json").read_text())["parents"]["policy"].endswith("tiny/sft")
     summary = (uninterrupted / "eval" / "summary.md").read_text()
-    assert summary.startswith("| metric | base | sft | ppo | dpo |")
+    rows = [line.split(" | ")[0] for line in summary.splitlines()[2:6]]
+    assert summary.startswith("| model | in-dist. prompt strict |") and rows == ["| base", "| sft", "| ppo", "| dpo"]
+    assert "| metric | base | sft | ppo | dpo |" in summary and "\n| align:" in summary  # unseen types
     assert (uninterrupted / "report" / "index.html").is_file()
     ppo_runs = list((uninterrupted / "ppo" / "wandb").glob("offline-run-*"))
     assert ppo_runs, "the PPO stage logged to an offline W&B run"
