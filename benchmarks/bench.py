@@ -44,10 +44,14 @@ CASES = {
     "dpo/align": "align dpo (align.dpo.train)",
     "dpo/trl": "TRL DPOTrainer, its defaults",
     "dpo/hand": "hand-written padded bf16 DPO loop, reference precomputed",
-    "ppo/align": "align ppo (align.ppo.train)",
+    "ppo/align": "align ppo (align.ppo.train), the generation engine",
+    "ppo/align-hf": "align ppo with the previous decoding loop (generation.backend hf)",
     "ppo/raw": "raw model.generate + hand-written policy/value training",
-    "eval/align": "align eval (align.eval.evaluate)",
-    "eval/raw": "raw batched model.generate",
+    "eval/align": "align eval (align.eval.evaluate), the generation engine",
+    "eval/hf": "align eval with the previous decoding loop (generation.backend hf)",
+    "eval/raw": "raw batched model.generate, bf16 weights",
+    "eval/raw-fp32": "raw batched model.generate, fp32 weights",
+    "eval/exact": "fp32 greedy tokens: the engine against transformers' generate",
 }
 
 
@@ -74,8 +78,11 @@ class BenchSettings:
     ppo_minibatch: int = 8
     ppo_max_new_tokens: int = 128
     eval_prompts: int = 32
-    eval_batch_size: int = 16
+    eval_batch_size: int = 16  # raw generate's batch (the generation issue's comparator)
+    eval_slots: int = 32  # the engine's rows (align's default, generation.slots)
     eval_max_new_tokens: int = 256
+    exact_prompts: int = 20  # prompts whose fp32 greedy tokens are compared with transformers'
+    exact_max_new_tokens: int = 128
     matmul_size: int = 2048
     matmul_seconds: float = 2.0
 
@@ -84,7 +91,8 @@ def quick_settings(threads: int) -> BenchSettings:
     return BenchSettings(
         mode="quick", model="tiny-random", threads=threads, sft_conversations=16, sft_steps=1, sft_trl_steps=1,
         pack_length=512, pairs=12, pairs_per_batch=2, pair_steps=1, ppo_prompts=4, ppo_iterations=1,
-        ppo_minibatch=2, ppo_max_new_tokens=8, eval_prompts=4, eval_batch_size=4, eval_max_new_tokens=8,
+        ppo_minibatch=2, ppo_max_new_tokens=8, eval_prompts=4, eval_batch_size=4, eval_slots=4, eval_max_new_tokens=8,
+        exact_prompts=3, exact_max_new_tokens=8,
         matmul_size=256, matmul_seconds=0.2,
     )
 
@@ -103,13 +111,22 @@ TARGETS = [
     ("RM pairs/s vs TRL defaults", "rm/align", "pairs_per_s", "rm/trl", "pairs_per_s", ">=", 2.0),
     ("DPO pairs/s (reference cost included) vs TRL defaults", "dpo/align", "pairs_per_s", "dpo/trl", "pairs_per_s",
      ">=", 2.0),
-    ("PPO rollout new tokens/s vs raw generate", "ppo/align", "rollout_tokens_per_s", "ppo/raw",
-     "rollout_tokens_per_s", ">=", 0.9),
+    ("PPO rollout new tokens/s vs raw generate (bf16, batch of the iteration's prompts)", "ppo/align",
+     "rollout_tokens_per_s", "ppo/raw", "rollout_tokens_per_s", ">=", 4.0),
+    ("PPO iteration s vs the previous decoding loop's", "ppo/align", "iteration_s", "ppo/align-hf", "iteration_s",
+     "<=", 0.5),
     ("PPO iteration s / (raw generate + raw training s)", "ppo/align", "iteration_s", "ppo/raw", "raw_iteration_s",
      "<=", 1.25),
     ("PPO update tokens/s vs raw training (no target)", "ppo/align", "update_tokens_per_s", "ppo/raw",
      "update_tokens_per_s", None, None),
-    ("eval new tokens/s vs raw generate", "eval/align", "new_tokens_per_s", "eval/raw", "new_tokens_per_s", ">=", 0.9),
+    ("eval new tokens/s vs raw generate (bf16, batch 16)", "eval/align", "new_tokens_per_s", "eval/raw",
+     "new_tokens_per_s", ">=", 4.0),
+    ("eval new tokens/s vs raw generate in fp32 (no target)", "eval/align", "new_tokens_per_s", "eval/raw-fp32",
+     "new_tokens_per_s", None, None),
+    ("eval new tokens/s vs the previous decoding loop (no target)", "eval/align", "new_tokens_per_s", "eval/hf",
+     "new_tokens_per_s", None, None),
+    ("fp32 greedy prompts whose tokens equal transformers' (of exact_prompts)", "eval/exact", "matches", None, None,
+     ">=", 19),
     ("SFT peak memory vs hand-written", "sft/align", "peak_rss_mib", "sft/hand", "peak_rss_mib", "<=", 1.5),
     ("RM peak memory vs hand-written", "rm/align", "peak_rss_mib", "rm/hand", "peak_rss_mib", "<=", 1.5),
     ("DPO peak memory vs hand-written", "dpo/align", "peak_rss_mib", "dpo/hand", "peak_rss_mib", "<=", 1.5),

@@ -1,7 +1,9 @@
-"""The generation-bound runs of the benchmark: PPO iterations and evaluation, each next to raw `model.generate`.
+"""The evaluation runs of the benchmark: `align eval` with the generation engine and with the previous decoding loop,
+next to raw `model.generate` (bf16 weights, as the generation issue defines it, and fp32, the faster dtype on a CPU
+without native bf16), and the engine's fp32 greedy tokens against transformers'.
 
 Raw generation is what any implementation must do at the least: the prompts rendered with the chat template,
-left-padded batches of the same size, `model.generate` with KV cache, bf16 weights, the same sampling settings.
+left-padded batches of the same size, `model.generate` with KV cache, the same sampling settings.
 """
 
 from __future__ import annotations
@@ -12,18 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks.measure import (
-    TRAIN_PRECISION,
-    bf16_autocast,
-    lora_config,
-    matmul_parameters,
-    model_path,
-    read_logged,
-    right_pad,
-    rows_of,
-    stage_config,
-    value_model,
-)
+from benchmarks.measure import matmul_parameters, model_path, rows_of
 
 GENERATION_PRECISION = "bf16 weights"
 
@@ -53,208 +44,111 @@ def raw_generate(model, tokenizer, encoded: list[list[int]], batch_size: int, ma
     return completions, time.perf_counter() - started
 
 
-# ---- PPO -------------------------------------------------------------------------------------------------------
-
-
-def ppo_config(settings, workdir: Path, reward_dir: Path | None = None):
-    """configs/ppo.yaml at the benchmark's sizes (every iteration uses the same prompts: the data is exactly one
-    iteration's worth), its reward model replaced by `reward_dir`."""
-    return stage_config("ppo", settings, workdir, "builtin:prompts:train", settings.ppo_prompts,
-                        f"reward.reward_model={reward_dir}" if reward_dir else "reward.reward_model=null",
-                        f"train.iterations={settings.warmup_steps + settings.ppo_iterations}",
-                        f"train.prompts_per_iteration={settings.ppo_prompts}",
-                        f"generation.slots={settings.ppo_prompts}",
-                        f"train.minibatch_size={settings.ppo_minibatch}",
-                        f"train.max_new_tokens={settings.ppo_max_new_tokens}")
-
-
-def case_ppo_align(settings, workdir: Path) -> dict:
-    from align.ppo import train
-
-    path = model_path(settings)
-    cfg = ppo_config(settings, workdir, reward_model_dir(path, workdir / "reward-model", settings.seed))
-    out = train(cfg)
-    parts = {part: read_logged(out, f"ppo/time/{part}")[settings.warmup_steps:]
-             for part in ("generate", "score", "logprobs", "update")}
-    all_lengths = read_logged(out, "ppo/response_length")
-    lengths = all_lengths[settings.warmup_steps:]
-    if not lengths or any(len(v) != len(lengths) for v in parts.values()):
-        raise RuntimeError(f"ppo logged {len(lengths)} measured iterations; expected {settings.ppo_iterations}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    prompt_tokens = sum(len(ids) for ids in prompt_ids(tokenizer, [r["prompt"] for r in rows_of(
-        "builtin:prompts:train", "prompt", settings.ppo_prompts)]))
-    new_tokens = [round(length * settings.ppo_prompts) for length in lengths]  # per iteration (mean x prompts)
-    update_tokens = sum(cfg.train.ppo_epochs * (prompt_tokens + n) for n in new_tokens)
-    n_iter = len(lengths)
-    mean = {part: sum(v) / n_iter for part, v in parts.items()}
-    n_policy, n_value = matmul_parameters(path, "causal"), matmul_parameters(path, "value")
-    generate_s, update_s = sum(parts["generate"]), sum(parts["update"])
-    return {
-        "what": "align ppo", "precision": f"rollouts: {GENERATION_PRECISION}; update: {TRAIN_PRECISION}",
-        "peak_dtype": "bf16",
-        "method": f"align.ppo.train ({settings.ppo_prompts} prompts per iteration = the whole prompt set, "
-                  f"generation batch {settings.ppo_prompts}, max_new_tokens {settings.ppo_max_new_tokens}, "
-                  f"temperature {cfg.train.temperature}, {cfg.train.ppo_epochs} PPO epochs of minibatch {settings.ppo_minibatch}, "
-                  "reward = a reward model made from the base model (seeded random score head) + "
-                  "instruction_following, value model from it); per-iteration times are the stage's logged "
-                  "ppo/time/{generate,score,logprobs,update} (generate includes syncing the rollout copy's "
-                  "weights), new tokens = ppo/response_length x prompts, update tokens = PPO epochs x (prompt + "
-                  "response tokens), each through the policy and the value model",
-        "iterations_measured": n_iter, "warmup_steps": settings.warmup_steps,
-        "new_tokens_by_iteration": [round(length * settings.ppo_prompts) for length in all_lengths],
-        "iteration_s": sum(mean.values()), **{f"{part}_s": value for part, value in mean.items()},
-        "prompt_tokens_per_iteration": prompt_tokens, "new_tokens_per_iteration": sum(new_tokens) / n_iter,
-        "update_tokens_per_iteration": update_tokens / n_iter,
-        "rollout_tokens_per_s": sum(new_tokens) / generate_s,
-        "update_tokens_per_s": update_tokens / update_s,
-        "seconds": sum(sum(v) for v in parts.values()), "real_tokens": update_tokens, "tokens_per_s":
-        update_tokens / update_s, "parameters": n_policy, "value_parameters": n_value,
-        "flop_formula": "update only: 6*(N_policy + N_value)*tokens of its PPO epochs",
-        "flop_per_s": 6 * (n_policy + n_value) * update_tokens / update_s,
-    }
-
-
-def reward_model_dir(path: str, out: Path, seed: int) -> Path:
-    """A reward-model directory as `align rm` leaves one (a sequence classifier with one label) made from the base
-    model with a new, seeded score head: scoring and the value model built from it cost what trained ones do."""
-    import gc
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = value_model(path, tokenizer.pad_token_id)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    del model
-    gc.collect()
-    return out
-
-
-def case_ppo_raw(settings, workdir: Path) -> dict:
-    """Raw generation of the same prompts, then the least training a PPO update does on those sequences: PPO_EPOCHS
-    passes of policy + value forward/backward over minibatches, AdamW. No scoring, no reference/old log-probs."""
-    path, ppo = model_path(settings), ppo_config(settings, workdir)
-    t = ppo.train
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    generator_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    value = value_model(path, tokenizer.pad_token_id)
-    if settings.lora:
-        import peft
-
-        policy = peft.get_peft_model(policy, lora_config(settings, ppo.model.lora, "CAUSAL_LM"))
-        value = peft.get_peft_model(value, lora_config(settings, ppo.model.lora, "SEQ_CLS"))
-    optimizer = torch.optim.AdamW([
-        {"params": [p for p in policy.parameters() if p.requires_grad], "lr": t.learning_rate},
-        {"params": [p for p in value.parameters() if p.requires_grad], "lr": t.value_learning_rate}])
-    encoded = prompt_ids(tokenizer, [r["prompt"] for r in rows_of("builtin:prompts:train", "prompt",
-                                                                  settings.ppo_prompts)])
-    # align.rollout.generate's order (shortest prompt first) and seed: with the same weights (the warm-up
-    # iteration) both sample the same completions; later, align's policy has moved and lengths differ by sampling.
-    encoded.sort(key=len)
-    sampling = dict(do_sample=True, temperature=t.temperature, top_p=t.top_p, top_k=t.top_k)
-    body, head = (value.get_base_model() if settings.lora else value).model, (
-        value.get_base_model() if settings.lora else value).score
-    timings = []
-    for iteration in range(settings.warmup_steps + settings.ppo_iterations):
-        torch.manual_seed(settings.seed * 100003 + iteration * 101)
-        completions, generate_s = raw_generate(generator_model, tokenizer, encoded, settings.ppo_prompts,
-                                               settings.ppo_max_new_tokens, sampling)
-        new_tokens = sum(len(c) for c in completions)
-        completions = [c or [tokenizer.eos_token_id] for c in completions]  # as align/ppo.py: never empty
-        started, tokens = time.perf_counter(), 0
-        policy.train()
-        value.train()
-        for _ in range(t.ppo_epochs):
-            for idx in torch.randperm(len(encoded)).split(settings.ppo_minibatch):
-                sequences = [encoded[i] + completions[i] for i in idx]
-                ids, mask = right_pad(sequences, tokenizer.pad_token_id)
-                response = mask.clone()
-                for row, i in enumerate(idx.tolist()):
-                    response[row, : len(encoded[i])] = 0
-                with bf16_autocast():
-                    logits = policy(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-                    values = head(body(input_ids=ids, attention_mask=mask).last_hidden_state).squeeze(-1).float()
-                token_logps = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-                weights = response[:, 1:].float()
-                loss = -(token_logps * weights).sum() / weights.sum() + (values**2 * response).sum() / response.sum()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                tokens += int(mask.sum())
-        timings.append((generate_s, new_tokens, time.perf_counter() - started, tokens))
-    measured, n = timings[settings.warmup_steps:], settings.ppo_iterations
-    generate_s, new_tokens = sum(t[0] for t in measured), sum(t[1] for t in measured)
-    train_s, train_tokens = sum(t[2] for t in measured), sum(t[3] for t in measured)
-    n_policy, n_value = matmul_parameters(path, "causal"), matmul_parameters(path, "value")
-    return {
-        "what": "raw generate + hand-written PPO-shaped training",
-        "precision": f"generation: {GENERATION_PRECISION}; training: {TRAIN_PRECISION}", "peak_dtype": "bf16",
-        "method": f"raw model.generate on left-padded batches of {settings.ppo_prompts} (the same prompts, order, "
-                  "seeds, sampling and max_new_tokens as align's rollouts; no weight sync into the bf16 copy), then "
-                  f"{t.ppo_epochs} epochs of policy + value forward/backward over minibatches of "
-                  f"{settings.ppo_minibatch} right-padded prompt+response sequences with AdamW (a stand-in loss of "
-                  "the same shape: policy log-probs and value regression); raw_iteration_s is rescaled to align's "
-                  "tokens per iteration when ppo/align ran (raw_iteration_s_own_tokens: this run's own)",
-        "iterations_measured": len(measured), "warmup_steps": settings.warmup_steps,
-        "new_tokens_by_iteration": [t[1] for t in timings],
-        "generate_s": generate_s / n, "train_s": train_s / n,
-        "new_tokens_per_iteration": new_tokens / n, "train_tokens_per_iteration": train_tokens / n,
-        "generate_s_per_new_token": generate_s / max(1, new_tokens), "train_s_per_token": train_s / train_tokens,
-        "raw_iteration_s_own_tokens": (generate_s + train_s) / n, "raw_iteration_s": (generate_s + train_s) / n,
-        "rollout_tokens_per_s": new_tokens / generate_s, "update_tokens_per_s": train_tokens / train_s,
-        "seconds": generate_s + train_s, "real_tokens": train_tokens, "tokens_per_s": train_tokens / train_s,
-        "parameters": n_policy, "value_parameters": n_value,
-        "flop_formula": "training only: 6*(N_policy + N_value)*tokens of its PPO epochs",
-        "flop_per_s": 6 * (n_policy + n_value) * train_tokens / train_s,
-    }
-
-
 # ---- evaluation ------------------------------------------------------------------------------------------------
 
 
-def case_eval_align(settings, workdir: Path) -> dict:
-    from align.eval import EvalConfig, evaluate
+def eval_config(settings, workdir: Path, prompts: int, new_tokens: int, out: str, backend: str = "auto"):
+    """align eval on the in-distribution held-out prompts only, at one budget (what raw generate is compared on)."""
+    from align.eval import EvalConfig
     from align.rollout import GenerationConfig
 
-    def config(prompts: int, new_tokens: int, out: str) -> EvalConfig:
-        return EvalConfig(model=settings.model, prompts="builtin:prompts:heldout", max_prompts=prompts,
-                          max_new_tokens=new_tokens, generation=GenerationConfig(slots=settings.eval_batch_size), precision="bf16",
-                          threads=settings.threads, out=str(workdir / out))
+    return EvalConfig(model=settings.model, prompts="builtin:prompts:heldout", unseen_prompts=None, long_budget=None,
+                      max_prompts=prompts, max_new_tokens=new_tokens, threads=settings.threads, out=str(workdir / out),
+                      generation=GenerationConfig(backend=backend, slots=settings.eval_slots))
 
-    evaluate(config(2, 4, "warmup"))  # warm-up: the same code path, a short generation
-    results = evaluate(config(settings.eval_prompts, settings.eval_max_new_tokens, "eval"))
+
+def eval_case(settings, workdir: Path, backend: str) -> dict:
+    """align eval with `backend`: the generation engine (auto) or the previous decoding loop (hf)."""
+    from align.eval import evaluate
+
+    evaluate(eval_config(settings, workdir, 2, 4, "warmup", backend))  # warm-up: the same code path, short
+    results = evaluate(eval_config(settings, workdir, settings.eval_prompts, settings.eval_max_new_tokens, "eval",
+                                   backend))
     path = model_path(settings)
     rows = rows_of("builtin:prompts:heldout", "prompt", settings.eval_prompts)
     prompt_tokens = sum(len(ids) for ids in prompt_ids(AutoTokenizer.from_pretrained(path), [r["prompt"]
                                                                                              for r in rows]))
-    new_tokens = round(results["mean_new_tokens"] * results["prompts"])
+    from align.precision import fast_bf16, resolve_precision
+
+    what = "align eval" + (" (previous decoding loop)" if backend == "hf" else "")
+    dtype = resolve_precision("auto", fast_bf16(torch.device("cpu")), ("bf16",))
     return generation_result(
-        "align eval", f"align.eval.evaluate ({results['prompts']} held-out prompts, batch {settings.eval_batch_size}, "
-        f"greedy, max_new_tokens {settings.eval_max_new_tokens}); seconds = its generation_seconds (the "
-        "align.rollout.generate call), after a warm-up evaluate() of 2 prompts", results["generation_seconds"],
-        new_tokens, prompt_tokens, matmul_parameters(path, "causal"),
-        finished_fraction=results["finished_fraction"])
+        what, f"align.eval.evaluate ({results['prompts']} held-out prompts, generation.backend {backend} -> "
+        f"{results['generation_backend']}, {settings.eval_slots} rows, greedy, max_new_tokens "
+        f"{settings.eval_max_new_tokens}, precision auto); seconds = its generation_seconds, after a warm-up "
+        "evaluate() of 2 prompts", results["generation_seconds"], results["new_tokens"], prompt_tokens,
+        matmul_parameters(path, "causal"), finished_fraction=results["finished_fraction"],
+        setup_s=results["generation_setup_seconds"], backend=results["generation_backend"], weights=dtype,
+        precision=f"{dtype} weights (precision auto)")
 
 
-def case_eval_raw(settings, workdir: Path) -> dict:
+def case_eval_align(settings, workdir: Path) -> dict:
+    return eval_case(settings, workdir, "auto")
+
+
+def case_eval_hf(settings, workdir: Path) -> dict:
+    return eval_case(settings, workdir, "hf")
+
+
+def raw_eval(settings, dtype: torch.dtype) -> dict:
+    """Raw batched `model.generate` of the held-out prompts with `dtype` weights, greedy."""
     path = model_path(settings)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     rows = rows_of("builtin:prompts:heldout", "prompt", settings.eval_prompts)
     encoded = prompt_ids(tokenizer, [r["prompt"] for r in rows])
     greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     raw_generate(model, tokenizer, encoded[:2], settings.eval_batch_size, 4, greedy)  # warm-up
     completions, seconds = raw_generate(model, tokenizer, encoded, settings.eval_batch_size,
                                         settings.eval_max_new_tokens, greedy)
-    eos = tokenizer.eos_token_id
+    eos, name = tokenizer.eos_token_id, str(dtype).replace("torch.", "").replace("bfloat16", "bf16")
     return generation_result(
-        "raw batched generate", f"raw model.generate, bf16 weights, left-padded batches of "
+        f"raw batched generate, {name}", f"raw model.generate, {name} weights, left-padded batches of "
         f"{settings.eval_batch_size} in the data's order, greedy, max_new_tokens {settings.eval_max_new_tokens}, "
         "after a warm-up generation of 2 prompts", seconds, sum(len(c) for c in completions),
-        sum(len(ids) for ids in encoded), matmul_parameters(path, "causal"),
+        sum(len(ids) for ids in encoded), matmul_parameters(path, "causal"), precision=f"{name} weights", weights=name,
         finished_fraction=sum(bool(c) and c[-1] == eos for c in completions) / len(completions))
+
+
+def case_eval_raw(settings, workdir: Path) -> dict:
+    return raw_eval(settings, torch.bfloat16)
+
+
+def case_eval_raw_fp32(settings, workdir: Path) -> dict:
+    return raw_eval(settings, torch.float32)
+
+
+def case_eval_exact(settings, workdir: Path) -> dict:
+    """fp32 greedy decoding: the engine's tokens against transformers' `generate` on the same prompts, one at a
+    time. Where a prompt's tokens differ, the gap between transformers' top two logits at the first difference
+    (a near tie, < 1e-4, is the only acceptable cause)."""
+    from align.rollout import GenerationConfig, TextGenerator
+
+    path = model_path(settings)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    rows = rows_of("builtin:prompts:heldout", "prompt", settings.exact_prompts)
+    engine = TextGenerator(model, tokenizer, GenerationConfig(backend="engine", slots=settings.eval_slots))
+    started = time.perf_counter()
+    ours = engine.generate([r["prompt"] for r in rows], max_new_tokens=settings.exact_max_new_tokens).token_ids
+    seconds = time.perf_counter() - started
+    matches, gaps = 0, []
+    for ids, mine in zip(prompt_ids(tokenizer, [r["prompt"] for r in rows]), ours):
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=settings.exact_max_new_tokens,
+                                 do_sample=False, output_scores=True, return_dict_in_generate=True,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        theirs = out.sequences[0, len(ids):].tolist()
+        if theirs == mine:
+            matches += 1
+            continue
+        first = next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a != b), min(len(theirs), len(mine)))
+        top = out.scores[min(first, len(out.scores) - 1)][0].float().topk(2).values
+        gaps.append(float(top[0] - top[1]))
+    return {"what": "fp32 greedy tokens: engine vs transformers' generate", "method": case_eval_exact.__doc__,
+            "precision": "fp32 weights", "prompts": len(rows), "matches": matches, "divergence_logit_gaps": gaps,
+            "near_ties_only": all(gap < 1e-4 for gap in gaps), "seconds": seconds,
+            "max_new_tokens": settings.exact_max_new_tokens}
 
 
 def generation_result(what: str, method: str, seconds: float, new_tokens: int, prompt_tokens: int, n_params: int,
@@ -268,6 +162,5 @@ def generation_result(what: str, method: str, seconds: float, new_tokens: int, p
     }
 
 
-GENERATION_CASES = {
-    "ppo/align": case_ppo_align, "ppo/raw": case_ppo_raw, "eval/align": case_eval_align, "eval/raw": case_eval_raw,
-}
+GENERATION_CASES = {"eval/align": case_eval_align, "eval/hf": case_eval_hf, "eval/raw": case_eval_raw,
+                    "eval/raw-fp32": case_eval_raw_fp32, "eval/exact": case_eval_exact}

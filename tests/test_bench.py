@@ -75,6 +75,10 @@ def quick_run(tmp_path_factory):
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), out
 
 
+def s_exact(report) -> int:
+    return report["settings"]["exact_prompts"]
+
+
 @pytest.mark.bench
 def test_quick_run_measures_every_case_in_its_own_process(quick_run):
     report, _, out = quick_run
@@ -87,10 +91,13 @@ def test_quick_run_measures_every_case_in_its_own_process(quick_run):
     for case, run in report["runs"].items():
         assert run["case"] == case and run["method"] and run["precision"], case
         assert run["torch_threads"] == threads, case
-        assert run["seconds"] > 0 and run["tokens_per_s"] > 0 and run["flop_per_s"] > 0, case
         assert 0 < run["baseline_rss_mib"] < run["peak_rss_mib"], case
-        assert 0 < run["fraction_of_peak"], case
         assert (out / "logs" / (case.replace("/", "_") + ".log")).is_file(), case
+        if case == "eval/exact":  # a correctness check, not a throughput
+            assert run["matches"] + len(run["divergence_logit_gaps"]) == run["prompts"] == s_exact(report)
+            continue
+        assert run["seconds"] > 0 and run["tokens_per_s"] > 0 and run["flop_per_s"] > 0, case
+        assert 0 < run["fraction_of_peak"], case
     machine = report["machine"]
     assert machine["matmul_fp32_flop_per_s"] > 0 and machine["matmul_bf16_flop_per_s"] > 0
 
@@ -115,8 +122,10 @@ def test_quick_run_counts_tokens_consistently(quick_run):
     assert runs["sft/trl"]["trl_config"]["gradient_checkpointing"] == "True"  # its defaults, untouched
     # The DPO figure that is compared includes the reference model's cost.
     assert runs["dpo/align"]["pairs_per_s"] <= runs["dpo/align"]["train_pairs_per_s"]
-    # Greedy generation of the same prompts by the same weights: align eval and raw generate make the same tokens.
-    assert runs["eval/align"]["new_tokens"] == runs["eval/raw"]["new_tokens"]
+    # Greedy generation of the same prompts by the same weights: align eval (engine and previous loop) and raw
+    # generate in the same dtype make the same tokens.
+    same_dtype = "eval/raw" if runs["eval/align"]["weights"] == "bf16" else "eval/raw-fp32"
+    assert runs["eval/align"]["new_tokens"] == runs[same_dtype]["new_tokens"] == runs["eval/hf"]["new_tokens"]
     assert runs["eval/align"]["prompt_tokens"] == runs["eval/raw"]["prompt_tokens"]
     # Same prompts, order and seed: the warm-up iteration (identical weights) samples the same amount.
     assert runs["ppo/align"]["new_tokens_by_iteration"][0] == runs["ppo/raw"]["new_tokens_by_iteration"][0]
