@@ -45,5 +45,5 @@ def config_class(name: str) -> type:
 
 
 def stage_module(name: str):
-    """The module of a stage: call its `train(cfg, restart=...)`."""
-    return importlib.import_module(STAGES[name].module)
+    """The module of a stage or of `eval`: call its `train(cfg, restart=...)`."""
+    return importlib.import_module(STAGES[name].module if name in STAGES else COMMANDS[name][0])

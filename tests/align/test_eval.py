@@ -86,3 +86,17 @@ def test_a_missing_prompt_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(DataError, match="file not found"):
         evaluate(EvalConfig(model="tiny-random", prompts=str(tmp_path / "nope.jsonl"), out=str(tmp_path)))
+
+
+def test_align_eval_runs_from_the_command_line(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "align", "eval", "configs/eval.yaml", "model=tiny-random",
+                           "max_prompts=2", "max_new_tokens=4", "long_budget=6", f"out={tmp_path}"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| model | in-dist. prompt strict |" in done.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["budgets"] == [4, 6]
