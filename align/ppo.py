@@ -23,7 +23,6 @@ The maths lives in the pure functions below and in align.losses; `tests/align/te
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,7 +38,7 @@ from align.loop import TrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import AutocastPrecision, autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
-from align.rl import (completion_metrics, iteration_rows, last_metrics, log_samples, merged_weights,
+from align.rl import (StepTimer, completion_metrics, iteration_prompts, last_metrics, log_samples, merged_weights,
                       minibatch_updates, pad_right, penalised_scores, rollout_generator)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -53,7 +52,7 @@ class PPOTrainConfig(TrainConfig):
     warmup_ratio: float = 0.0
     lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
     precision: AutocastPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast |
-    # fp32 (bf16 weights with fp32 masters: not in PPO yet)
+        # fp32 (bf16 weights with fp32 masters: not in PPO yet)
     log_every: int = 1
     save_every: int = 10
     iterations: int = 30  # rollout -> update cycles
@@ -363,24 +362,23 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         reward_fn.load_state_dict(training.resumed_state["reward"])
 
     while training.step < t.iterations:
-        iteration, started = training.step, time.perf_counter()
-        batch = iteration_rows(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator.process_index,
-                               accelerator.num_processes)
+        iteration, timer = training.step, StepTimer()
         # 1. generate with the bf16 rollout copy of the current policy
-        seed = cfg.run.seed * 100003 + iteration * 101 + accelerator.process_index
+        batch, seed = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
         rollout = generate_rollout(training, models, batch, t, seed)
-        rollout.timings["generate"], started = time.perf_counter() - started, time.perf_counter()
+        timer.lap("generate")
         # 2. composite reward at the end of each response
         score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))
-        rollout.timings["score"], started = time.perf_counter() - started, time.perf_counter()
+        timer.lap("score")
         # 3. old and reference log-probs, values; 4. KL-shaped rewards, advantages and returns
         evaluate_rollout(rollout, training, models, t, device, stage.precision)
         compute_advantages(rollout, kl["coef"], t)
-        rollout.timings["logprobs"], started = time.perf_counter() - started, time.perf_counter()
+        timer.lap("logprobs")
         # 5. PPO epochs over minibatches
         training.plan_learning_rate()
         stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
-        rollout.timings["update"] = time.perf_counter() - started
+        timer.lap("update")
+        rollout.timings = timer.seconds
         # 6. adapt beta; log, checkpoint
         if t.adaptive_kl:
             kl["coef"] = adaptive_kl_coef(kl["coef"], float(rollout.kl.sum(1).mean()), t.kl_target, t.kl_horizon,

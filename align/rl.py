@@ -5,6 +5,7 @@ scoring with the missing-EOS penalty, minibatch updates, and what a batch of sco
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +24,27 @@ def iteration_rows(rows: list[dict], iteration: int, per_iteration: int, seed: i
     order = epoch_permutation(len(rows), seed, epoch) + epoch_permutation(len(rows), seed, epoch + 1)
     begin = start % len(rows) + process * per_process
     return [rows[i] for i in order[begin : begin + per_process]]
+
+
+def iteration_prompts(rows: list[dict], iteration: int, per_iteration: int, seed: int,
+                      accelerator) -> tuple[list[dict], int]:
+    """This process's prompts for `iteration` (`iteration_rows`), and the seed its sampling draws from: a function
+    of the run's seed, the iteration and the process, so a resumed run samples what the uninterrupted one did."""
+    batch = iteration_rows(rows, iteration, per_iteration, seed, accelerator.process_index, accelerator.num_processes)
+    return batch, seed * 100003 + iteration * 101 + accelerator.process_index
+
+
+class StepTimer:
+    """The seconds each step of an iteration took: `lap(name)` records the time since the previous lap (or since
+    the timer was made) as `seconds[name]`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self._last = now - self._last, now
 
 
 def constraint_pass_rates(rows: list[dict], completions: list) -> dict[str, float]:
@@ -173,7 +195,7 @@ def minibatch_updates(training, indices: torch.Tensor, passes: int, minibatch_si
     statistic (and the gradient norm) over the minibatches; {} when there is nothing to train on."""
     stats: dict[str, list[float]] = {}
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(passes):
+    for _ in range(passes if len(indices) else 0):  # (an empty tensor splits into one empty minibatch)
         for idx in indices[torch.randperm(len(indices), generator=generator)].split(minibatch_size):
             loss, step_stats = loss_of(idx)
             training.backward(loss)
