@@ -193,14 +193,23 @@ def test_a_registry_names_the_values_its_config_key_accepts(tmp_path):
     from align.dpo import DPOConfig
     from align.ppo import PPOConfig
 
+    from align.grpo import GRPOConfig
+
     assert set(DPO_LOSSES) == {"sigmoid", "ipo"} and set(POLICY_LOSSES) == {"clipped"}
     assert set(GRPO_LOSSES) == {"grpo", "dr_grpo", "dapo"} and set(ADVANTAGES) == {"grpo", "dr_grpo", "rloo"}
     for name in DPO_LOSSES:
         assert load_config(DPOConfig, None, [f"train.loss={name}"]).train.loss == name
+    for loss, advantages in zip(GRPO_LOSSES, ADVANTAGES):
+        train = load_config(GRPOConfig, None, [f"train.loss={loss}", f"train.advantages={advantages}"]).train
+        assert (train.loss, train.advantages) == (loss, advantages)
     with pytest.raises(ConfigError, match="train.loss' = 'hinge' is not one of 'sigmoid', 'ipo'"):
         load_config(DPOConfig, None, ["train.loss=hinge"])
     with pytest.raises(ConfigError, match="train.policy_loss' = 'x' is not one of 'clipped'"):
         load_config(PPOConfig, None, ["train.policy_loss=x"])
+    with pytest.raises(ConfigError, match="train.loss' = 'ppo' is not one of 'grpo', 'dr_grpo', 'dapo'"):
+        load_config(GRPOConfig, None, ["train.loss=ppo"])
+    with pytest.raises(ConfigError, match="train.advantages' = 'gae' is not one of 'grpo', 'dr_grpo', 'rloo'"):
+        load_config(GRPOConfig, None, ["train.advantages=gae"])
 
 
 # ---- GRPO: group-relative advantages and how token losses add up ------------------------------------------------
