@@ -1,97 +1,98 @@
-"""GRPO: group-relative policy optimisation from the SFT policy, with the same composite reward as PPO, no critic.
+"""GRPO: critic-free RL from the SFT policy, with the composite reward of PPO and no value model.
 
     align grpo configs/grpo.yaml [key.path=value ...]
 
-For each prompt the policy samples a group of G = `num_generations` completions; each completion's advantage is its
-reward relative to its own group (Shao et al. 2024, DeepSeekMath, section 4.1):
-    A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)        (scale_rewards "group"; "batch" or "none" change the divisor)
-and the policy maximises the clipped surrogate with these advantages on every completion token, minus beta times a
-per-token KL estimate to the reference (the SFT model; with LoRA, the same model with its adapters off).
-The value model of PPO is replaced by the group mean: that is the whole point.
-
-TRL's `GRPOTrainer` (trl 1.16) runs the loop; this module wires our pieces into it:
-1. the policy: the SFT stage's output (`model.name: sft`), LoRA passed to TRL as a peft config, so TRL computes the
-   reference with the adapters disabled and never loads a second model;
-2. the prompts: a `datasets.Dataset` in TRL's conversational prompt-only format (`prompt` = chat messages, a
-   string prompt as one user turn), so TRL applies the chat template as every stage does, plus a `row_index`
-   column pointing back at our loaded rows (see `prompt_dataset`);
-3. the reward: ONE TRL reward function, `CompositeRewardFunction`, that calls the composite reward built by
-   `align.rewards.build_reward` (reward model + reward functions, checked at stage start) through
-   `align.rewards.score_completions`, as PPO does, and returns its total. Each component's batch mean goes to
-   TRL's `log_metric`, so it is averaged and logged with TRL's own metrics;
-4. the logs: TRL reports to nothing itself (`report_to="none"`); `TrackerCallback` forwards every TRL log to our
-   tracker as `grpo/<name>`, so a stage has exactly one W&B run (ours) and one metrics.jsonl;
-5. checkpoints: TRL's own, in `<stage>/checkpoints/trl/checkpoint-<step>` every `save_every` steps (newest
-   `keep_checkpoints` kept). They hold pickled optimizer/scheduler/RNG state that TRL (transformers' Trainer) loads
-   itself with `trainer.train(resume_from_checkpoint=...)`; we add `align_state.json` (W&B run id, reward
-   normalisation statistics), written last, which also marks the checkpoint as complete. A rerun with the same
-   config resumes from the newest complete one; SIGTERM/SIGINT saves one at the end of the step and stops;
-6. the output: the policy with LoRA merged (`align.models.save_model`), tokenizer, config.yaml, manifest.json,
-   metrics.jsonl and tables/grpo/samples.jsonl, like every policy stage.
-Reward functions get what PPO gives them, which is what TRL gives them for the dataset's prompts (standard or
-conversational, see align.rewards): prompts as loaded, completions in the prompts' form, one keyword per dataset
-column, and TRL's completion_ids, trainer_state, log_metric (TRL's own: logged as grpo/<name>) and log_extra
-(columns of the grpo/samples table). So a reward function runs unchanged in both stages, and in TRL.
+For each prompt the policy samples a group of k = `completions_per_prompt` completions; a completion's advantage is
+its reward relative to its own group (Shao et al. 2024, DeepSeekMath, section 4.1), and every one of its tokens
+shares it. The group replaces PPO's value model: that is the whole point. Each iteration, as numbered steps passing
+a `Groups` from step to step:
+1. take the iteration's prompts (align.rl.iteration_rows); sample k completions of each with the generation engine,
+   from a rollout copy of the policy whose weights are refreshed every iteration (with adapters on the top layers
+   only, just those layers: the rest never changes);
+2. score each completion with the composite reward (reward model, verifiers, your functions) through
+   align.rewards.score_completions, TRL's calling convention; one that never emitted EOS loses
+   `missing_eos_penalty`;
+3. old log-probs: the rollout's own when it computes in fp32, the policy's precision, since they equal the training
+   forward's to float precision (tests/align/test_engine.py); otherwise recomputed. Reference log-probs (with LoRA:
+   the policy with its adapters off); with adapters on the top layers only, the frozen layers below run once per
+   iteration, shared by every pass;
+4. the per-token KL to the reference (`kl_estimator`); with `kl_in: reward`, r <- r - beta * sum_t KL_t; then the
+   group-relative advantages (`advantages`, align.losses.ADVANTAGES). A group whose rewards are all equal has
+   advantages 0; `skip_equal_groups` leaves it out of the update (DAPO's dynamic-sampling filter);
+5. `updates_per_batch` passes over the completions in shuffled minibatches, an optimiser step each: the clipped
+   surrogate (asymmetric with `clip_range_high`, DAPO's clip-higher) plus, with `kl_in: loss`, beta * KL_t per
+   token, added up over tokens by `loss` (align.losses.GRPO_LOSSES: grpo, dr_grpo, dapo);
+6. log (grpo/...), checkpoint, stop: the `Training` shell, as every stage.
+The maths lives in align.losses; tests/align/test_losses.py checks it against hand-derived values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from align.checkpoint import read_manifest, write_json_atomic, write_manifest
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
 from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.loop import Interrupted, TrainConfig, check_finite, check_finite_parameters, stop_if_requested
-from align.models import LoraConfig, ModelConfig, count_parameters, load_model, peft_lora_config, save_model
-from align.precision import AutocastPrecision
-from align.rewards import RewardConfig, build_reward, dataset_columns, score_completions
-from align.rl import constraint_pass_rates, log_samples
-from align.rollout import prompt_messages
+from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, trunk_states
+from align.losses import (ADVANTAGES, AdvantageName, GRPOLossName, equal_groups, group_policy_loss, kl_per_token,
+                          masked_mean)
+from align.loop import TrainConfig, Training
+from align.models import LoraConfig, ModelConfig, count_parameters, load_model
+from align.precision import AutocastPrecision, autocast
+from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
+from align.rl import (StepTimer, completion_metrics, iteration_prompts, last_metrics, log_samples, merged_weights,
+                      minibatch_updates, pad_right, penalised_scores, rollout_generator)
+from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
-from align.tracking import Tracker, TrackingConfig
-from reward.compose import CompositeReward
-
-TRL_CHECKPOINTS = Path("checkpoints") / "trl"  # TRL's output_dir, inside the stage directory
-ALIGN_STATE = "align_state.json"  # our part of a TRL checkpoint, written after TRL's files: its presence = complete
+from align.tracking import TrackingConfig
 
 
 @dataclass
 class GRPOTrainConfig(TrainConfig):
     learning_rate: float = 5.0e-5
     warmup_ratio: float = 0.0
-    lr_schedule: Literal["cosine", "linear", "constant"] = "constant"
-    precision: AutocastPrecision = "auto"  # auto: bf16-autocast where bf16 is native, else fp32; bf16-autocast: bf16
-    # autocast over fp32 weights (TRL's bf16); fp32
+    lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
+    precision: AutocastPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast |
+        # fp32 (bf16 weights with fp32 masters: not in GRPO yet)
     log_every: int = 1
     save_every: int = 10
-    num_generations: int = 4  # G: completions sampled per prompt; advantages are relative within each group
-    max_completion_length: int = 128  # longer completions are cut (counted in grpo/completions/clipped_ratio)
-    temperature: float = 1.0  # sampling temperature (also applied to the log-probs, as TRL does)
+    iterations: int = 20  # sample -> score -> update cycles
+    prompts_per_iteration: int = 4  # prompts sampled for per iteration (all processes together)
+    completions_per_prompt: int = 4  # k: the group each completion's advantage is relative to (at least 2)
+    max_new_tokens: int = 128  # longest completion; one that reaches it unfinished loses missing_eos_penalty
+    temperature: float = 1.0  # sampling temperature (also used for the log-probs)
     top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
     top_k: int = 0  # keep only the k most likely tokens; 0 = off
-    per_device_batch_size: int = 8  # completions per forward/backward pass (per process)
-    # forward/backward passes per optimiser step. Completions per optimiser step = per_device_batch_size *
-    # gradient_accumulation_steps * processes, which must hold whole groups (a multiple of num_generations);
-    # prompts per step = that / num_generations
-    gradient_accumulation_steps: int = 1
-    epochs: int = 1  # passes over the prompts
-    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
-    beta: float = 0.04  # KL coefficient to the reference (0 = no reference, no KL term)
-    num_iterations: int = 1  # mu: optimisation passes over each generated batch
-    epsilon: float = 0.2  # clip range of the ratio
-    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged (TRL's default)
-    scale_rewards: Literal["group", "batch", "none"] = "group"  # divisor of the advantages (see the docstring)
-    mask_truncated_completions: bool = False  # leave cut-off completions out of the loss (DAPO)
-    gradient_checkpointing: bool = False  # TRL turns it on by default; on CPU with small models it only costs time
-    eval_every: int = 0  # 0 = no held-out evaluation; otherwise every N steps, sampling G completions per prompt
-    eval_max_prompts: int = 16  # held-out prompts sampled at each evaluation
-    sample_table_rows: int = 4  # completions logged per generation batch, with their per-component rewards
+    updates_per_batch: int = 1  # passes over each iteration's completions (GRPO's mu)
+    minibatch_size: int = 16  # completions per optimiser step
+    loss: GRPOLossName = "grpo"  # how token losses add up (align.losses.GRPO_LOSSES): grpo (per-completion mean,
+        # then mean), dr_grpo (sum / (completions x max_new_tokens)), dapo (mean over every token)
+    advantages: AdvantageName = "grpo"  # align.losses.ADVANTAGES: grpo ((r - mean) / (std + eps)), dr_grpo
+        # (r - mean), rloo (r minus the mean of the other k - 1)
+    clip_range: float = 0.2  # epsilon of the clipped surrogate (its lower side when clip_range_high is set)
+    clip_range_high: float | None = None  # upper epsilon (DAPO's clip-higher: 0.28); null: clip_range
+    kl_coef: float = 0.04  # beta: weight of the per-token KL to the reference
+    kl_estimator: Literal["k1", "k3"] = "k3"  # per-token KL estimate (align.losses.kl_per_token): k3 as GRPO
+    kl_in: Literal["loss", "reward", "none"] = "loss"  # loss: beta * KL_t added to each token's loss (GRPO);
+        # reward: beta * sum_t KL_t subtracted from the reward before the advantages; none: no reference at all
+    skip_equal_groups: bool = False  # leave groups whose rewards are all equal (advantages 0) out of the update
+        # (DAPO's dynamic-sampling filter); counted in grpo/equal_groups_skipped
+    missing_eos_penalty: float = 1.0  # subtracted from the reward of a completion that never emitted EOS
+    pack_length: int = 1024  # tokens per packed row in the log-prob and update passes
+    sample_table_rows: int = 4  # completions logged per iteration (the first prompt's group first), with rewards
+
+    def __post_init__(self) -> None:
+        if self.completions_per_prompt < 2:
+            raise ValueError(f"train.completions_per_prompt is {self.completions_per_prompt}; a group needs at "
+                             "least 2 completions per prompt (each is scored against the others of its group)")
+        for key in ("iterations", "prompts_per_iteration", "max_new_tokens", "updates_per_batch", "minibatch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be at least 1, got {getattr(self, key)}")
 
 
 @dataclass
@@ -103,276 +104,249 @@ class GRPOConfig:
         default_factory=lambda: DataConfig(train="builtin:prompts:train", eval="builtin:prompts:heldout")
     )
     reward: RewardConfig = field(default_factory=RewardConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # how completions are decoded
     train: GRPOTrainConfig = field(default_factory=GRPOTrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# ---- what TRL is given ------------------------------------------------------------------------------------------
+# ---- models -----------------------------------------------------------------------------------------------------
 
 
-def prompt_dataset(rows: list[dict], first_index: int = 0):
-    """TRL's conversational prompt-only dataset: `prompt` (chat messages; a string prompt as one user turn, so TRL
-    applies the chat template to it, as PPO and eval do) and `row_index` (first_index + i).
+@dataclass
+class GRPOModels:
+    """The models of a GRPO run besides the trained policy (which `Training` holds)."""
 
-    Only the prompt goes through Arrow: Arrow would rewrite the other columns (dicts in a list column are padded to
-    one common set of keys, a column missing from some rows becomes None), and reward functions must see the values
-    exactly as loaded. The reward looks each row up by `row_index` instead."""
-    from datasets import Dataset
-
-    return Dataset.from_dict({
-        "prompt": [prompt_messages(row["prompt"]) for row in rows],
-        "row_index": list(range(first_index, first_index + len(rows))),
-    })
+    reference: FrozenReference | None  # the SFT policy (with LoRA: the policy, adapters off); None with kl_in none
+    generator: TextGenerator  # a copy of the policy that samples the completions; refreshed every iteration
+    tokenizer: object
+    trunk_layers: int | None  # frozen layers run once per iteration (`align.logprobs.frozen_trunk_layers`)
+    rollout_logprobs: bool  # the copy computes in fp32: its log-probs of the sampled tokens are the old ones
 
 
-class CompositeRewardFunction:
-    """The composite reward as one TRL reward function: returns the weighted total per completion.
-
-    TRL calls it as f(prompts=, completions=, completion_ids=, row_index=, trainer_state=, log_extra=, log_metric=).
-    The composite is called through `align.rewards.score_completions` with the rows' own prompts (TRL's are the
-    chat messages we gave it) and the completions' texts, so its functions get exactly what PPO gives them. Each
-    component's batch mean (and constraint pass rates) goes to `log_metric`; on the main process, the first
-    `table_rows` completions of each training batch go to the tracker's `grpo/samples` table, with the columns
-    the functions logged through `log_extra`."""
-
-    def __init__(self, composite: CompositeReward, rows: list[dict], columns: list[str], train_rows: int,
-                 tracker: Tracker | None, table_rows: int) -> None:
-        self.__name__ = "composite"  # TRL names its per-function metrics after it: rewards/composite/mean
-        self.composite, self.rows, self.columns = composite, rows, columns
-        self.train_rows, self.tracker, self.table_rows = train_rows, tracker, table_rows
-
-    def __call__(self, prompts: list, completions: list, row_index: list[int], completion_ids=None,
-                 trainer_state=None, log_metric=None, **trl_extras: Any) -> list[float]:
-        from reward.functions import completion_text
-
-        batch = [self.rows[i] for i in row_index]  # their prompts are TRL's `prompts`, as loaded (not via Arrow)
-        texts = [completion_text(completion) for completion in completions]
-        breakdown, log = score_completions(self.composite, batch, texts, completion_ids, self.columns,
-                                           trainer_state, log_metric)
-        if log_metric is not None:
-            for name, value in {**breakdown.metrics("reward/"), **constraint_pass_rates(batch, completions)}.items():
-                log_metric(name, value)
-        training = all(i < self.train_rows for i in row_index)  # held-out rows are indexed after the training rows
-        if training and trainer_state is not None:
-            step = trainer_state.global_step + 1  # the optimiser step these completions train
-            log_samples(self.tracker, "grpo/samples", step, [row["prompt"] for row in batch], texts, breakdown,
-                        self.table_rows, extra=log.extra)
-        return breakdown.total
+def load_models(cfg: GRPOConfig, device, precision: str) -> tuple[object, GRPOModels, str]:
+    """(policy, the other models, the policy's path)."""
+    policy_path = resolve_stage_model(cfg.model.name, cfg.run)
+    policy, tokenizer = load_model(dataclasses.replace(cfg.model, name=policy_path))
+    reference = FrozenReference(policy, lora=cfg.model.lora.enabled) if cfg.train.kl_in != "none" else None
+    generator = rollout_generator(policy_path, tokenizer, cfg.generation, device, precision)
+    trunk_layers = frozen_trunk_layers(cfg.model.lora, policy)
+    reference_is = ("none (kl_in: none)" if reference is None else
+                    "policy without adapters" if cfg.model.lora.enabled else "frozen copy")
+    print(f"[align] grpo: policy {policy_path} ({count_parameters(policy)[0]:,} trainable), reference = "
+          f"{reference_is}" + (f"; the {trunk_layers} frozen layers below the adapters run once per iteration"
+                               if trunk_layers else ""))
+    return policy, GRPOModels(reference, generator, tokenizer, trunk_layers, precision == "fp32"), policy_path
 
 
-def trainer_callback(stage: Stage, reward: CompositeReward):
-    """A `TrainerCallback` (built here so importing this module does not import transformers) that:
-    - forwards TRL's logs to the stage's tracker as grpo/<name> at the optimiser step, and counts its steps;
-    - stops the stage on a non-finite loss, gradient norm or trainable weight;
-    - on a stop request (SIGTERM/SIGINT, see align.loop), asks TRL to checkpoint and stop at the end of the step;
-    - writes align_state.json into each TRL checkpoint once TRL has written its files."""
-    from transformers import TrainerCallback
-
-    class TrackerCallback(TrainerCallback):
-        def __init__(self) -> None:
-            self.latest: dict[str, float] = {}  # last value of every metric, for the manifest and summary
-            self.stop: Interrupted | None = None
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            step, logs = state.global_step, logs or {}
-            for key in ("loss", "grad_norm"):
-                if isinstance(logs.get(key), (int, float)):
-                    check_finite(float(logs[key]), "grpo", step, "loss" if key == "loss" else "gradient norm")
-            # TRL logs None for a metric with no valid value in the window (e.g. a component that never applied)
-            values = {f"grpo/{k}": v for k, v in logs.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-            self.latest.update(values)
-            if values:
-                stage.log(values, step)
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            stage.steps = state.global_step
-            check_finite_parameters(model, "grpo", state.global_step)  # before TRL can checkpoint a NaN
-            try:
-                stop_if_requested(lambda: None)  # the checkpoint is TRL's, saved when it sees should_save
-            except Interrupted as stop:
-                self.stop = stop
-                control.should_save = True
-                control.should_training_stop = True
-
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                write_json_atomic(checkpoint / ALIGN_STATE, {
-                    "step": state.global_step, "wandb_id": stage.tracker.run_id if stage.tracker else None,
-                    "reward": reward.state_dict()})
-
-    return TrackerCallback()
+# ---- the steps of an iteration ------------------------------------------------------------------------------------
 
 
-def newest_trl_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest `checkpoint-<step>` that holds align_state.json (TRL finished writing it); others are skipped."""
-    if not checkpoints.is_dir():
-        return None
-    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]))
-    for checkpoint in reversed(found):
-        if (checkpoint / ALIGN_STATE).is_file():
-            return checkpoint
-        warnings.warn(f"skipping incomplete TRL checkpoint {checkpoint} (no {ALIGN_STATE})", stacklevel=2)
-    return None
+@dataclass
+class Groups:
+    """One iteration's completions, P prompts x k completions laid out group by group (completion i belongs to
+    prompt i // k), filled in step by step. B = P * k; [B, R] tensors are right-padded."""
+
+    rows: list[dict]  # each completion's dataset row (a prompt's row k times)
+    k: int  # completions per prompt
+    prompt_ids: list[list[int]]  # chat-template tokens of each completion's prompt
+    response_ids: list[list[int]]  # each completion's tokens, EOS included when it stopped (never empty)
+    texts: list[str]  # the completions as text
+    finished: list[bool]  # emitted EOS before max_new_tokens
+    sampled_logprobs: list[list[float]]  # 1. the rollout copy's log-prob of each sampled token
+    breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
+    reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
+    scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
+    trunk: object = None  # 3. the policy's frozen-trunk states, or None
+    old_logprobs: torch.Tensor = None  # 3. [B, R] of the policy that sampled
+    ref_logprobs: torch.Tensor = None  # 3. [B, R] of the reference (None with kl_in none)
+    mask: torch.Tensor = None  # 3. [B, R] 1 on completion tokens
+    kl: torch.Tensor = None  # 4. [B, R] per-token KL estimate (0 on padding; None with kl_in none)
+    advantages: torch.Tensor = None  # 4. [B]
+    equal: torch.Tensor = None  # 4. [P] groups whose rewards are all equal
+    train_index: torch.Tensor = None  # 4. the completions the update trains on
+    timings: dict = field(default_factory=dict)  # seconds per step
+
+    @property
+    def prompts(self) -> list:
+        return [row["prompt"] for row in self.rows]
 
 
-def trl_arguments(cfg: GRPOConfig, output_dir: Path, processes: int, prompts: int, evaluate: bool, use_cpu: bool,
-                  precision: str = "fp32"):
-    """TRL's GRPOConfig (a transformers TrainingArguments) from ours; checks the batch shape with our key names."""
-    import trl
+def sample_groups(training: Training, models: GRPOModels, rows: list[dict], t: GRPOTrainConfig, seed: int) -> Groups:
+    """1. k completions of each prompt from the current policy: its adapted layers (LoRA merged; every weight with
+    full fine-tuning) are copied into the rollout copy, which samples with `seed`."""
+    tokenizer, k = models.tokenizer, t.completions_per_prompt
+    models.generator.load_weights(merged_weights(training.raw["policy"], adapted_layers_only=True))
+    repeated = [row for row in rows for _ in range(k)]
+    gens = models.generator.generate([row["prompt"] for row in repeated], max_new_tokens=t.max_new_tokens,
+                                     temperature=t.temperature, top_p=t.top_p, top_k=t.top_k, seed=seed)
+    prompt_ids = [tokenizer(render_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
+                  for row in rows]
+    response_ids = [ids or [tokenizer.eos_token_id] for ids in gens.token_ids]
+    sampled = [lp or [0.0] for lp in gens.logprobs]  # (the engine always samples a token; as response_ids, never empty)
+    return Groups(repeated, k, [ids for ids in prompt_ids for _ in range(k)], response_ids, gens.texts,
+                  gens.finished, sampled)
 
-    t = cfg.train
-    per_step = t.per_device_batch_size * t.gradient_accumulation_steps * processes
-    if t.num_generations < 2 or per_step % t.num_generations:
-        raise ConfigError(
-            f"train.num_generations={t.num_generations} must be at least 2 and divide the completions per step, "
-            f"train.per_device_batch_size * train.gradient_accumulation_steps * processes = "
-            f"{t.per_device_batch_size} * {t.gradient_accumulation_steps} * {processes} = {per_step}")
-    if per_step // t.num_generations > prompts:
-        raise ConfigError(
-            f"a step needs {per_step // t.num_generations} prompts ({per_step} completions / train.num_generations="
-            f"{t.num_generations}) but {cfg.data.train} has {prompts}; lower train.per_device_batch_size")
-    if not 0.0 <= t.warmup_ratio < 1.0:
-        raise ConfigError(f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1): a fraction of the training steps")
-    schedules = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-    return trl.GRPOConfig(
-        output_dir=str(output_dir),
-        report_to="none",  # our tracker is the only logger: one W&B run per stage
-        use_cpu=use_cpu,
-        bf16=precision == "bf16-autocast",
-        seed=cfg.run.seed,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,  # row_index must reach the reward
-        num_generations=t.num_generations,
-        max_completion_length=t.max_completion_length,
-        temperature=t.temperature,
-        top_p=t.top_p,
-        top_k=t.top_k,
-        per_device_train_batch_size=t.per_device_batch_size,
-        # evaluation batches must hold whole groups too
-        per_device_eval_batch_size=t.num_generations * max(1, t.per_device_batch_size // t.num_generations),
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the training steps
-        lr_scheduler_type=schedules[t.lr_schedule],
-        max_grad_norm=t.max_grad_norm,
-        beta=t.beta,
-        num_iterations=t.num_iterations,
-        epsilon=t.epsilon,
-        loss_type=t.loss_type,
-        scale_rewards=t.scale_rewards,
-        mask_truncated_completions=t.mask_truncated_completions,
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
-        logging_steps=t.log_every,
-        save_strategy="steps",
-        save_steps=t.save_every,
-        save_total_limit=t.keep_checkpoints,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=t.eval_every if evaluate else None,
-        log_completions=False,  # TRL's completions table goes to W&B only via report_to; ours is grpo/samples
-    )
+
+def score_groups(groups: Groups, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
+    """2. The composite reward of each completion, its functions called as TRL calls them (`state`: the
+    trainer_state they get); one that never emitted EOS loses `missing_eos_penalty`."""
+    groups.breakdown, groups.reward_log, groups.scores = penalised_scores(
+        reward_fn, groups.rows, groups.texts, groups.response_ids, groups.finished, columns, missing_eos_penalty,
+        state)
+
+
+@torch.no_grad()
+def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: GRPOTrainConfig, device,
+                    precision: str) -> None:
+    """3. Log-probs of the policy that sampled (the rollout's own in fp32, else recomputed) and of the reference,
+    per completion token (no gradients); a frozen trunk runs once, here, for every later pass."""
+    policy, prompts, responses = training.raw["policy"], groups.prompt_ids, groups.response_ids
+    with autocast(device, precision):
+        if models.trunk_layers:
+            groups.trunk = trunk_states(policy, [p + r for p, r in zip(prompts, responses)], models.trunk_layers,
+                                        t.pack_length)
+        if models.rollout_logprobs:
+            old = [torch.tensor(lp) for lp in groups.sampled_logprobs]
+        else:
+            old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, trunk=groups.trunk)
+        if models.reference is not None:
+            ref = models.reference.logprobs(prompts, responses, t.pack_length, t.temperature, trunk=groups.trunk)
+            groups.ref_logprobs, _ = pad_right(ref)
+    groups.old_logprobs, groups.mask = pad_right(old)
+
+
+def group_advantages(groups: Groups, t: GRPOTrainConfig) -> None:
+    """4. Per-token KL to the reference; the rewards (minus beta * sum_t KL_t with kl_in reward) as [P, k] groups;
+    each completion's group-relative advantage; the completions the update trains on (every one, or those of
+    groups whose rewards differ with skip_equal_groups)."""
+    rewards = groups.scores
+    if groups.ref_logprobs is not None:
+        groups.kl = kl_per_token(groups.old_logprobs, groups.ref_logprobs, t.kl_estimator) * groups.mask
+        if t.kl_in == "reward":
+            rewards = rewards - t.kl_coef * groups.kl.sum(1)
+    rewards = rewards.view(-1, groups.k)  # [P, k]
+    groups.equal = equal_groups(rewards)
+    groups.advantages = ADVANTAGES[t.advantages](rewards).flatten()
+    keep = ~groups.equal.repeat_interleave(groups.k) if t.skip_equal_groups else torch.ones(len(rewards) * groups.k,
+                                                                                           dtype=torch.bool)
+    groups.train_index = keep.nonzero().flatten()
+
+
+def minibatch_loss(training: Training, groups: Groups, idx: torch.Tensor, t: GRPOTrainConfig, device,
+                   precision: str):
+    """The loss of the completions `idx` (with gradients): the clipped surrogate plus, with kl_in loss, beta * KL_t,
+    added up by `t.loss`; returns (loss, stats)."""
+    prompts, responses = [groups.prompt_ids[i] for i in idx], [groups.response_ids[i] for i in idx]
+    width = max(len(r) for r in responses)
+    mask = groups.mask[idx, :width]
+    with autocast(device, precision):
+        new_lp, entropy = response_logprobs(training.models["policy"], prompts, responses, t.pack_length,
+                                            t.temperature, with_entropy=True,
+                                            trunk=groups.trunk and groups.trunk.subset(idx))
+    new_lp, entropy = pad_sequence(new_lp, batch_first=True).cpu(), pad_sequence(entropy, batch_first=True).cpu()
+    penalty = None
+    if t.kl_in == "loss" and t.kl_coef:
+        penalty = t.kl_coef * kl_per_token(new_lp, groups.ref_logprobs[idx, :width], t.kl_estimator)
+    loss, stats = group_policy_loss(new_lp, groups.old_logprobs[idx, :width], groups.advantages[idx], mask, t.loss,
+                                    t.clip_range, t.clip_range_high, t.max_new_tokens, penalty)
+    return loss, {"policy_loss": loss.item(), "entropy": masked_mean(entropy, mask).item(), **stats}
+
+
+def iteration_metrics(groups: Groups, stats: dict[str, float], t: GRPOTrainConfig) -> dict[str, float]:
+    """Everything an RL run is judged by, including reward-hacking signals (names without the `grpo/` prefix)."""
+    from reward.degeneration import loop_share
+
+    lengths = [len(ids) for ids in groups.response_ids]
+    metrics = {
+        **groups.reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
+        **completion_metrics(groups.breakdown, groups.rows, groups.texts, lengths, groups.finished),
+        "reward/score": float(groups.scores.mean()),  # total after the missing-EOS penalty
+        "eos_rate": sum(groups.finished) / len(groups.finished),
+        "loop_share": loop_share(groups.texts),  # completions that are repetition loops (reward.degeneration)
+        "equal_group_fraction": float(groups.equal.float().mean()),
+        "equal_groups_skipped": int(groups.equal.sum()) if t.skip_equal_groups else 0,
+        "advantage_abs_mean": float(groups.advantages.abs().mean()),
+        **stats, **{f"time/{k}": v for k, v in groups.timings.items()},
+    }
+    if groups.kl is not None:
+        metrics["kl"] = float(groups.kl.sum(1).mean())  # nats per completion, from the old log-probs
+    return metrics
 
 
 # ---- the stage --------------------------------------------------------------------------------------------------
-
-
-def load_prompts(cfg: GRPOConfig) -> tuple[list[dict], list[dict], Any]:
-    """(training prompts, held-out prompts, the training data's LoadReport); no held-out prompts when
-    train.eval_every is 0."""
-    train_rows, report = load_rows(cfg.data.train, "prompt", cfg.data)
-    eval_rows = []
-    if cfg.data.eval and cfg.train.eval_every:
-        eval_rows = load_rows(cfg.data.eval, "prompt", cfg.data)[0][: cfg.train.eval_max_prompts]
-    return train_rows, eval_rows, report
-
-
-def resume_point(trl_dir: Path, composite: CompositeReward) -> tuple[Path | None, str | None]:
-    """TRL's newest complete checkpoint and our W&B run id saved with it (None, None for a fresh start);
-    restores the reward's running normalisation statistics from it."""
-    checkpoint = newest_trl_checkpoint(trl_dir)
-    if checkpoint is None:
-        return None, None
-    saved = json.loads((checkpoint / ALIGN_STATE).read_text())
-    composite.load_state_dict(saved["reward"])
-    print(f"[align] grpo: resuming from {checkpoint} at step {saved['step']}")
-    return checkpoint, saved["wandb_id"]
-
-
-def reference_description(cfg: GRPOConfig) -> str:
-    if not cfg.train.beta:
-        return "none (beta 0: no KL term)"
-    return "the policy with LoRA adapters off" if cfg.model.lora.enabled else "a frozen copy of the policy"
 
 
 def train(cfg: GRPOConfig, *, restart: bool = False) -> Path:
     return run_stage(cfg, restart, group_relative_policy_optimisation)
 
 
+def check_batch(t: GRPOTrainConfig, processes: int) -> None:
+    """Every process gets at least one prompt; with several processes, skip_equal_groups would give them different
+    numbers of optimiser steps (and leave them waiting on each other), so it is refused there."""
+    if t.prompts_per_iteration // processes < 1:
+        raise ConfigError(f"train.prompts_per_iteration={t.prompts_per_iteration} must give every one of the "
+                          f"{processes} processes at least one prompt")
+    if t.skip_equal_groups and processes > 1:
+        raise ConfigError("train.skip_equal_groups runs on one process only: processes would drop different numbers "
+                          "of groups and so take different numbers of optimiser steps")
+
+
 def group_relative_policy_optimisation(stage: Stage) -> None:
-    import torch
-    from trl import GRPOTrainer
+    cfg, t, device, accelerator = stage.cfg, stage.cfg.train, stage.accelerator.device, stage.accelerator
+    check_batch(t, accelerator.num_processes)
 
-    # TRL's arguments reset accelerate's process state: read what is needed of it first
-    cfg, device, processes = stage.cfg, stage.accelerator.device, stage.processes
-    previous_start = (read_manifest(stage.out) or {}).get("started")
-    trl_dir = stage.out / TRL_CHECKPOINTS
-
-    # 1. the policy, without adapters: TRL attaches LoRA from the peft config
-    policy_path = resolve_stage_model(cfg.model.name, cfg.run)
-    policy, tokenizer = load_model(dataclasses.replace(cfg.model, name=policy_path,
-                                                       lora=dataclasses.replace(cfg.model.lora, enabled=False)))
-
-    # 2. prompts (training rows first, then held-out rows, indexed in that order) and 3. the reward, checked now
-    train_rows, eval_rows, report = load_prompts(cfg)
-    rows = train_rows + eval_rows
+    # models (policy trained; reference and rollout copy frozen), prompts and the composite reward, checked now
+    # rather than at the first step
+    policy, models, policy_path = load_models(cfg, device, stage.precision)
+    rows, report = load_rows(cfg.data.train, "prompt", cfg.data)
     columns = dataset_columns(rows)
-    args = trl_arguments(cfg, trl_dir, processes, len(train_rows), evaluate=bool(eval_rows),
-                         use_cpu=not torch.cuda.is_available(), precision=stage.precision)
-    composite = build_reward(cfg.reward, cfg.run, columns, device=device)
-    print(f"[align] grpo: {len(train_rows)} prompts from {cfg.data.train} ({len(eval_rows)} held out), "
-          f"{cfg.train.num_generations} completions each; reward = {composite.describe()}")
-
-    # 5. resume from TRL's newest complete checkpoint, in the same W&B run
-    checkpoint, wandb_id = resume_point(trl_dir, composite)
+    reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
     reward_model = resolve_stage_model(cfg.reward.reward_model, cfg.run) if cfg.reward.reward_model else None
-    if stage.main:
-        write_manifest(stage.out, resumed_from=str(checkpoint) if checkpoint else None,
-                       **({"started": previous_start} if checkpoint and previous_start else {}))
-    stage.start_tracking(wandb_id, base_model=policy_path, data_fingerprint=data_fingerprint(train_rows),
-                         parents={"policy": policy_path, "reward_model": reward_model},
-                         data={"train": cfg.data.train, "prompts": len(train_rows), "eval_prompts": len(eval_rows),
-                               "bad_rows_skipped": len(report.bad_rows)})
+    print(f"[align] grpo: {len(rows)} prompts from {cfg.data.train}, {t.prompts_per_iteration} x "
+          f"{t.completions_per_prompt} completions per iteration; reward = {reward_fn.describe()}")
+    training = Training(stage, {"policy": policy}, t, t.iterations, throughput="completions",
+                        state=lambda: {"reward": reward_fn.state_dict()},
+                        manifest={"base_model": policy_path, "data_fingerprint": data_fingerprint(rows),
+                                  "parents": {"policy": policy_path, "reward_model": reward_model},
+                                  "data": {"train": cfg.data.train, "prompts": len(rows),
+                                           "bad_rows_skipped": len(report.bad_rows)}})
+    if training.resumed_state:
+        reward_fn.load_state_dict(training.resumed_state["reward"])
 
-    # 4. TRL's trainer, logging through our tracker
-    callback = trainer_callback(stage, composite)
-    peft_config = peft_lora_config(cfg.model.lora, policy.config.num_hidden_layers) if cfg.model.lora.enabled \
-        else None
-    trainer = GRPOTrainer(
-        model=policy,
-        reward_funcs=CompositeRewardFunction(composite, rows, columns, len(train_rows), stage.tracker,
-                                             cfg.train.sample_table_rows),
-        args=args,
-        train_dataset=prompt_dataset(train_rows),
-        eval_dataset=prompt_dataset(eval_rows, len(train_rows)) if eval_rows else None,
-        processing_class=tokenizer,
-        callbacks=[callback],
-        peft_config=peft_config,
-    )
-    print(f"[align] grpo: policy {policy_path} ({count_parameters(trainer.model)[0]:,} trainable), "
-          f"reference = {reference_description(cfg)}")
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if callback.stop:
-        raise callback.stop
+    while training.step < t.iterations:
+        iteration, timer = training.step, StepTimer()
+        # 1. k completions per prompt from the rollout copy of the current policy
+        batch, seed = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
+        groups = sample_groups(training, models, batch, t, seed)
+        timer.lap("generate")
+        # 2. composite reward of each completion
+        score_groups(groups, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))
+        timer.lap("score")
+        # 3. old and reference log-probs; 4. KL, group-relative advantages
+        evaluate_groups(groups, training, models, t, device, stage.precision)
+        group_advantages(groups, t)
+        timer.lap("logprobs")
+        # 5. updates_per_batch passes over minibatches
+        training.plan_learning_rate()
+        stats = minibatch_updates(training, groups.train_index, t.updates_per_batch, t.minibatch_size,
+                                  cfg.run.seed * 7919 + iteration,
+                                  lambda idx, g=groups: minibatch_loss(training, g, idx, t, device, stage.precision))
+        timer.lap("update")
+        groups.timings = timer.seconds
+        training.count(len(groups.rows))
 
-    # 6. final model, LoRA merged
+        # 6. log, checkpoint, stop
+        def log(groups=groups, stats=stats, iteration=iteration) -> dict:
+            log_samples(stage.tracker, "grpo/samples", iteration + 1, groups.prompts, groups.texts, groups.breakdown,
+                        t.sample_table_rows, step_column="iteration", extra=groups.reward_log.extra)
+            return iteration_metrics(groups, stats, t)
+
+        training.end_step(log=log)
+
+    training.finish(models.tokenizer, model="policy")
     if stage.main:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        check_finite_parameters(model, "grpo", stage.steps)
-        save_model(model, tokenizer, stage.out)
-        stage.complete(callback.latest, stage.steps,
-                       [f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"])
+        last = last_metrics(stage.out)
+        stage.complete({**last, "grpo/iterations": training.step}, training.step, [
+            (f"mean reward at the last iteration: {last.get('grpo/reward/total', float('nan')):.3f}; KL to the "
+             f"reference: {last.get('grpo/kl', float('nan')):.3f} nats per completion"),
+            f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"])

@@ -101,6 +101,22 @@ def trunk_matches(model, layers: int, values: bool = False) -> bool:
     return torch.allclose(full.float(), split.float(), atol=1e-4, rtol=1e-4)
 
 
+def frozen_trunk_layers(lora, model, values: bool = False) -> int | None:
+    """How many layers of `model` lie below adapters on its top `lora.last_layers` layers (the model's
+    `model.lora` section): frozen, so one run per iteration serves every later pass. None with full fine-tuning,
+    adapters on every layer, or a model that cannot be run in two parts (`trunk_matches`; said once)."""
+    if not (lora.enabled and lora.last_layers):
+        return None
+    layers = decoder_body(model).config.num_hidden_layers - lora.last_layers
+    if layers < 1:
+        return None
+    if not trunk_matches(model, layers, values=values):
+        print(f"[align] {type(decoder_body(model)).__name__} cannot be run in two parts; every pass runs all its "
+              f"layers")
+        return None
+    return layers
+
+
 def _inputs(flat, device, trunk: Trunk | None) -> dict:
     """Model inputs of one flat pass: token ids, or the trunk's hidden states of its sequences (laid out in order)."""
     inputs = {"position_ids": flat.position_ids.to(device), "segments": flat.segments, "use_cache": False}

@@ -40,8 +40,8 @@ class TrainConfig:
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup, to 0 (or none)
     max_grad_norm: float = 1.0  # gradients are clipped to this global norm before every optimiser step
     precision: Precision = "auto"  # auto: bf16 where bf16 products are native, else fp32; bf16: bf16 weights +
-    # fp32 masters; bf16-autocast: fp32 weights under bf16 autocast (what TRL's bf16=True does); fp32
-    # (align.precision)
+        # fp32 masters; bf16-autocast: fp32 weights under bf16 autocast (what TRL's bf16=True does); fp32
+        # (align.precision)
     log_every: int = 5  # log training metrics every N steps (and at the last)
     save_every: int = 50  # checkpoint every N steps, for resuming after a crash or a signal
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted

@@ -1,7 +1,7 @@
 """Every training loss of align, each a small function quoting its equation, and the registries that name them.
 
-A registry's keys are the allowed values of the config key that selects from it (`train.loss` of DPO,
-`train.policy_loss` of PPO): a new loss is a new function here plus one registry line.
+A registry's keys are the allowed values of the config key that selects from it (`train.loss` of DPO and of GRPO,
+`train.policy_loss` of PPO, `train.advantages` of GRPO): a new loss is a new function here plus one registry line.
 
 Shapes: B sequences (or pairs), R response tokens; `mask` [B, R] is 1 on real tokens, 0 on padding.
 """
@@ -53,6 +53,26 @@ DPO_AVERAGES_TOKENS = {"ipo"}  # losses whose sequence log-probs are per-token m
 DPOLossName = Literal[tuple(DPO_LOSSES)]  # the values `train.loss` of DPO accepts
 
 
+# ---- KL to a reference policy -----------------------------------------------------------------------------------
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimates of KL(policy || reference) from samples of the policy (Schulman 2020, "Approximating
+    KL divergence"), with log r = log p_ref - log p_policy:
+        k1 = -log r              (unbiased, can be negative)
+        k2 = (log r)^2 / 2       (biased, low variance)
+        k3 = (r - 1) - log r     (unbiased, always >= 0; GRPO's penalty, Shao et al. 2024, eq. 4)
+    """
+    log_ratio = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"kl_estimator must be k1, k2 or k3, got {estimator!r}")
+
+
 # ---- policy gradient: PPO ---------------------------------------------------------------------------------------
 
 
@@ -95,3 +115,89 @@ def value_loss(values, old_values, returns, mask, clip_range: float) -> tuple[to
         stats = {"value_clip_fraction": float(masked_mean(((clipped_values - returns) ** 2 > (values - returns) ** 2)
                                                           .float(), mask))}
     return loss, stats
+
+
+# ---- policy gradient without a critic: GRPO and its variants ---------------------------------------------------
+# k completions are sampled for each of P prompts; a completion's advantage is its reward relative to the other
+# completions of its prompt (its group), and every token of the completion shares it. Rewards: [P, k] ->
+# advantages [P, k]. A group whose rewards are all equal gets advantages of exactly 0 (no rounding residue).
+
+
+def _centred(rewards: torch.Tensor) -> torch.Tensor:
+    """r_i - mean(r) within each group (row); exactly 0 in a group whose rewards are all equal."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    return torch.where(equal_groups(rewards)[:, None], torch.zeros_like(centred), centred)
+
+
+def equal_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """[P] True where every reward of the group equals the first: such a group carries no learning signal."""
+    return (rewards == rewards[:, :1]).all(dim=1)
+
+
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, DeepSeekMath, section 4.1.2, outcome supervision): the group-normalised reward
+        A_i = (r_i - mean(r)) / (std(r) + eps)
+    with std the sample standard deviation of the group (divisor k - 1, as TRL's GRPOTrainer computes it)."""
+    return _centred(rewards) / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective"): GRPO without the
+    division by the group's std, which weights groups with little spread (too easy, too hard) up:
+        A_i = r_i - mean(r)"""
+    return _centred(rewards)
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+    Feedback in LLMs"; the leave-one-out baseline of Kool et al. 2019): each completion against the mean of the
+    other k - 1 of its group,
+        A_i = r_i - 1/(k-1) sum_{j != i} r_j  =  k/(k-1) * (r_i - mean(r))"""
+    k = rewards.shape[1]
+    return _centred(rewards) * (k / (k - 1))
+
+
+ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages}
+AdvantageName = Literal[tuple(ADVANTAGES)]  # the values `train.advantages` of GRPO accepts
+
+# How per-token losses l_{i,t} [B, R] (completion i, token t; `mask` 1 on its |o_i| real tokens) add up to the
+# loss of a minibatch of B completions. l_{i,t} is the clipped surrogate (`clipped_surrogate`) plus, with the KL in
+# the loss, beta * KL_t; `max_new_tokens` is the generation budget L_max.
+
+
+def grpo_loss(per_token: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, eq. 3): the mean over tokens of each completion, then over completions,
+        L = 1/B sum_i 1/|o_i| sum_t l_{i,t}
+    (a token of a short completion weighs more than one of a long completion)."""
+    return masked_mean(per_token, mask, dim=1).mean()
+
+
+def dr_grpo_loss(per_token: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Dr. GRPO (Liu et al. 2025): the token sum over a constant, the batch's completions times the generation
+    budget, so no completion's tokens are weighted by its own length:
+        L = 1/(B * L_max) sum_i sum_t l_{i,t}"""
+    return torch.where(mask.bool(), per_token, 0.0).sum() / (per_token.shape[0] * max_new_tokens)
+
+
+def dapo_loss(per_token: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """DAPO (Yu et al. 2025, section 3.3, token-level policy gradient loss): the mean over every token of the batch,
+        L = 1/(sum_i |o_i|) sum_i sum_t l_{i,t}
+    (every token weighs the same); DAPO pairs it with clip-higher, eps_high > eps_low (`clip_range_high`)."""
+    return masked_mean(per_token, mask)
+
+
+GRPO_LOSSES = {"grpo": grpo_loss, "dr_grpo": dr_grpo_loss, "dapo": dapo_loss}
+GRPOLossName = Literal[tuple(GRPO_LOSSES)]  # the values `train.loss` of GRPO accepts
+
+
+def group_policy_loss(logprobs, old_logprobs, advantages, mask, loss: str, clip_range: float,
+                      clip_range_high: float | None, max_new_tokens: int, penalty: torch.Tensor | None = None):
+    """The loss of a minibatch of completions: per token the clipped surrogate with the completion's advantage,
+        l_{i,t} = max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps_low, 1 + eps_high))  (+ penalty_{i,t}),
+    added up by GRPO_LOSSES[loss]. logprobs, old_logprobs, mask, penalty: [B, R]; advantages: [B].
+    Returns (loss, {clip_fraction, approx_kl})."""
+    per_token, stats = clipped_surrogate(logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), mask,
+                                         clip_range, clip_range_high)
+    if penalty is not None:
+        per_token = per_token + penalty
+    return GRPO_LOSSES[loss](per_token, mask, max_new_tokens), stats

@@ -23,7 +23,6 @@ The maths lives in the pure functions below and in align.losses; `tests/align/te
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,14 +32,14 @@ from torch.nn.utils.rnn import pad_sequence
 
 from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.logprobs import FrozenReference, decoder_body, response_logprobs, response_values, trunk_matches, trunk_states
-from align.losses import POLICY_LOSSES, PolicyLossName, masked_mean, value_loss
+from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, response_values, trunk_states
+from align.losses import POLICY_LOSSES, PolicyLossName, kl_per_token, masked_mean, value_loss
 from align.loop import TrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import AutocastPrecision, autocast
-from align.rewards import (RewardConfig, RewardLog, build_reward, dataset_columns, score_completions,
-                           trainer_state)
-from align.rl import completion_metrics, iteration_rows, log_samples
+from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
+from align.rl import (StepTimer, completion_metrics, iteration_prompts, last_metrics, log_samples, merged_weights,
+                      minibatch_updates, pad_right, penalised_scores, rollout_generator)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -53,7 +52,7 @@ class PPOTrainConfig(TrainConfig):
     warmup_ratio: float = 0.0
     lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
     precision: AutocastPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast |
-    # fp32 (bf16 weights with fp32 masters: not in PPO yet)
+        # fp32 (bf16 weights with fp32 masters: not in PPO yet)
     log_every: int = 1
     save_every: int = 10
     iterations: int = 30  # rollout -> update cycles
@@ -112,23 +111,6 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     return whitened * mask
 
 
-def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimates of KL(policy || reference) from samples of the policy (Schulman 2020, "Approximating
-    KL divergence"), with log r = log p_ref - log p_policy:
-        k1 = -log r              (unbiased, can be negative)
-        k2 = (log r)^2 / 2       (biased, low variance)
-        k3 = (r - 1) - log r     (unbiased, always >= 0)
-    """
-    log_ratio = ref_logprobs - logprobs
-    if estimator == "k1":
-        return -log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    if estimator == "k3":
-        return torch.expm1(log_ratio) - log_ratio
-    raise ValueError(f"kl_estimator must be k1, k2 or k3, got {estimator!r}")
-
-
 def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """r_t = -beta * KL_t on every response token, plus the sequence score on its last real token. [B, R]"""
     rewards = -kl_coef * kl * mask
@@ -173,32 +155,7 @@ def adaptive_kl_coef(kl_coef: float, observed_kl: float, target: float, horizon:
     return kl_coef * (1.0 + error * n_steps / horizon)
 
 
-def pad_right(sequences: list[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of [R_i] -> ([B, R_max] padded, [B, R_max] mask)."""
-    width = max(1, max(len(s) for s in sequences))
-    out = torch.full((len(sequences), width), value, dtype=torch.float32)
-    mask = torch.zeros((len(sequences), width), dtype=torch.float32)
-    for i, s in enumerate(sequences):
-        out[i, : len(s)] = s.detach().float().cpu()
-        mask[i, : len(s)] = 1.0
-    return out, mask
-
-
 # ---- models -----------------------------------------------------------------------------------------------------
-
-
-def merged_weights(policy) -> dict[str, torch.Tensor]:
-    """The policy's weights with LoRA deltas added (W + B A * scale), without modifying the policy itself."""
-    import peft
-
-    if not isinstance(policy, peft.PeftModel):
-        return policy.state_dict()
-    base = policy.get_base_model()
-    weights = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
-    for name, module in base.named_modules():
-        if isinstance(module, peft.tuners.lora.LoraLayer) and "default" in module.lora_A:
-            weights[f"{name}.weight"] = module.get_base_layer().weight + module.get_delta_weight("default")
-    return weights
 
 
 def load_value_model(cfg: PPOConfig, policy_path: str) -> tuple[TokenValues, str]:
@@ -213,16 +170,9 @@ def load_value_model(cfg: PPOConfig, policy_path: str) -> tuple[TokenValues, str
 def shared_trunk_layers(lora: LoraConfig, policy, value_model) -> tuple[int, int] | None:
     """(policy, value model) layers below the adapters: frozen, so one run per iteration serves the old and the
     reference log-probs, the values and every update. None with full fine-tuning, adapters on every layer, or a
-    model that cannot be run in two parts (`align.logprobs.trunk_matches`)."""
-    if not (lora.enabled and lora.last_layers):
-        return None
-    layers = tuple(decoder_body(m).config.num_hidden_layers - lora.last_layers for m in (policy, value_model))
-    if min(layers) < 1:
-        return None
-    if trunk_matches(policy, layers[0]) and trunk_matches(value_model, layers[1], values=True):
-        return layers
-    print("[align] ppo: these models cannot be run in two parts; every pass runs all their layers")
-    return None
+    model that cannot be run in two parts (`align.logprobs.frozen_trunk_layers`)."""
+    layers = (frozen_trunk_layers(lora, policy), frozen_trunk_layers(lora, value_model, values=True))
+    return None if None in layers else layers
 
 
 @dataclass
@@ -237,14 +187,10 @@ class PPOModels:
 
 def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenValues, PPOModels, dict]:
     """(policy, value model, the other models, the lineage for the manifest)."""
-    from transformers import AutoModelForCausalLM
-
     policy_path = resolve_stage_model(cfg.model.name, cfg.run)
     policy, tokenizer = load_model(dataclasses.replace(cfg.model, name=policy_path))
     reference = FrozenReference(policy, lora=cfg.model.lora.enabled)
-    rollout_dtype = torch.bfloat16 if precision != "fp32" else torch.float32
-    rollout_model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=rollout_dtype, use_safetensors=True)
-    generator = TextGenerator(rollout_model.to(device), tokenizer, cfg.generation)
+    generator = rollout_generator(policy_path, tokenizer, cfg.generation, device, precision)
     value_model, value_path = load_value_model(cfg, policy_path)
     print(f"[align] ppo: policy {policy_path} ({count_parameters(policy)[0]:,} trainable), value model from "
           f"{value_path}, reference = {'policy without adapters' if cfg.model.lora.enabled else 'frozen copy'}")
@@ -304,10 +250,9 @@ def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t:
 def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
     """2. The composite reward of each response, its functions called as TRL calls them (`state`: the
     trainer_state they get); one that never emitted EOS loses `missing_eos_penalty`."""
-    rollout.breakdown, rollout.reward_log = score_completions(reward_fn, rollout.rows, rollout.texts,
-                                                              rollout.response_ids, columns, state)
-    finished = torch.tensor(rollout.finished, dtype=torch.float32)
-    rollout.scores = torch.tensor(rollout.breakdown.total, dtype=torch.float32) - missing_eos_penalty * (1 - finished)
+    rollout.breakdown, rollout.reward_log, rollout.scores = penalised_scores(
+        reward_fn, rollout.rows, rollout.texts, rollout.response_ids, rollout.finished, columns, missing_eos_penalty,
+        state)
 
 
 @torch.no_grad()
@@ -368,16 +313,8 @@ def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, 
                precision: str) -> dict[str, float]:
     """5. `ppo_epochs` passes over the responses in shuffled minibatches, an optimiser step each; returns the mean
     of every statistic over the minibatches."""
-    stats: dict[str, list[float]] = {}
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(t.ppo_epochs):
-        for idx in torch.randperm(len(rollout.rows), generator=generator).split(t.minibatch_size):
-            loss, step_stats = minibatch_loss(training, rollout, idx, t, device, precision)
-            training.backward(loss)
-            grad_norm = training.optimizer_step(loss.item())
-            for key, value in {**step_stats, "grad_norm": grad_norm}.items():
-                stats.setdefault(key, []).append(value)
-    return {key: sum(values) / len(values) for key, values in stats.items()}
+    return minibatch_updates(training, torch.arange(len(rollout.rows)), t.ppo_epochs, t.minibatch_size, seed,
+                             lambda idx: minibatch_loss(training, rollout, idx, t, device, precision))
 
 
 def iteration_metrics(rollout: Rollout, kl_coef: float, stats: dict[str, float]) -> dict[str, float]:
@@ -425,24 +362,23 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         reward_fn.load_state_dict(training.resumed_state["reward"])
 
     while training.step < t.iterations:
-        iteration, started = training.step, time.perf_counter()
-        batch = iteration_rows(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator.process_index,
-                               accelerator.num_processes)
+        iteration, timer = training.step, StepTimer()
         # 1. generate with the bf16 rollout copy of the current policy
-        seed = cfg.run.seed * 100003 + iteration * 101 + accelerator.process_index
+        batch, seed = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
         rollout = generate_rollout(training, models, batch, t, seed)
-        rollout.timings["generate"], started = time.perf_counter() - started, time.perf_counter()
+        timer.lap("generate")
         # 2. composite reward at the end of each response
         score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))
-        rollout.timings["score"], started = time.perf_counter() - started, time.perf_counter()
+        timer.lap("score")
         # 3. old and reference log-probs, values; 4. KL-shaped rewards, advantages and returns
         evaluate_rollout(rollout, training, models, t, device, stage.precision)
         compute_advantages(rollout, kl["coef"], t)
-        rollout.timings["logprobs"], started = time.perf_counter() - started, time.perf_counter()
+        timer.lap("logprobs")
         # 5. PPO epochs over minibatches
         training.plan_learning_rate()
         stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
-        rollout.timings["update"] = time.perf_counter() - started
+        timer.lap("update")
+        rollout.timings = timer.seconds
         # 6. adapt beta; log, checkpoint
         if t.adaptive_kl:
             kl["coef"] = adaptive_kl_coef(kl["coef"], float(rollout.kl.sum(1).mean()), t.kl_target, t.kl_horizon,
@@ -464,13 +400,3 @@ def proximal_policy_optimisation(stage: Stage) -> None:
             f"mean KL to the reference at the last iteration: {last.get('ppo/kl', float('nan')):.3f} nats per "
             f"response (train.kl_target={t.kl_target})",
             f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"])
-
-
-def last_metrics(out: Path) -> dict:
-    """The last logged value of every metric of a stage (its metrics.jsonl)."""
-    import json
-
-    last: dict = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        last.update(json.loads(line))
-    return last

@@ -1,7 +1,12 @@
-"""What the RL stages share: which prompts an iteration uses, and what a batch of scored completions is judged by
+"""What the RL stages share: which prompts an iteration uses, the rollout copy of the policy and its weights,
+scoring with the missing-EOS penalty, minibatch updates, and what a batch of scored completions is judged by
 (per-component rewards, constraint pass rates, length and reward-hacking signals, the sample table)."""
 
 from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
 
 import torch
 
@@ -19,6 +24,27 @@ def iteration_rows(rows: list[dict], iteration: int, per_iteration: int, seed: i
     order = epoch_permutation(len(rows), seed, epoch) + epoch_permutation(len(rows), seed, epoch + 1)
     begin = start % len(rows) + process * per_process
     return [rows[i] for i in order[begin : begin + per_process]]
+
+
+def iteration_prompts(rows: list[dict], iteration: int, per_iteration: int, seed: int,
+                      accelerator) -> tuple[list[dict], int]:
+    """This process's prompts for `iteration` (`iteration_rows`), and the seed its sampling draws from: a function
+    of the run's seed, the iteration and the process, so a resumed run samples what the uninterrupted one did."""
+    batch = iteration_rows(rows, iteration, per_iteration, seed, accelerator.process_index, accelerator.num_processes)
+    return batch, seed * 100003 + iteration * 101 + accelerator.process_index
+
+
+class StepTimer:
+    """The seconds each step of an iteration took: `lap(name)` records the time since the previous lap (or since
+    the timer was made) as `seconds[name]`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self._last = now - self._last, now
 
 
 def constraint_pass_rates(rows: list[dict], completions: list) -> dict[str, float]:
@@ -101,3 +127,98 @@ def _cell(values: list | None, index: int):
     """Sample `index` of a logged extra column, as a table cell: a JSON scalar as it is, anything else as text."""
     value = values[index] if values is not None and index < len(values) else None
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+# ---- the rollout copy of the policy ---------------------------------------------------------------------------
+
+
+def rollout_generator(policy_path: str, tokenizer, generation, device, precision: str):
+    """A TextGenerator over a copy of the policy's weights at `policy_path`: bf16 where the stage trains in a bf16
+    mode, fp32 where it trains in fp32 (then the log-probs it reports are the training forward's to float
+    precision). Stages refresh its weights from the policy every iteration (`merged_weights`)."""
+    from transformers import AutoModelForCausalLM
+
+    from align.rollout import TextGenerator
+
+    dtype = torch.bfloat16 if precision != "fp32" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype, use_safetensors=True)
+    return TextGenerator(model.to(device), tokenizer, generation)
+
+
+@torch.no_grad()
+def merged_weights(policy, adapted_layers_only: bool = False) -> dict[str, torch.Tensor]:
+    """The policy's weights with LoRA deltas added (W + B A * scale), without modifying the policy itself.
+
+    `adapted_layers_only` (with LoRA): only the transformer layers that hold adapters, each whole (its norms and
+    unadapted products too: `DecoderEngine.load_weights` rebuilds whole layers); the rest never changes. With
+    adapters on the top N layers, that is N layers' weights instead of the whole model's."""
+    import peft
+
+    if not isinstance(policy, peft.PeftModel):
+        return policy.state_dict()
+    base = policy.get_base_model()
+    adapted = {name: module for name, module in base.named_modules()
+               if isinstance(module, peft.tuners.lora.LoraLayer) and "default" in module.lora_A}
+    prefixes = ("",)
+    if adapted_layers_only:
+        from align.logprobs import decoder_body
+
+        names = {id(module): name for name, module in base.named_modules()}
+        layers = [names[id(layer)] + "." for layer in decoder_body(base).layers]
+        prefixes = tuple(layer for layer in layers if any(name.startswith(layer) for name in adapted))
+    weights = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items()
+               if "lora_" not in k and k.startswith(prefixes)}
+    for name, module in adapted.items():
+        weights[f"{name}.weight"] = module.get_base_layer().weight + module.get_delta_weight("default")
+    return weights
+
+
+# ---- the steps both RL stages take ----------------------------------------------------------------------------
+
+
+def penalised_scores(reward_fn, rows: list[dict], texts: list[str], completion_ids: list[list[int]],
+                     finished: list[bool], columns: list[str], missing_eos_penalty: float, state):
+    """The composite reward of each completion, its functions called as TRL calls them
+    (`align.rewards.score_completions`; `state`: the trainer_state they get), minus `missing_eos_penalty` for one
+    that never emitted EOS. Returns (breakdown, reward log, scores [B])."""
+    from align.rewards import score_completions
+
+    breakdown, log = score_completions(reward_fn, rows, texts, completion_ids, columns, state)
+    unfinished = 1 - torch.tensor(finished, dtype=torch.float32)
+    return breakdown, log, torch.tensor(breakdown.total, dtype=torch.float32) - missing_eos_penalty * unfinished
+
+
+def minibatch_updates(training, indices: torch.Tensor, passes: int, minibatch_size: int, seed: int,
+                      loss_of) -> dict[str, float]:
+    """`passes` passes over the samples `indices` in shuffled minibatches (the shuffles drawn from `seed`), an
+    optimiser step each; `loss_of(minibatch indices)` -> (loss with gradients, stats). Returns the mean of every
+    statistic (and the gradient norm) over the minibatches; {} when there is nothing to train on."""
+    stats: dict[str, list[float]] = {}
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(passes if len(indices) else 0):  # (an empty tensor splits into one empty minibatch)
+        for idx in indices[torch.randperm(len(indices), generator=generator)].split(minibatch_size):
+            loss, step_stats = loss_of(idx)
+            training.backward(loss)
+            grad_norm = training.optimizer_step(loss.item())
+            for key, value in {**step_stats, "grad_norm": grad_norm}.items():
+                stats.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in stats.items()}
+
+
+def pad_right(sequences: list[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of [R_i] -> ([B, R_max] padded, [B, R_max] mask)."""
+    width = max(1, max(len(s) for s in sequences))
+    out = torch.full((len(sequences), width), value, dtype=torch.float32)
+    mask = torch.zeros((len(sequences), width), dtype=torch.float32)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = s.detach().float().cpu()
+        mask[i, : len(s)] = 1.0
+    return out, mask
+
+
+def last_metrics(out: Path) -> dict:
+    """The last logged value of every metric of a stage (its metrics.jsonl)."""
+    last: dict = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        last.update(json.loads(line))
+    return last

@@ -10,7 +10,7 @@ Writes `<out>/bench.json` (every measurement, the comparisons against the target
 
 Why a process per run: peak memory (VmHWM) and warm-up (allocator, oneDNN kernels, imports) are per process, so
 one run can never inherit another's. The parent re-invokes this module as `--one CASE` (benchmarks/cases.py);
-how runs are measured is in benchmarks/measure.py, the cases in benchmarks/{sft,preference,generation}_cases.py.
+how runs are measured is in benchmarks/measure.py, the cases in benchmarks/{sft,preference,generation,rl}_cases.py.
 Each stage runs with its shipped config (configs/<stage>.yaml) at the benchmark's sizes.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the checkout importable (benchmarks/, align/, reward/)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGES = ("sft", "rm", "dpo", "ppo", "eval")
+STAGES = ("sft", "rm", "dpo", "ppo", "eval", "grpo")
 # case -> what it is; "machine" (the matmul peaks) always runs first.
 CASES = {
     "machine": "torch.matmul peak, fp32 and bf16",
@@ -52,6 +52,8 @@ CASES = {
     "eval/raw": "raw batched model.generate, bf16 weights",
     "eval/raw-fp32": "raw batched model.generate, fp32 weights",
     "eval/exact": "fp32 greedy tokens: the engine against transformers' generate",
+    "grpo/align": "align grpo (align.grpo.train)",
+    "grpo/trl": "TRL GRPOTrainer, set to the same work",
 }
 
 
@@ -83,6 +85,10 @@ class BenchSettings:
     eval_max_new_tokens: int = 256
     exact_prompts: int = 20  # prompts whose fp32 greedy tokens are compared with transformers'
     exact_max_new_tokens: int = 128
+    grpo_prompts: int = 4  # prompts per iteration = the whole prompt set (configs/grpo.yaml's size)
+    grpo_completions: int = 4  # k completions per prompt
+    grpo_iterations: int = 3
+    grpo_max_new_tokens: int = 128
     matmul_size: int = 2048
     matmul_seconds: float = 2.0
 
@@ -92,8 +98,8 @@ def quick_settings(threads: int) -> BenchSettings:
         mode="quick", model="tiny-random", threads=threads, sft_conversations=16, sft_steps=1, sft_trl_steps=1,
         pack_length=512, pairs=12, pairs_per_batch=2, pair_steps=1, ppo_prompts=4, ppo_iterations=1,
         ppo_minibatch=2, ppo_max_new_tokens=8, eval_prompts=4, eval_batch_size=4, eval_slots=4, eval_max_new_tokens=8,
-        exact_prompts=3, exact_max_new_tokens=8,
-        matmul_size=256, matmul_seconds=0.2,
+        exact_prompts=3, exact_max_new_tokens=8, grpo_prompts=2, grpo_completions=2, grpo_iterations=1,
+        grpo_max_new_tokens=8, matmul_size=256, matmul_seconds=0.2,
     )
 
 
@@ -132,6 +138,7 @@ TARGETS = [
     ("DPO peak memory vs hand-written", "dpo/align", "peak_rss_mib", "dpo/hand", "peak_rss_mib", "<=", 1.5),
     ("PPO peak memory vs raw generate + training", "ppo/align", "peak_rss_mib", "ppo/raw", "peak_rss_mib", "<=", 1.5),
     ("eval peak memory vs raw generate", "eval/align", "peak_rss_mib", "eval/raw", "peak_rss_mib", "<=", 1.5),
+    ("GRPO step s: align / TRL GRPOTrainer, same work", "grpo/align", "step_s", "grpo/trl", "step_s", "<=", 1 / 3),
 ]
 
 ASSUMPTIONS = [
@@ -153,6 +160,10 @@ ASSUMPTIONS = [
     "everywhere with --lora (on the last N layers only with --last-layers N, as configs/ppo.yaml does).",
     "Sampled lengths differ between align's PPO rollouts and raw generate once align's policy has moved, so the "
     "raw PPO iteration time is rescaled to align's generated and trained tokens per iteration.",
+    "GRPO: align's stage and TRL's GRPOTrainer do the same work per iteration (prompts, k, max_new_tokens, sampling, "
+    "LoRA, loss, KL, reward) in the precision align's stage resolves for this machine (fp32 where bf16 products are "
+    "emulated); their sampled lengths differ, so completions/s and s per optimiser step are compared, with the new "
+    "tokens of each side shown.",
 ]
 
 
@@ -294,7 +305,8 @@ def _add_peak_fractions(report: dict) -> None:
 
 
 def _one_line(result: dict) -> str:
-    keys = ("tokens_per_s", "pairs_per_s", "rollout_tokens_per_s", "new_tokens_per_s", "peak_rss_mib",
+    keys = ("tokens_per_s", "pairs_per_s", "rollout_tokens_per_s", "new_tokens_per_s", "step_s", "completions_per_s",
+            "peak_rss_mib",
             "matmul_fp32_flop_per_s", "matmul_bf16_flop_per_s")
     return ", ".join(f"{k}={result[k]:.4g}" for k in keys if isinstance(result.get(k), (int, float)))
 
@@ -337,7 +349,7 @@ def markdown(report: dict) -> str:
     ]
     for row in report["comparisons"]:
         other = f"{_fmt(row['comparator'])} ({row['comparator_case']})" if row["comparator_case"] else "-"
-        target = f"{row['direction']} {row['target']}" if row["target"] is not None else "-"
+        target = f"{row['direction']} {_fmt(row['target'])}" if row["target"] is not None else "-"
         lines.append(f"| {row['target_name']} | {_fmt(row['ours'])} ({row['ours_case']}) | {other} | "
                      f"{_fmt(row['ratio'])} | {target} | {_fmt(row['met'])} |")
     lines += ["", "| run | what | precision | measured s | real tokens | tokens/s | pairs/s | padding | "
@@ -362,7 +374,13 @@ def markdown(report: dict) -> str:
 
 
 def _notes(run: dict) -> str:
-    """What the generic columns leave out: PPO's time split, DPO's reference cost, generation counts."""
+    """What the generic columns leave out: PPO's and GRPO's time split, DPO's reference cost, generation counts."""
+    if "completions_per_s" in run:
+        split = "" if "generate_s" not in run else (
+            f" = generate {_fmt(run['generate_s'])} + score {_fmt(run['score_s'])} + log-probs "
+            f"{_fmt(run['logprobs_s'])} + update {_fmt(run['update_s'])}")
+        return (f"iteration {_fmt(run['iteration_s'])} s{split}; {_fmt(run['step_s'])} s per optimiser step; "
+                f"{_fmt(run['completions_per_s'])} completions/s; tokens/s = new tokens")
     if "iteration_s" in run:
         return (f"iteration {_fmt(run['iteration_s'])} s = generate {_fmt(run['generate_s'])} + score "
                 f"{_fmt(run['score_s'])} + log-probs {_fmt(run['logprobs_s'])} + update {_fmt(run['update_s'])}; "

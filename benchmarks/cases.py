@@ -13,9 +13,11 @@ from benchmarks.generation_cases import GENERATION_CASES
 from benchmarks.measure import case_machine, memory_mib
 from benchmarks.ppo_cases import PPO_CASES
 from benchmarks.preference_cases import PREFERENCE_CASES
+from benchmarks.rl_cases import RL_CASES
 from benchmarks.sft_cases import SFT_CASES
 
-ALL_CASES = {"machine": case_machine, **SFT_CASES, **PREFERENCE_CASES, **PPO_CASES, **GENERATION_CASES}
+ALL_CASES = {"machine": case_machine, **SFT_CASES, **PREFERENCE_CASES, **PPO_CASES, **GENERATION_CASES,
+             **RL_CASES}
 
 
 def run_one(case: str, settings, result_path: Path, workdir: Path) -> None:

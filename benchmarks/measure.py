@@ -13,7 +13,8 @@ Settings that a stage's shipped config decides (LoRA rank and modules, gradient 
 epochs, learning rates) are read from `configs/<stage>.yaml` (`stage_config`) for align's run and its comparators
 alike; the benchmark's own settings decide only sizes, the model and full fine-tuning against LoRA.
 This module holds the shared helpers and the machine's matmul peak; the cases are in `sft_cases.py`,
-`preference_cases.py` (reward model, DPO) and `generation_cases.py` (PPO, eval).
+`preference_cases.py` (reward model, DPO), `generation_cases.py` (PPO, eval) and `rl_cases.py` (GRPO against
+TRL's GRPOTrainer).
 """
 
 from __future__ import annotations

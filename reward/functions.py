@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from reward.degeneration import repetition_loop
 from reward.verifiers import check_all, parse_constraints
 
 Message = dict[str, Any]
@@ -176,10 +177,48 @@ def length_in_range(
     return rewards
 
 
+def overlong_penalty(
+    prompts: list[Prompt], completions: list[Completion], *, soft_limit: int, max_tokens: int,
+    completion_ids: list[list[int]] | None = None, **kwargs: Any
+) -> list[float]:
+    """DAPO's overlong reward shaping (Yu et al. 2025, section 3.4, soft overlong punishment), in completion tokens:
+    0.0 up to `soft_limit` tokens, then linear down to -1.0 at `max_tokens` (the cap, normally the stage's
+    max_new_tokens), -1.0 beyond:
+        r(L) = 0                                                L <= soft_limit
+               -(L - soft_limit) / (max_tokens - soft_limit)    soft_limit < L <= max_tokens
+               -1                                               L > max_tokens
+    L is read from `completion_ids` (each completion's token ids, EOS included when it stopped), which TRL and
+    align's RL stages pass to every reward function.
+    """
+    _require_int("soft_limit", soft_limit, 0)
+    _require_int("max_tokens", max_tokens, 1)
+    if soft_limit >= max_tokens:
+        raise ValueError(f"'soft_limit' ({soft_limit}) must be below 'max_tokens' ({max_tokens})")
+    if completions and completion_ids is None:
+        raise ValueError("overlong_penalty reads completion lengths from `completion_ids`, which TRL and align's RL "
+                         "stages pass; this caller passed none")
+    span = max_tokens - soft_limit
+    return [0.0 if len(ids) <= soft_limit else -min(1.0, (len(ids) - soft_limit) / span)
+            for ids in completion_ids or []]
+
+
+def no_loops(
+    prompts: list[Prompt], completions: list[Completion], *, ngram: int = 6, min_repeats: int = 5, **kwargs: Any
+) -> list[float]:
+    """-1.0 for a completion that is a repetition loop (some `ngram` consecutive words occur `min_repeats` times or
+    more: `reward.degeneration.repetition_loop`, the definition `loop_share` and the built-in data use), else 0.0.
+    Applies to every sample."""
+    _require_int("ngram", ngram, 1)
+    _require_int("min_repeats", min_repeats, 2)
+    return [-1.0 if repetition_loop(completion_text(c), ngram, min_repeats) else 0.0 for c in completions]
+
+
 BUILTIN_REWARD_FUNCTIONS: dict[str, Callable[..., list[float | None]]] = {
     "instruction_following": instruction_following,
     "instruction_following_all": instruction_following_all,
     "instruction_following_loose": instruction_following_loose,
     "no_repetition": no_repetition,
     "length_in_range": length_in_range,
+    "overlong_penalty": overlong_penalty,
+    "no_loops": no_loops,
 }

@@ -1,169 +1,279 @@
-"""The GRPO stage end to end on `tiny-random`, through TRL's GRPOTrainer, with the composite reward (reward functions
-only): stage directory, merged model that reloads, per-component rewards in metrics.jsonl and in our single W&B run,
-and a graceful stop (SIGTERM) that checkpoints through TRL and resumes from there on rerun."""
+"""The native GRPO stage on `tiny-random` (LoRA on the top layer, so the frozen layer below runs once per
+iteration): its stage directory, manifest and merged model that reloads; its metrics in metrics.jsonl and in the
+offline W&B run; kill -9 after a checkpoint then a rerun gives the uninterrupted run's weights bit for bit; SIGTERM
+checkpoints, exits 143 and resumes; k = 1 is refused; group advantages at their edges (all-equal groups, skipped
+when asked; a reward function that returns None for some samples; KL in the reward); the variants run."""
 
 import json
-import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from align.config import load_config
-from align.grpo import ALIGN_STATE, GRPOConfig, train
-from align.sft import SFTConfig
-from align.sft import train as train_sft
+from align.config import ConfigError, load_config
+from align.grpo import GRPOConfig, GRPOTrainConfig, Groups, group_advantages, train
+from tests.align.test_pipeline import align, finish, wait_for, weights
 
 REPO = Path(__file__).resolve().parents[2]
-BREVITY = REPO / "tests" / "reward" / "fixtures" / "my_rewards.py"
-STEPS = 3
+CONFIG = REPO / "configs" / "grpo-tiny.yaml"
+ITERATIONS, PROMPTS, K = 6, 2, 4
+
+# A user's reward function that takes its time (so a run is still going when the test kills it) and scores
+# brevity: 1 up to 4 words, 0 from 8 (random-token completions differ in length, so groups differ).
+SLOW_BREVITY = '''
+import time
 
 
-def grpo_config(root: Path, run_name: str, functions: str, *overrides: str) -> GRPOConfig:
-    return load_config(GRPOConfig, REPO / "configs" / "grpo-tiny.yaml", [
-        f"run.root={root}", f"run.name={run_name}", "data.max_rows=16", "reward.reward_model=null",
-        f"reward.functions={functions}", "train.num_generations=2", "train.per_device_batch_size=4",
-        "train.max_completion_length=8", f"train.max_steps={STEPS}", *overrides,
-    ])
+def slow_brevity(prompts, completions, **kwargs):
+    time.sleep(0.3)
+    return [max(0.0, min(1.0, 2.0 - len(c[-1]["content"].split()) / 4)) for c in completions]
+'''
 
 
-# instruction_following is ~0 for a random model; brevity (a user's file) varies with the completions' word counts,
-# so groups have non-zero advantages and the policy really moves.
-FUNCTIONS = f"[{{name: instruction_following}}, {{name: '{BREVITY}:brevity', weight: 0.5, kwargs: {{max_words: 4}}}}]"
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """runs/tiny/sft: a two-step SFT stage, the policy GRPO starts from."""
-    root = tmp_path_factory.mktemp("grpo") / "runs"
-    cfg = load_config(SFTConfig, REPO / "configs" / "sft-tiny.yaml", [
-        f"run.root={root}", "data.max_rows=16", "train.max_steps=2", "train.eval_every=100",
-        "train.save_every=100", "train.eos_check_prompts=1"])
-    train_sft(cfg)
-    return root
+def overrides(root: Path, reward_file: Path, *extra: str) -> list[str]:
+    return [f"run.root={root}", "model.name=tiny-random", "data.max_rows=16", f"train.iterations={ITERATIONS}",
+            f"train.prompts_per_iteration={PROMPTS}", f"train.completions_per_prompt={K}", "train.max_new_tokens=8",
+            "train.save_every=2",
+            f"reward.functions=[{{name: instruction_following}}, {{name: '{reward_file}:slow_brevity', weight: 0.5}}]",
+            *extra]
 
 
 @pytest.fixture(scope="module")
-def grpo(runs):
-    cfg = grpo_config(runs, "tiny", FUNCTIONS, "train.save_every=2", "tracking.backend=wandb",
-                      "tracking.mode=offline")
-    return cfg, train(cfg)
+def reward_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rewards") / "slow_rewards.py"
+    path.write_text(SLOW_BREVITY)
+    return path
 
 
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, reward_file) -> Path:
+    """One whole run in its own process, logging to offline W&B."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    code, output = finish(align("grpo", CONFIG, *overrides(root, reward_file, "tracking.backend=wandb",
+                                                           "tracking.mode=offline"),
+                                env={"WANDB_MODE": "offline", "WANDB_DATA_DIR": str(root / "wandb-data")}))
+    assert code == 0, output
+    return root / "tiny" / "grpo"
 
 
-def test_stage_directory_holds_merged_model_manifest_and_trl_checkpoints(grpo, runs):
-    cfg, out = grpo
-    assert out == runs / "tiny" / "grpo"
+def logged(out: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row for row in rows if "grpo/reward/total" in row}
+
+
+def test_stage_directory_holds_merged_model_manifest_and_aligns_own_checkpoints(uninterrupted, tiny_model_dir):
+    out = uninterrupted
     for name in ("model.safetensors", "config.json", "tokenizer.json", "config.yaml", "metrics.jsonl",
                  "manifest.json", "tables/grpo/samples.jsonl"):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stage"] == "grpo" and manifest["status"] == "complete" and manifest["steps"] == STEPS
-    assert manifest["base_model"] == str(runs / "tiny" / "sft")
-    assert manifest["parents"] == {"policy": str(runs / "tiny" / "sft"), "reward_model": None}
-    assert len(manifest["data_fingerprint"]) == 16 and manifest["data"]["prompts"] == 16
-    checkpoint = out / "checkpoints" / "trl" / "checkpoint-2"  # save_every=2; TRL also saves the last step
-    for name in ("adapter_model.safetensors", "optimizer.pt", "trainer_state.json", ALIGN_STATE):
-        assert (checkpoint / name).is_file(), name
-    assert json.loads((checkpoint / ALIGN_STATE).read_text())["wandb_id"] == manifest["wandb_run"]
+    assert manifest["stage"] == "grpo" and manifest["status"] == "complete" and manifest["steps"] == ITERATIONS
+    assert manifest["base_model"] == str(tiny_model_dir) and manifest["precision"] == "fp32"
+    assert manifest["parents"] == {"policy": str(tiny_model_dir), "reward_model": None}
+    assert manifest["data"]["prompts"] == 16 and len(manifest["data_fingerprint"]) == 16
+    assert manifest["metrics"]["grpo/iterations"] == ITERATIONS
+    # save_every 2, the last two kept (none at the last iteration: the model is the output); no TRL checkpoints
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
 
 
-def test_model_reloads_with_no_arguments_lora_merged_and_trained(grpo, runs):
+def test_model_reloads_with_no_arguments_lora_merged_and_only_the_top_layer_trained(uninterrupted, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    _, out = grpo
-    model = AutoModelForCausalLM.from_pretrained(out)
-    sft = AutoModelForCausalLM.from_pretrained(runs / "tiny" / "sft")
-    weights, before = model.state_dict(), sft.state_dict()
-    assert weights.keys() == before.keys()  # a plain model: no lora_A/lora_B, no base_layer
-    changed = [name for name in weights if not torch.equal(weights[name], before[name])]
-    assert changed and all("proj" in name for name in changed)  # LoRA targets moved, nothing else did
+    model = AutoModelForCausalLM.from_pretrained(uninterrupted)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained, before = model.state_dict(), base.state_dict()
+    assert trained.keys() == before.keys()  # a plain model: no lora_A/lora_B, no base_layer
+    changed = [name for name in trained if not torch.equal(trained[name], before[name])]
+    assert changed and all(name.startswith("model.layers.1.") and "proj" in name for name in changed)
 
 
-def test_every_step_logs_each_reward_component_and_trls_own_metrics(grpo):
-    _, out = grpo
-    rows = {row["step"]: row for row in read_metrics(out) if "grpo/reward/total" in row}
-    assert sorted(rows) == list(range(1, STEPS + 1))
-    for step, row in rows.items():
-        assert 0.0 <= row["grpo/reward/brevity"] <= 1.0
-        assert row["grpo/reward/instruction_following/applies"] == 1.0
-        # TRL's reward is what our wrapper returned: the composite's weighted total
-        assert row["grpo/reward"] == pytest.approx(row["grpo/reward/total"], abs=1e-6)
+def test_every_iteration_logs_rewards_kl_entropy_clipping_length_eos_loops_and_equal_groups(uninterrupted):
+    rows = logged(uninterrupted)
+    assert sorted(rows) == list(range(1, ITERATIONS + 1))
+    for row in rows.values():
         assert row["grpo/reward/total"] == pytest.approx(
-            row["grpo/reward/instruction_following"] + 0.5 * row["grpo/reward/brevity"], abs=1e-6)
-        assert {"grpo/loss", "grpo/kl", "grpo/learning_rate", "grpo/completions/mean_length"} <= set(row)
-    assert any(rows[step]["grpo/reward_std"] > 0 for step in rows)  # some group had something to learn from
-    table = [json.loads(line) for line in (out / "tables" / "grpo" / "samples.jsonl").read_text().splitlines()]
-    assert [entry["step"] for entry in table] == list(range(1, STEPS + 1))
-    assert table[0]["columns"] == ["step", "prompt", "completion", "total", "instruction_following", "brevity"]
-    for _, prompt, completion, total, following, brevity in table[0]["rows"]:
-        assert total == pytest.approx(following + 0.5 * brevity, abs=1e-4)
-        assert brevity == max(0.0, min(1.0, 2.0 - len(completion.split()) / 4))
+            row["grpo/reward/instruction_following"] + 0.5 * row["grpo/reward/slow_brevity"], abs=1e-6)
+        # no completion of 8 tokens ends with EOS here: all lose the missing-EOS penalty of 1
+        assert row["grpo/reward/score"] == pytest.approx(row["grpo/reward/total"] - 1.0 * (1 - row["grpo/eos_rate"]))
+        assert row["grpo/eos_rate"] == pytest.approx(1 - row["grpo/unfinished_fraction"])
+        assert 0 < row["grpo/response_length"] <= 8
+        assert row["grpo/kl"] >= 0  # k3 is never negative
+        assert row["grpo/entropy"] > 0 and 0 <= row["grpo/clip_fraction"] <= 1
+        assert 0 <= row["grpo/loop_share"] <= 1 and -1 <= row["grpo/reward_length_correlation"] <= 1
+        assert row["grpo/equal_group_fraction"] in (0.0, 0.5, 1.0) and row["grpo/equal_groups_skipped"] == 0
+        assert {"grpo/policy_loss", "grpo/grad_norm", "grpo/completions_per_s", "grpo/time/generate",
+                "grpo/time/update"} <= set(row)
+    assert any(row["grpo/kl"] > 0 for row in rows.values())  # the policy moved away from the reference
+    table = [json.loads(line) for line in (uninterrupted / "tables" / "grpo" / "samples.jsonl").read_text()
+             .splitlines()]
+    assert [entry["step"] for entry in table] == list(range(1, ITERATIONS + 1))
+    assert table[0]["columns"] == ["iteration", "prompt", "completion", "total", "instruction_following",
+                                   "slow_brevity"]
+    first_group = table[0]["rows"]  # the first prompt's completions come first
+    assert len(first_group) == 4 and len({row[1] for row in first_group}) == 1
 
 
-def test_one_wandb_run_per_stage_holds_the_component_rewards(grpo):
+def test_the_offline_wandb_run_reads_back_the_new_metrics_at_every_iteration(uninterrupted):
     from align.tracking import read_offline_run
 
-    _, out = grpo
-    (run_dir,) = (out / "wandb").glob("offline-run-*")  # ours only: TRL reports to nothing
+    (run_dir,) = (uninterrupted / "wandb").glob("offline-run-*")
     run = read_offline_run(run_dir)
     assert run["job_type"] == "grpo" and run["group"] == "tiny"
-    brevity = {r["_step"]: r["grpo/reward/brevity"] for r in run["history"] if "grpo/reward/brevity" in r}
-    on_disk = {r["step"]: r["grpo/reward/brevity"] for r in read_metrics(out) if "grpo/reward/brevity" in r}
-    assert len(brevity) == STEPS and brevity == pytest.approx(on_disk)
+    on_disk = logged(uninterrupted)
+    for key in ("grpo/reward/total", "grpo/reward/slow_brevity", "grpo/kl", "grpo/entropy", "grpo/clip_fraction",
+                "grpo/response_length", "grpo/eos_rate", "grpo/loop_share", "grpo/reward_length_correlation",
+                "grpo/equal_group_fraction"):
+        history = {row["_step"]: row[key] for row in run["history"] if key in row}
+        assert history == pytest.approx({step: row[key] for step, row in on_disk.items()}), key
+    assert len({table["step"] for table in run["tables"]["grpo/samples"]}) == ITERATIONS
 
 
-SIGNALLING_REWARD = '''
-import os
-import signal
+def test_kill_9_after_a_checkpoint_then_rerun_gives_the_uninterrupted_weights(uninterrupted, reward_file, tmp_path):
+    args = ("grpo", CONFIG, *overrides(tmp_path, reward_file))
+    out = tmp_path / "tiny" / "grpo"
+    process = align(*args)
+    wait_for(lambda: any((out / "checkpoints").glob("step-*")), process)
+    process.kill()  # SIGKILL: no handler runs, nothing is flushed
+    process.wait()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    code, output = finish(align(*args))
+    assert code == 0, output
+    assert f"resuming from {out / 'checkpoints'}" in output
+    expected, resumed = weights(uninterrupted), weights(out)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0, msg=name)
 
-calls = 0
 
-
-def stop_on_second_batch(prompts, completions, **kwargs):
-    """Scores 1 - words/8; on its second call (step 2's completions) sends this process a SIGTERM."""
-    global calls
-    calls += 1
-    if calls == 2:
-        os.kill(os.getpid(), signal.SIGTERM)
-    return [1.0 - len(c[-1]["content"].split()) / 8 for c in completions]
-'''
-
-
-def test_sigterm_checkpoints_through_trl_and_rerun_resumes_there(runs, tmp_path):
-    from align import loop
-
-    shutil.copytree(runs / "tiny" / "sft", runs / "resume" / "sft")
-    reward_file = tmp_path / "signalling_reward.py"
-    reward_file.write_text(SIGNALLING_REWARD)
-    cfg = grpo_config(runs, "resume", f"[{{name: '{reward_file}:stop_on_second_batch'}}]",
-                      "train.save_every=100")  # the only checkpoint is the one the stop request asks for
-    out = runs / "resume" / "grpo"
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    loop.install_stop_handlers()
-    try:
-        with pytest.raises(loop.Interrupted):
-            train(cfg)
-    finally:
-        loop._stop_signal.clear()  # the flag is meant to end the process; this test keeps the process
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes_to_the_same_weights(uninterrupted, reward_file,
+                                                                                   tmp_path):
+    args = ("grpo", CONFIG, *overrides(tmp_path, reward_file, "train.save_every=1000"))
+    out = tmp_path / "tiny" / "grpo"
+    process = align(*args)
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and "grpo/reward/total" in (out / "metrics.jsonl").read_text(),
+             process)
+    process.send_signal(signal.SIGTERM)
+    code, output = finish(process)
+    assert code == 143, output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "interrupted" and manifest["steps"] == 2
-    checkpoint = out / "checkpoints" / "trl" / "checkpoint-2"
-    assert (checkpoint / ALIGN_STATE).is_file() and not (out / "model.safetensors").exists()
+    assert manifest["status"] == "interrupted" and 1 <= manifest["steps"] < ITERATIONS
+    (checkpoint,) = (out / "checkpoints").glob("step-*")  # written on SIGTERM (save_every is never reached)
+    assert int(checkpoint.name.split("-")[1]) == manifest["steps"]
+    code, output = finish(align(*args))
+    assert code == 0, output
+    assert f"resuming from {checkpoint} at step {manifest['steps']}" in output
+    assert sorted(logged(out)) == list(range(1, ITERATIONS + 1))
+    expected, resumed = weights(uninterrupted), weights(out)
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0, msg=name)
 
-    assert train(cfg) == out
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["steps"] == STEPS
-    assert manifest["resumed_from"] == str(checkpoint)
-    assert manifest["wandb_run"] == json.loads((checkpoint / ALIGN_STATE).read_text())["wandb_id"]
-    steps = [row["step"] for row in read_metrics(out) if "grpo/reward/total" in row]
-    assert steps == [1, 2, 3]  # the resumed run continued at step 3 and kept steps 1-2 it had logged
-    trainer_state = json.loads((out / "checkpoints" / "trl" / f"checkpoint-{STEPS}" / "trainer_state.json")
-                               .read_text())
-    assert trainer_state["global_step"] == STEPS
+
+# ---- the config ----------------------------------------------------------------------------------------------
+
+
+def test_one_completion_per_prompt_is_refused_naming_the_key():
+    """A group of one has nothing to be relative to: refused when the config is read (so `align validate` and the
+    CLI's one-line error say it), before any model loads."""
+    with pytest.raises(ConfigError, match=r"configs/grpo-tiny.yaml: train: train.completions_per_prompt is 1; a "
+                                          r"group needs at least 2 completions per prompt"):
+        load_config(GRPOConfig, CONFIG, ["train.completions_per_prompt=1"])
+
+
+# ---- group advantages at their edges (no model: step 4 on hand-made groups) ---------------------------------------
+
+
+def groups_of(scores: list[float], k: int, **fields) -> Groups:
+    n = len(scores)
+    return Groups(rows=[{"prompt": "p"}] * n, k=k, prompt_ids=[[1]] * n, response_ids=[[2]] * n, texts=[""] * n,
+                  finished=[True] * n, sampled_logprobs=[[0.0]] * n, scores=torch.tensor(scores), **fields)
+
+
+def test_all_equal_groups_have_zero_advantages_and_are_left_out_only_when_asked():
+    """Groups (1, 0) and (0.5, 0.5), k = 2, no KL. First group: r - mean = +-0.5, sample std sqrt((0.25 + 0.25) /
+    (2 - 1)) = sqrt(0.5), GRPO advantages +-0.5 / (sqrt(0.5) + eps); the second: exactly 0. Trained on: all 4 completions, or with skip_equal_groups the first
+    group's 2."""
+    t = GRPOTrainConfig(completions_per_prompt=2, kl_in="none")
+    groups = groups_of([1.0, 0.0, 0.5, 0.5], 2)
+    group_advantages(groups, t)
+    a = 0.5 / (0.5**0.5 + 1e-4)
+    torch.testing.assert_close(groups.advantages, torch.tensor([a, -a, 0.0, 0.0]))
+    assert groups.equal.tolist() == [False, True] and groups.train_index.tolist() == [0, 1, 2, 3]
+    groups = groups_of([1.0, 0.0, 0.5, 0.5], 2)
+    group_advantages(groups, GRPOTrainConfig(completions_per_prompt=2, kl_in="none", skip_equal_groups=True))
+    assert groups.train_index.tolist() == [0, 1]
+
+
+def test_kl_in_the_reward_shifts_each_completion_by_beta_times_its_summed_kl():
+    """Equal scores 1, 1 (an all-equal group before the KL); k1 KL per token = old - ref log-prob: completion 0
+    has tokens with 0.5 and 1.5 (sum 2), completion 1 one token with 0 (the padding's 9s are masked). beta 0.5:
+    rewards 1 - 1 = 0 and 1 - 0 = 1, so dr_grpo advantages -0.5, +0.5."""
+    t = GRPOTrainConfig(completions_per_prompt=2, kl_in="reward", kl_coef=0.5, kl_estimator="k1",
+                        advantages="dr_grpo")
+    groups = groups_of([1.0, 1.0], 2, old_logprobs=torch.tensor([[-1.0, -1.0], [-2.0, 9.0]]),
+                       ref_logprobs=torch.tensor([[-1.5, -2.5], [-2.0, -9.0]]),
+                       mask=torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+    group_advantages(groups, t)
+    torch.testing.assert_close(groups.kl.sum(1), torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(groups.advantages, torch.tensor([-0.5, 0.5]))
+    assert groups.equal.tolist() == [False]
+
+
+def test_a_function_that_does_not_apply_to_some_samples_leaves_them_the_other_components():
+    """As the composite defines: a sample's total is the weighted sum of the components that apply to it. `only_even`
+    scores 1 on even samples and returns None on odd ones; `half` gives 0.5 everywhere (weight 2 -> 1). Totals:
+    2, 1, 2, 1; the missing-EOS penalty (1) hits sample 3: scores 2, 1, 2, 0. Groups (2, 1) and (2, 0): dr_grpo
+    advantages 0.5, -0.5, 1, -1."""
+    from align.rl import penalised_scores
+    from reward.compose import CompositeReward
+
+    def only_even(prompts, completions, **kwargs):
+        return [1.0 if i % 2 == 0 else None for i in range(len(completions))]
+
+    def half(prompts, completions, **kwargs):
+        return [0.5] * len(completions)
+
+    reward = CompositeReward([("only_even", only_even, 1.0), ("half", half, 2.0)])
+    groups = groups_of([0.0] * 4, 2)
+    groups.breakdown, groups.reward_log, groups.scores = penalised_scores(
+        reward, groups.rows, ["a", "b", "c", "d"], groups.response_ids, [True, True, True, False], [], 1.0, None)
+    assert groups.breakdown.components["only_even"] == [1.0, None, 1.0, None]
+    torch.testing.assert_close(groups.scores, torch.tensor([2.0, 1.0, 2.0, 0.0]))
+    group_advantages(groups, GRPOTrainConfig(completions_per_prompt=2, kl_in="none", advantages="dr_grpo"))
+    torch.testing.assert_close(groups.advantages, torch.tensor([0.5, -0.5, 1.0, -1.0]))
+
+
+# ---- variants, in this process ---------------------------------------------------------------------------------
+
+
+def test_groups_with_equal_rewards_everywhere_are_all_skipped_and_the_policy_stays_put(tmp_path, tiny_model_dir):
+    """A reward that is 0 for every completion: every group is all-equal, skip_equal_groups leaves them all out, so
+    no optimiser step runs and the saved model is the starting one."""
+    from safetensors.torch import load_file
+
+    cfg = load_config(GRPOConfig, CONFIG, [
+        f"run.root={tmp_path}", "model.name=tiny-random", "data.max_rows=8", "train.iterations=2",
+        "train.max_new_tokens=4", "train.skip_equal_groups=true",
+        "reward.functions=[{name: length_in_range, kwargs: {min_words: 0, max_words: 1000}}]"])
+    out = train(cfg)
+    for row in logged(out).values():
+        assert row["grpo/equal_group_fraction"] == 1.0 and row["grpo/equal_groups_skipped"] == 2
+        assert "grpo/policy_loss" not in row
+    trained, start = load_file(out / "model.safetensors"), load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert all(torch.equal(trained[name], start[name]) for name in start)
+
+
+@pytest.mark.parametrize(("loss", "advantages", "kl_in", "precision"), [
+    ("dapo", "rloo", "none", "fp32"), ("dr_grpo", "dr_grpo", "reward", "bf16-autocast")])
+def test_the_variants_run_and_log(tmp_path, loss, advantages, kl_in, precision):
+    """DAPO's loss with clip-higher and RLOO's baseline without a reference (no KL logged); Dr. GRPO with the KL in
+    the reward and a bf16 rollout copy (whose log-probs are then recomputed in the training forward)."""
+    cfg = load_config(GRPOConfig, CONFIG, [
+        f"run.root={tmp_path}", "model.name=tiny-random", "data.max_rows=8", "train.iterations=2",
+        "train.max_new_tokens=4", f"train.loss={loss}", f"train.advantages={advantages}", f"train.kl_in={kl_in}",
+        "train.clip_range_high=0.28", f"train.precision={precision}", "train.updates_per_batch=2"])
+    rows = logged(train(cfg))
+    assert sorted(rows) == [1, 2]
+    for row in rows.values():
+        assert ("grpo/kl" in row) == (kl_in != "none")
+        assert row["grpo/entropy"] > 0 and "grpo/policy_loss" in row

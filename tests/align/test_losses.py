@@ -1,5 +1,6 @@
 """Every loss in `align/losses.py` against values derived by hand from its paper's equation (the docstrings work
-them out), and the PPO losses against plain-loop references on random right-padded batches."""
+them out), the PPO losses against plain-loop references on random right-padded batches, and GRPO's advantage and
+loss variants by hand."""
 
 import math
 import random
@@ -9,13 +10,23 @@ import torch
 from torch.testing import assert_close
 
 from align.losses import (
+    ADVANTAGES,
     DPO_LOSSES,
+    GRPO_LOSSES,
     POLICY_LOSSES,
     bradley_terry_loss,
+    dapo_loss,
     dpo_sigmoid_loss,
+    dr_grpo_advantages,
+    dr_grpo_loss,
+    equal_groups,
+    group_policy_loss,
+    grpo_advantages,
+    grpo_loss,
     ipo_loss,
     masked_mean,
     ppo_policy_loss as policy_loss,
+    rloo_advantages,
     value_loss,
 )
 from tests.align.references import (
@@ -182,10 +193,117 @@ def test_a_registry_names_the_values_its_config_key_accepts(tmp_path):
     from align.dpo import DPOConfig
     from align.ppo import PPOConfig
 
+    from align.grpo import GRPOConfig
+
     assert set(DPO_LOSSES) == {"sigmoid", "ipo"} and set(POLICY_LOSSES) == {"clipped"}
+    assert set(GRPO_LOSSES) == {"grpo", "dr_grpo", "dapo"} and set(ADVANTAGES) == {"grpo", "dr_grpo", "rloo"}
     for name in DPO_LOSSES:
         assert load_config(DPOConfig, None, [f"train.loss={name}"]).train.loss == name
+    for loss, advantages in zip(GRPO_LOSSES, ADVANTAGES):
+        train = load_config(GRPOConfig, None, [f"train.loss={loss}", f"train.advantages={advantages}"]).train
+        assert (train.loss, train.advantages) == (loss, advantages)
     with pytest.raises(ConfigError, match="train.loss' = 'hinge' is not one of 'sigmoid', 'ipo'"):
         load_config(DPOConfig, None, ["train.loss=hinge"])
     with pytest.raises(ConfigError, match="train.policy_loss' = 'x' is not one of 'clipped'"):
         load_config(PPOConfig, None, ["train.policy_loss=x"])
+    with pytest.raises(ConfigError, match="train.loss' = 'ppo' is not one of 'grpo', 'dr_grpo', 'dapo'"):
+        load_config(GRPOConfig, None, ["train.loss=ppo"])
+    with pytest.raises(ConfigError, match="train.advantages' = 'gae' is not one of 'grpo', 'dr_grpo', 'rloo'"):
+        load_config(GRPOConfig, None, ["train.advantages=gae"])
+
+
+# ---- GRPO: group-relative advantages and how token losses add up ------------------------------------------------
+
+GROUPS = t([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.1, 0.1, 0.1]])  # P = 3 prompts x k = 3 completions
+
+
+def test_grpo_advantages_by_hand():
+    """Group 1 (1, 2, 3): mean 2, sample variance ((-1)^2 + 0 + 1^2) / (3 - 1) = 1, std 1: A = (-1, 0, 1) / (1 +
+    eps). Group 2 (2, 4, 6): mean 4, variance (4 + 0 + 4) / 2 = 4, std 2: A = (-2, 0, 2) / (2 + eps), the same as
+    group 1 up to eps (the std normalises the scale away). Group 3, all equal: exactly 0 (std 0 would give 0 / eps)."""
+    expected = t([[-1 / 1.0001, 0.0, 1 / 1.0001], [-2 / 2.0001, 0.0, 2 / 2.0001], [0.0, 0.0, 0.0]])
+    assert_close(grpo_advantages(GROUPS), expected)
+    assert torch.equal(grpo_advantages(GROUPS)[2], torch.zeros(3))
+
+
+def test_dr_grpo_advantages_by_hand():
+    """No std: A = r - mean: (-1, 0, 1), (-2, 0, 2) (the wider group keeps its larger advantages), (0, 0, 0)."""
+    assert_close(dr_grpo_advantages(GROUPS), t([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))
+
+
+def test_rloo_advantages_by_hand():
+    """Each reward minus the mean of the other two of its group. Group 2: 2 - (4 + 6) / 2 = -3, 4 - (2 + 6) / 2 = 0,
+    6 - (2 + 4) / 2 = 3; group 1: 1 - 2.5 = -1.5, 2 - 2 = 0, 3 - 1.5 = 1.5 (= k / (k - 1) = 3/2 times r - mean);
+    all equal: 0."""
+    assert_close(rloo_advantages(GROUPS), t([[-1.5, 0.0, 1.5], [-3.0, 0.0, 3.0], [0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("name", sorted(ADVANTAGES))
+def test_all_equal_groups_get_exactly_zero_advantages_and_are_flagged(name):
+    """Rewards 0.1 three times: their float mean is not exactly 0.1, but an all-equal group carries no signal, so
+    every variant gives exact zeros (no rounding residue blown up by GRPO's 1 / eps). A group of one differing
+    reward is not all-equal."""
+    rewards = t([[0.1, 0.1, 0.1], [0.7, 0.7, 0.7], [0.3, 0.3, 0.4]])
+    assert torch.equal(ADVANTAGES[name](rewards)[:2], torch.zeros(2, 3))
+    assert ADVANTAGES[name](rewards)[2].abs().sum() > 0
+    assert equal_groups(rewards).tolist() == [True, True, False]
+
+
+def test_group_advantages_sum_to_zero_in_every_group():
+    """r - mean sums to 0 over a group, and so do its scalings (GRPO's 1 / (std + eps), RLOO's k / (k - 1))."""
+    rewards = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name, fn in ADVANTAGES.items():
+        assert_close(fn(rewards).sum(1), torch.zeros(5, dtype=torch.float64), msg=name)
+
+
+# Per-token losses of two completions: 1, 2, 3 (three tokens) and 4 (one token); padding holds 100.
+PER_TOKEN, TOKEN_MASK = t([[1.0, 2.0, 3.0], [4.0, 100.0, 100.0]]), t([[1, 1, 1], [1, 0, 0]])
+
+
+def test_grpo_loss_is_the_mean_of_per_completion_token_means():
+    """Completion means (1 + 2 + 3) / 3 = 2 and 4 / 1 = 4; their mean 3 (the single token weighs as much as three)."""
+    assert_close(grpo_loss(PER_TOKEN, TOKEN_MASK, max_new_tokens=4), t(3.0))
+
+
+def test_dr_grpo_loss_divides_the_token_sum_by_completions_times_the_budget():
+    """Sum of real tokens 1 + 2 + 3 + 4 = 10 over B * L_max = 2 * 4 = 8: 1.25, whatever the completions' lengths."""
+    assert_close(dr_grpo_loss(PER_TOKEN, TOKEN_MASK, max_new_tokens=4), t(1.25))
+
+
+def test_dapo_loss_is_the_mean_over_every_token_of_the_batch():
+    """10 over the batch's 4 real tokens: 2.5 (every token weighs the same)."""
+    assert_close(dapo_loss(PER_TOKEN, TOKEN_MASK, max_new_tokens=4), t(2.5))
+
+
+def test_group_policy_loss_with_clip_higher_by_hand():
+    """Completion 0 (A = +1) has tokens a, b, e; completion 1 (A = -1) has token c, then padding. eps_low 0.2,
+    eps_high 0.28, so rho is clipped to [0.8, 1.28]; l = max(-A rho, -A clip(rho)):
+        a: rho 1.5:  max(-1.5, -1.28) = -1.28   clipped (no credit past 1 + eps_high)
+        b: rho 1.25: -1.25                      inside [0.8, 1.28]; symmetric eps 0.2 would clip it to -1.2
+        e: rho 1:    -1
+        c: rho 0.5:  max(0.5, 0.8) = 0.8        clipped (A < 0: no credit below 1 - eps_low)
+    dapo: (-1.28 - 1.25 - 1 + 0.8) / 4 = -0.6825; grpo: ((-3.53 / 3) + 0.8) / 2 = -0.188333...;
+    dr_grpo (L_max 4): -2.73 / 8 = -0.34125. A penalty of 0.1 on every token adds 0.1 to the two means and
+    4 * 0.1 / 8 = 0.05 to dr_grpo.
+    Clip fraction 2 / 4. dapo's gradients w.r.t. log pi (d rho / d log pi = rho): b: -A rho / 4 = -0.3125,
+    e: -0.25, clipped a and c and the padding: 0. With eps_high = eps_low = 0.2, a and b -> -1.2:
+    dapo = (-1.2 - 1.2 - 1 + 0.8) / 4 = -0.65."""
+    old = t([[-1.0, -2.0, -0.5], [-1.5, -3.0, -3.0]])
+    ratios = t([[1.5, 1.25, 1.0], [0.5, math.exp(4.0), 1.0]])
+    logprobs = (old + torch.log(ratios)).requires_grad_(True)
+    advantages, mask = t([1.0, -1.0]), t([[1, 1, 1], [1, 0, 0]])
+
+    expected = {"dapo": -0.6825, "grpo": (-3.53 / 3 + 0.8) / 2, "dr_grpo": -0.34125}
+    added = {"dapo": 0.1, "grpo": 0.1, "dr_grpo": 0.05}
+    for name, value in expected.items():
+        loss, stats = group_policy_loss(logprobs, old, advantages, mask, name, 0.2, 0.28, max_new_tokens=4)
+        assert loss.item() == pytest.approx(value), name
+        assert stats["clip_fraction"] == pytest.approx(0.5)
+        penalised, _ = group_policy_loss(logprobs, old, advantages, mask, name, 0.2, 0.28, 4,
+                                         penalty=torch.full_like(old, 0.1))
+        assert penalised.item() == pytest.approx(value + added[name]), name
+    loss, _ = group_policy_loss(logprobs, old, advantages, mask, "dapo", 0.2, 0.28, max_new_tokens=4)
+    loss.backward()
+    assert_close(logprobs.grad, t([[0.0, -0.3125, -0.25], [0.0, 0.0, 0.0]]))
+    symmetric, _ = group_policy_loss(logprobs, old, advantages, mask, "dapo", 0.2, None, max_new_tokens=4)
+    assert symmetric.item() == pytest.approx(-0.65)

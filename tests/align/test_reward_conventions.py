@@ -66,8 +66,8 @@ def grpo(installed: Path, name: str, functions: str, data: str):
     cfg = load_config(GRPOConfig, REPO / "configs" / "grpo-tiny.yaml", [
         f"run.root={installed / 'runs'}", f"run.name={name}", "model.name=tiny-random", "reward.reward_model=null",
         f"reward.functions={functions}", f"data.train={data}", "data.eval=null", "data.max_rows=8",
-        "train.num_generations=2", "train.per_device_batch_size=4", "train.max_completion_length=8",
-        f"train.max_steps={STEPS}", "train.save_every=100"])
+        f"train.iterations={STEPS}", "train.prompts_per_iteration=2", "train.completions_per_prompt=2",
+        "train.minibatch_size=4", "train.max_new_tokens=8", "train.save_every=100"])
     return train(cfg)
 
 

@@ -1,6 +1,7 @@
 """align/rl.py: what the RL stages share, against values derived by hand."""
 
 import pytest
+import torch
 
 from align.rl import iteration_rows, pairwise_disagreement, pearson
 
@@ -44,3 +45,37 @@ def test_iteration_rows_walk_through_a_fixed_shuffle_per_epoch_split_between_pro
     assert picked == [first[0:2], first[2:4], [first[4], second[0]]]
     shares = [[r["i"] for r in iteration_rows(rows, 1, 2, seed=7, process=p, processes=2)] for p in (0, 1)]
     assert shares == [[first[2]], [first[3]]]
+
+
+def test_merged_weights_of_the_adapted_layers_refresh_the_rollout_copy_to_the_merged_policy(tiny_model_dir):
+    """LoRA on the top layer of tiny-random's two, its adapters moved off zero: `adapted_layers_only` gives layer 1
+    whole (its norms and products, the adapted ones with W + B A * scale) and nothing else; loaded into an engine
+    built from the base weights, that engine's logits equal those of an engine built from the merged model."""
+    from transformers import AutoModelForCausalLM
+
+    from align.engine import DecoderEngine
+    from align.models import LoraConfig, attach_lora
+    from align.rl import merged_weights
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    policy = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                         LoraConfig(enabled=True, last_layers=1))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.5)
+    weights = merged_weights(policy, adapted_layers_only=True)
+    assert weights and all(name.startswith("model.layers.1.") for name in weights)
+    assert {name.removeprefix("model.layers.1.") for name in weights} == {
+        name.removeprefix("model.layers.1.") for name in base.state_dict() if name.startswith("model.layers.1.")}
+    merged = policy.merge_and_unload()
+    for name, value in weights.items():
+        torch.testing.assert_close(value, merged.state_dict()[name], rtol=0, atol=1e-6)
+
+    refreshed, expected = DecoderEngine(base, slots=2), DecoderEngine(merged, slots=2)
+    refreshed.load_weights(weights)
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    refreshed._ensure_cache(16)
+    expected._ensure_cache(16)
+    torch.testing.assert_close(refreshed._prefill([0, 1], prompts), expected._prefill([0, 1], prompts),
+                               rtol=0, atol=1e-5)

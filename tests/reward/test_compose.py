@@ -64,7 +64,7 @@ def test_an_unknown_builtin_suggests_the_closest_and_lists_them_all():
     with pytest.raises(RewardFunctionError, match=exact(
         "unknown reward function 'instruction_folowing' — did you mean 'instruction_following'? Built-ins: "
         "instruction_following, instruction_following_all, instruction_following_loose, length_in_range, "
-        "no_repetition. Your own function is named 'package.module:function' or 'path/to/file.py:function'."
+        "no_loops, no_repetition, overlong_penalty. Your own function is named 'package.module:function' or 'path/to/file.py:function'."
     )):
         resolve_reward_function("instruction_folowing")
 
@@ -532,10 +532,14 @@ def test_running_state_from_another_setup_is_refused():
 
 
 def test_every_builtin_can_be_named_in_a_config():
-    kwargs = {"length_in_range": {"min_words": 1, "max_words": 100}}
+    kwargs = {"length_in_range": {"min_words": 1, "max_words": 100},
+              "overlong_penalty": {"soft_limit": 2, "max_tokens": 4}}
     configs = [RewardFunctionConfig(name, kwargs=kwargs.get(name, {})) for name in sorted(BUILTIN_REWARD_FUNCTIONS)]
-    reward = CompositeReward.from_config(configs, columns={"constraints"})
+    reward = CompositeReward.from_config(configs, columns={"constraints", "completion_ids"})
     constraints = ['[{"type": "punctuation:no_comma"}]']
-    breakdown = reward(prompts=["p"], completions=["i like apples."], constraints=constraints)
+    breakdown = reward(prompts=["p"], completions=["i like apples."], constraints=constraints,
+                       completion_ids=[[5, 6, 7]])
     assert set(breakdown.components) == set(BUILTIN_REWARD_FUNCTIONS)
     assert breakdown.components["instruction_following"] == [1.0]
+    assert breakdown.components["overlong_penalty"] == [-0.5]  # 3 tokens: (3 - 2) / (4 - 2) past the soft limit
+    assert breakdown.components["no_loops"] == [0.0]

@@ -11,7 +11,9 @@ from reward.functions import (
     instruction_following_all,
     instruction_following_loose,
     length_in_range,
+    no_loops,
     no_repetition,
+    overlong_penalty,
     prompt_text,
 )
 
@@ -118,10 +120,45 @@ def test_length_in_range_rejects_bad_bounds(min_words, max_words, message):
         length_in_range(prompts=[], completions=[], min_words=min_words, max_words=max_words)
 
 
+def test_overlong_penalty_is_zero_to_the_soft_limit_then_linear_to_minus_one_at_the_cap():
+    """soft_limit 4, max_tokens 8: span 4. Lengths (from completion_ids, not the text) 3 and 4: 0; 6: -(6 - 4) / 4
+    = -0.5; 7: -0.75; 8 (the cap): -1; 10 (past it): -1."""
+    ids = [[7] * n for n in (3, 4, 6, 7, 8, 10)]
+    rewards = overlong_penalty(prompts=["p"] * 6, completions=["same text"] * 6, completion_ids=ids, soft_limit=4,
+                               max_tokens=8)
+    assert rewards == [0.0, 0.0, -0.5, -0.75, -1.0, -1.0]
+
+
+@pytest.mark.parametrize(("soft_limit", "max_tokens", "message"), [
+    (8, 8, r"'soft_limit' \(8\) must be below 'max_tokens' \(8\)"),
+    (-1, 8, "'soft_limit' must be an integer >= 0, got -1"),
+    (0, 0, "'max_tokens' must be an integer >= 1, got 0"),
+])
+def test_overlong_penalty_rejects_bad_limits(soft_limit, max_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        overlong_penalty(prompts=[], completions=[], soft_limit=soft_limit, max_tokens=max_tokens)
+
+
+def test_overlong_penalty_without_completion_ids_says_where_they_come_from():
+    with pytest.raises(ValueError, match="reads completion lengths from `completion_ids`"):
+        overlong_penalty(prompts=["p"], completions=["x"], soft_limit=1, max_tokens=2)
+
+
+def test_no_loops_is_minus_one_for_a_repetition_loop_and_zero_otherwise():
+    """A sentence of 6 words repeated 5 times holds each of its 6-word windows 5 times: a loop (-1). Four times is
+    not (0), nor is ordinary prose; a shorter `ngram` / fewer `min_repeats` catch the short refrain."""
+    sentence = "the cat sat on the mat. "
+    completions = [sentence * 5, sentence * 4, "Plain prose about tea, brewed hot.", "la la la la"]
+    assert no_loops(prompts=["p"] * 4, completions=completions) == [-1.0, 0.0, 0.0, 0.0]
+    assert no_loops(prompts=["p"], completions=[[{"role": "assistant", "content": "la la la la"}]], ngram=1,
+                    min_repeats=4) == [-1.0]
+
+
 @pytest.mark.parametrize("name", sorted(BUILTIN_REWARD_FUNCTIONS))
 def test_every_builtin_accepts_trls_call_and_returns_one_value_per_completion(name):
     fn = BUILTIN_REWARD_FUNCTIONS[name]
-    kwargs = {"min_words": 1, "max_words": 10} if name == "length_in_range" else {}
+    kwargs = {"length_in_range": {"min_words": 1, "max_words": 10},
+              "overlong_penalty": {"soft_limit": 2, "max_tokens": 4}}.get(name, {})
     rewards = fn(
         prompts=["Write in lowercase."], completions=[THREE_OF_FOUR], constraints=[FOUR_CONSTRAINTS],
         other_column=["ignored"], **trl_extras(), **kwargs,
