@@ -3,12 +3,14 @@
     align sft configs/sft.yaml [key.path=value ...]
 
 The loop, as numbered steps:
+0. optionally (`self_distill.enabled`), let the starting model answer training prompts itself and keep the answers
+   that follow every constraint, end with EOS and do not loop (align.self_distill: rejection sampling);
 1. load the model (full or LoRA), the tokenizer and its chat template;
 2. load and validate the conversations; tokenise them with assistant-only labels (EOS included) and report
    examples longer than `train.max_length`;
 3. pack them into rows of `train.pack_length` tokens (best fit, no padding inside rows, attention kept within
    each conversation by restarting position ids);
-4. train with AdamW (on fp32 master weights while the model computes with bf16 weights: align.precision),
+4. train with AdamW (where bf16 is native, on fp32 master weights of bf16 weights: align.precision),
    normalising the loss by the number of assistant tokens in each optimiser step, clipping gradients, warmup +
    cosine schedule;
 5. evaluate held-out loss every `train.eval_every` steps, checkpoint every `train.save_every` steps;
@@ -32,6 +34,7 @@ from align.data import DataConfig, data_fingerprint, load_rows
 from align.loop import DatasetTrainConfig, Training, epoch_generator, plan_steps, shard
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
+from align.self_distill import SelfDistillConfig, self_distilled_conversations
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
 
@@ -52,6 +55,7 @@ class SFTConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(lora=LoraConfig(enabled=True)))
     data: DataConfig = field(default_factory=DataConfig)
+    self_distill: SelfDistillConfig = field(default_factory=SelfDistillConfig)  # the model's own verified answers
     train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -113,11 +117,12 @@ def _to(batch, device):
     return batch
 
 
-def load_conversations(cfg: SFTConfig, tokenizer):
+def load_conversations(cfg: SFTConfig, tokenizer, own: list[dict] = ()):
     """(training rows, their load report, tokenised training examples and length report, held-out rows and
-    their tokenised examples)."""
+    their tokenised examples). `own`: self-distilled conversations added to the training rows."""
     t = cfg.train
     train_rows, report = load_rows(cfg.data.train, "sft", cfg.data)
+    train_rows = train_rows + list(own)
     eval_rows = load_rows(cfg.data.eval, "sft", cfg.data)[0][: t.eval_max_examples] if cfg.data.eval else []
     examples, lengths = tokenize_conversations(tokenizer, [r["messages"] for r in train_rows], t.max_length,
                                                t.on_overflow)
@@ -142,15 +147,20 @@ def train(cfg: SFTConfig, *, restart: bool = False) -> Path:
 
 def supervised_fine_tuning(stage: Stage) -> None:
     cfg, t, device = stage.cfg, stage.cfg.train, stage.accelerator.device
+    base = resolve_stage_model(cfg.model.name, cfg.run)
+
+    # 0. optionally, the starting model's own answers that follow their prompts' constraints and end cleanly
+    own = self_distilled_conversations(cfg.self_distill, base, cfg.data, stage.out, cfg.run.seed) \
+        if cfg.self_distill.enabled else []
 
     # 1. model and tokenizer
-    model, tokenizer = load_model(dataclasses.replace(cfg.model, name=resolve_stage_model(cfg.model.name, cfg.run)))
+    model, tokenizer = load_model(dataclasses.replace(cfg.model, name=base))
     trainable, total = count_parameters(model)
     print(f"[align] sft: {cfg.model.name}: {trainable:,} of {total:,} parameters trainable; "
           f"{stage.threads} threads x {stage.accelerator.num_processes} processes")
 
     # 2. data -> tokens, with every dropped/truncated row reported
-    rows, report, examples, lengths, eval_rows, eval_examples = load_conversations(cfg, tokenizer)
+    rows, report, examples, lengths, eval_rows, eval_examples = load_conversations(cfg, tokenizer, own)
 
     # 3. packed batches; every epoch reshuffles the rows with its own seed, so a resumed run sees the same order
     def epoch_batches(epoch: int):
@@ -165,7 +175,8 @@ def supervised_fine_tuning(stage: Stage) -> None:
                              f"{len(epoch_batches(0))} packed batches per process; lower it or add data")
 
     # 4. optimiser (over fp32 masters of bf16 weights, align.precision), resumed state
-    data = {"train": cfg.data.train, "eval": cfg.data.eval, "rows": report.rows_kept, "truncated": lengths.truncated,
+    data = {"train": cfg.data.train, "eval": cfg.data.eval, "rows": report.rows_kept, "self_distilled": len(own),
+            "truncated": lengths.truncated,
             "dropped": lengths.dropped, "bad_rows_skipped": len(report.bad_rows)}
     training = Training(stage, {"model": model}, t, total_steps, throughput="tokens", manifest=dict(
         base_model=cfg.model.name, data_fingerprint=data_fingerprint(rows), data=data))

@@ -126,3 +126,29 @@ def test_lora_sft_merges_adapters_into_the_saved_model(tmp_path, arithmetic_data
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "llama"
+
+
+def test_self_distilled_answers_are_kept_only_when_verified_finished_and_not_looping():
+    """Answers to "in lowercase, no commas": the first follows both and ended; the second has a comma; the third
+    never ended; the fourth loops. Only the first (and, if two pass, the shorter one) becomes a conversation."""
+    import json
+
+    from align.self_distill import select
+
+    row = {"prompt": [{"role": "user", "content": "Describe tea in lowercase, without commas."}],
+           "constraints": json.dumps([{"type": "change_case:english_lowercase"}, {"type": "punctuation:no_comma"}])}
+    texts = ["tea is a warm drink.", "tea, a warm drink.", "tea is warm", "tea is a warm drink " * 8]
+    conversations = select([row], texts, [True, True, False, True], samples=4, keep=2)
+    assert [c["messages"][-1]["content"] for c in conversations] == ["tea is a warm drink."]
+    assert conversations[0]["messages"][0] == row["prompt"][0] and conversations[0]["constraints"] == row["constraints"]
+
+
+def test_sft_trains_on_the_models_own_verified_answers_and_caches_them(tmp_path):
+    cfg = load_config(SFTConfig, REPO / "configs" / "sft-tiny.yaml", [
+        f"run.root={tmp_path}", "train.max_steps=1", "train.eos_check_prompts=0", "self_distill.enabled=true",
+        "self_distill.max_prompts=4", "self_distill.samples_per_prompt=2", "self_distill.max_new_tokens=8"])
+    out = train(cfg)
+    cache = out / "self_distilled.jsonl"
+    assert cache.is_file()  # a tiny random model's answers rarely pass: the file may be empty, but it is written
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["self_distilled"] == len(cache.read_text().splitlines())
