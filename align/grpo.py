@@ -41,9 +41,9 @@ from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, trunk_states
 from align.losses import (ADVANTAGES, AdvantageName, GRPOLossName, equal_groups, group_policy_loss, kl_per_token,
                           masked_mean)
-from align.loop import TrainConfig, Training
+from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
-from align.precision import AutocastPrecision, autocast
+from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.rl import (StepTimer, completion_metrics, iteration_prompts, last_metrics, log_samples, merged_weights,
                       minibatch_updates, pad_right, penalised_scores, rollout_generator)
@@ -53,21 +53,10 @@ from align.tracking import TrackingConfig
 
 
 @dataclass
-class GRPOTrainConfig(TrainConfig):
-    learning_rate: float = 5.0e-5
-    warmup_ratio: float = 0.0
-    lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
-    precision: AutocastPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast |
-        # fp32 (bf16 weights with fp32 masters: not in GRPO yet)
-    log_every: int = 1
-    save_every: int = 10
+class GRPOTrainConfig(RLTrainConfig):
     iterations: int = 20  # sample -> score -> update cycles
     prompts_per_iteration: int = 4  # prompts sampled for per iteration (all processes together)
     completions_per_prompt: int = 4  # k: the group each completion's advantage is relative to (at least 2)
-    max_new_tokens: int = 128  # longest completion; one that reaches it unfinished loses missing_eos_penalty
-    temperature: float = 1.0  # sampling temperature (also used for the log-probs)
-    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
-    top_k: int = 0  # keep only the k most likely tokens; 0 = off
     updates_per_batch: int = 1  # passes over each iteration's completions (GRPO's mu)
     minibatch_size: int = 16  # completions per optimiser step
     loss: GRPOLossName = "grpo"  # how token losses add up (align.losses.GRPO_LOSSES): grpo (per-completion mean,

@@ -26,7 +26,7 @@ import torch
 
 from align.checkpoint import save_checkpoint
 from align.config import ConfigError
-from align.precision import Precision, training_weights
+from align.precision import AutocastPrecision, Precision, training_weights
 
 
 @dataclass
@@ -55,6 +55,24 @@ class DatasetTrainConfig(TrainConfig):
     max_steps: int | None = None  # stop after this many optimiser steps, even inside an epoch; null: epochs decide
     pack_length: int = 1024  # tokens per packed row (sequences are laid out back to back, never padded)
     eval_every: int = 50  # evaluate on the held-out data every N steps (and at the last; before the first too)
+
+
+@dataclass
+class RLTrainConfig(TrainConfig):
+    """The `train:` keys of the stages that learn from their own samples, in iterations (PPO, GRPO)."""
+
+    learning_rate: float = 5.0e-5
+    warmup_ratio: float = 0.0
+    lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
+    precision: AutocastPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast |
+        # fp32 (bf16 weights with fp32 masters: not in the RL stages yet)
+    log_every: int = 1
+    save_every: int = 10
+    iterations: int = 30  # sample -> score -> update cycles
+    max_new_tokens: int = 128  # longest completion; one that reaches it unfinished loses missing_eos_penalty
+    temperature: float = 1.0  # sampling temperature (also used for the log-probs)
+    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
+    top_k: int = 0  # keep only the k most likely tokens; 0 = off
 
 
 def plan_steps(steps_per_epoch: int, cfg: DatasetTrainConfig, too_few: str) -> int:

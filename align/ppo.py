@@ -34,9 +34,9 @@ from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, response_values, trunk_states
 from align.losses import POLICY_LOSSES, PolicyLossName, kl_per_token, masked_mean, value_loss
-from align.loop import TrainConfig, Training
+from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
-from align.precision import AutocastPrecision, autocast
+from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.rl import (StepTimer, completion_metrics, iteration_prompts, last_metrics, log_samples, merged_weights,
                       minibatch_updates, pad_right, penalised_scores, rollout_generator)
@@ -47,20 +47,8 @@ from align.values import TokenValues, load_reward_backbone
 
 
 @dataclass
-class PPOTrainConfig(TrainConfig):
-    learning_rate: float = 5.0e-5
-    warmup_ratio: float = 0.0
-    lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
-    precision: AutocastPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast |
-        # fp32 (bf16 weights with fp32 masters: not in PPO yet)
-    log_every: int = 1
-    save_every: int = 10
-    iterations: int = 30  # rollout -> update cycles
+class PPOTrainConfig(RLTrainConfig):
     prompts_per_iteration: int = 16  # prompts generated for, scored and trained on per iteration (all processes)
-    max_new_tokens: int = 128  # longest response; one that reaches it unfinished loses missing_eos_penalty
-    temperature: float = 1.0  # sampling temperature of rollouts (also used for the log-probs)
-    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
-    top_k: int = 0  # keep only the k most likely tokens; 0 = off
     ppo_epochs: int = 2  # passes over each iteration's responses
     minibatch_size: int = 8  # responses per optimiser step
     policy_loss: PolicyLossName = "clipped"  # align.losses.POLICY_LOSSES
