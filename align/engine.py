@@ -139,7 +139,9 @@ class DecoderEngine:
         completions = engine.generate(prompt_ids, max_new_tokens=256, sample=sampler, eos_token_id=2)
     """
 
-    def __init__(self, model, slots: int = 64, dtype: torch.dtype | None = None):
+    def __init__(self, model, slots: int = 64, dtype: torch.dtype | None = None, release_model: bool = False):
+        """`release_model`: empty each of the model's layers once the engine has its own copy (for a caller that
+        loaded the model only to generate with it: the weights are never held twice)."""
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"the generation engine cannot run {type(model).__name__}: {reason}")
@@ -151,7 +153,7 @@ class DecoderEngine:
         self.rotary = body.rotary_emb
         self.names = self._parameter_names(model)
         self.layers: list[LayerWeights] = []
-        self.load_weights(dict(model.named_parameters(remove_duplicate=False)))
+        self.load_weights(dict(model.named_parameters(remove_duplicate=False)), release=release_model)
         self.keys = self.values = self.cos = self.sin = None
         self.cache_length = 0
 
@@ -174,10 +176,11 @@ class DecoderEngine:
                 "lm_head": f"{names[id(model.lm_head)]}.weight", "layers": layers}
 
     @torch.no_grad()
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, state_dict: dict[str, torch.Tensor], release: bool = False) -> None:
         """Take weights by transformers' names (as `state_dict()` gives them), cast to the engine's dtype and laid
         out for its products. Only the layers named are rebuilt (PPO passes the layers its adapters change), but a
-        layer must come whole; the vocabulary projection follows a tied embedding."""
+        layer must come whole; the vocabulary projection follows a tied embedding. `release`: empty each layer's
+        given tensors once its copy is made."""
         names, dtype = self.names, self.dtype
         for index, roles in enumerate(names["layers"]):
             present = [name for name in roles.values() if name in state_dict]
@@ -190,6 +193,9 @@ class DecoderEngine:
                 raise ValueError(f"load_weights: layer {index} comes in part; it lacks {missing[:3]}")
             layer = _layer({role: state_dict[name] for role, name in roles.items()}, dtype)
             self.layers[index:index + 1] = [layer]
+            if release:
+                for name in roles.values():
+                    state_dict[name].data = torch.empty(0, dtype=state_dict[name].dtype)
         if names["final_norm"] in state_dict:
             self.final_norm = state_dict[names["final_norm"]].detach().to(dtype)
         if names["embed"] in state_dict:

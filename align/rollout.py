@@ -132,7 +132,9 @@ def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch
 class TextGenerator:
     """Completes chat prompts with a model, on the backend `config.backend` picks (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, config: GenerationConfig | None = None):
+    def __init__(self, model, tokenizer, config: GenerationConfig | None = None, release_model: bool = False):
+        """`release_model`: the engine may empty the model's layers as it copies them (the model is not used
+        afterwards)."""
         self.config, self.tokenizer = config or GenerationConfig(), tokenizer
         reason = unsupported_reason(model) if self.config.backend != "hf" else None
         if self.config.backend == "engine" and reason:
@@ -142,7 +144,9 @@ class TextGenerator:
                              f"use 'auto' or 'hf'")
         self.backend = "hf" if self.config.backend == "hf" or reason else "engine"
         self.model = model if self.backend == "hf" else None
-        self.engine = DecoderEngine(model, self.config.slots) if self.backend == "engine" else None
+        self.engine = None
+        if self.backend == "engine":
+            self.engine = DecoderEngine(model, self.config.slots, release_model=release_model)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """New weights (transformers' names), e.g. the current policy's with LoRA merged."""
@@ -199,7 +203,7 @@ def load_generator(model: str, precision: str = "auto", config: GenerationConfig
     resolved = resolve_precision(precision, fast_bf16(device), ("bf16",))
     dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
     weights = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True)
-    return TextGenerator(weights, tokenizer, config)
+    return TextGenerator(weights, tokenizer, config, release_model=True)  # only the engine's copy stays
 
 
 def generate(model, tokenizer, prompts: list, *, config: GenerationConfig | None = None, **sampling) -> Generations:

@@ -195,6 +195,13 @@ def bf16_autocast():
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+def resolved_precision(cfg) -> str:
+    """The precision align's stage trains in on this machine (`auto` resolved as the stage resolves it)."""
+    from align.precision import fast_bf16, resolve_precision
+
+    return resolve_precision(cfg.train.precision, fast_bf16(torch.device("cpu")), ("bf16-autocast",))
+
+
 def rows_of(source: str, purpose: str, n: int) -> list[dict]:
     from align.data import DataConfig, load_rows
 

@@ -3,20 +3,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks.generation_cases import GENERATION_PRECISION, prompt_ids, raw_generate
+from benchmarks.generation_cases import prompt_ids, raw_generate
 from benchmarks.measure import (
-    TRAIN_PRECISION,
     bf16_autocast,
     lora_config,
     matmul_parameters,
     model_path,
     read_logged,
+    resolved_precision,
     right_pad,
     rows_of,
     stage_config,
@@ -59,8 +60,7 @@ def case_ppo_align(settings, workdir: Path, backend: str = "auto") -> dict:
     n_policy, n_value = matmul_parameters(path, "causal"), matmul_parameters(path, "value")
     generate_s, update_s = sum(parts["generate"]), sum(parts["update"])
     return {
-        "what": "align ppo", "precision": f"rollouts: {GENERATION_PRECISION}; update: {TRAIN_PRECISION}",
-        "peak_dtype": "bf16",
+        "what": "align ppo", "precision": precision_label(cfg), "peak_dtype": peak_dtype(cfg),
         "method": f"align.ppo.train ({settings.ppo_prompts} prompts per iteration = the whole prompt set, "
                   f"generation batch {settings.ppo_prompts}, max_new_tokens {settings.ppo_max_new_tokens}, "
                   f"temperature {cfg.train.temperature}, {cfg.train.ppo_epochs} PPO epochs of minibatch {settings.ppo_minibatch}, "
@@ -81,6 +81,18 @@ def case_ppo_align(settings, workdir: Path, backend: str = "auto") -> dict:
         "flop_formula": "update only: 6*(N_policy + N_value)*tokens of its PPO epochs",
         "flop_per_s": 6 * (n_policy + n_value) * update_tokens / update_s,
     }
+
+
+def precision_label(cfg) -> str:
+    """What both PPO sides compute in: the precision align's stage resolves on this machine (bf16 weights for the
+    rollouts and bf16 autocast for the update where bf16 products are native, fp32 for both elsewhere)."""
+    if resolved_precision(cfg) == "bf16-autocast":
+        return "rollouts: bf16 weights; update: bf16 autocast, fp32 weights"
+    return "fp32 (rollouts and update; bf16 products are not native here)"
+
+
+def peak_dtype(cfg) -> str:
+    return "bf16" if resolved_precision(cfg) == "bf16-autocast" else "fp32"
 
 
 def reward_model_dir(path: str, out: Path, seed: int) -> Path:
@@ -105,7 +117,8 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
     path, ppo = model_path(settings), ppo_config(settings, workdir)
     t = ppo.train
     tokenizer = AutoTokenizer.from_pretrained(path)
-    generator_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    bf16 = resolved_precision(ppo) == "bf16-autocast"
+    generator_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     value = value_model(path, tokenizer.pad_token_id)
     if settings.lora:
@@ -141,7 +154,7 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
                 response = mask.clone()
                 for row, i in enumerate(idx.tolist()):
                     response[row, : len(encoded[i])] = 0
-                with bf16_autocast():
+                with bf16_autocast() if bf16 else contextlib.nullcontext():
                     logits = policy(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
                     values = head(body(input_ids=ids, attention_mask=mask).last_hidden_state).squeeze(-1).float()
                 token_logps = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
@@ -159,9 +172,9 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
     n_policy, n_value = matmul_parameters(path, "causal"), matmul_parameters(path, "value")
     return {
         "what": "raw generate + hand-written PPO-shaped training",
-        "precision": f"generation: {GENERATION_PRECISION}; training: {TRAIN_PRECISION}", "peak_dtype": "bf16",
+        "precision": precision_label(ppo), "peak_dtype": peak_dtype(ppo),
         "method": f"raw model.generate on left-padded batches of {settings.ppo_prompts} (the same prompts, order, "
-                  "seeds, sampling and max_new_tokens as align's rollouts; no weight sync into the bf16 copy), then "
+                  "seeds, sampling and max_new_tokens as align's rollouts; no weight sync into the generating copy), then "
                   f"{t.ppo_epochs} epochs of policy + value forward/backward over minibatches of "
                   f"{settings.ppo_minibatch} right-padded prompt+response sequences with AdamW (a stand-in loss of "
                   "the same shape: policy log-probs and value regression); raw_iteration_s is rescaled to align's "

@@ -18,7 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.generation_cases import prompt_ids
-from benchmarks.measure import StepClock, lora_config, matmul_parameters, model_path, read_logged, rows_of, stage_config
+from benchmarks.measure import (StepClock, lora_config, matmul_parameters, model_path, read_logged,
+                                resolved_precision, rows_of, stage_config)
 
 DATA = "builtin:prompts:train"
 
@@ -33,13 +34,6 @@ def grpo_config(settings, workdir: Path):
                         f"train.completions_per_prompt={settings.grpo_completions}",
                         f"train.minibatch_size={completions}", f"generation.slots={completions}",
                         f"train.max_new_tokens={settings.grpo_max_new_tokens}")
-
-
-def resolved_precision(cfg) -> str:
-    """The precision align's stage trains in on this machine (`auto` resolved as the stage resolves it)."""
-    from align.precision import fast_bf16, resolve_precision
-
-    return resolve_precision(cfg.train.precision, fast_bf16(torch.device("cpu")), ("bf16-autocast",))
 
 
 def grpo_result(what: str, method: str, cfg, settings, iteration_seconds: list[float], mean_lengths: list[float],

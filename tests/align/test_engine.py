@@ -120,6 +120,18 @@ def test_load_weights_by_name_equals_an_engine_built_from_those_weights(model, t
         engine.load_weights({"model.layers.0.self_attn.q_proj.weight": moved.model.layers[0].self_attn.q_proj.weight})
 
 
+def test_an_engine_that_releases_the_model_keeps_its_own_copy_and_the_same_tokens(model, tokenizer):
+    """`release_model` (what `load_generator` asks: the model was loaded only to generate) empties the model's
+    layers as the engine copies them, so the weights are not held twice; the tokens do not change."""
+    ids, sample = [[5, 6, 7, 8], [9, 10, 11]], Sampler()
+    expected = [c.token_ids for c in DecoderEngine(model, slots=2).generate(ids, 8, sample, eos_token_id=-1)]
+    released = copy.deepcopy(model)
+    engine = DecoderEngine(released, slots=2, release_model=True)
+    assert all(p.numel() == 0 for p in released.model.layers.parameters())
+    assert all(p.numel() > 0 for p in model.model.layers.parameters())  # the fixture's model is untouched
+    assert [c.token_ids for c in engine.generate(ids, 8, sample, eos_token_id=-1)] == expected
+
+
 def test_sampling_is_reproducible_from_the_seed_and_top_k_1_is_greedy(model, tokenizer):
     for backend in ("engine", "hf"):
         generator = TextGenerator(model, tokenizer, GenerationConfig(backend=backend, slots=2))
