@@ -63,13 +63,11 @@ def build_reward(cfg: RewardConfig, run, columns: list[str], device=None) -> Com
     is callable and accepts (prompts, completions, **columns, **TRL's extra keywords)."""
     reward_model = None
     if cfg.reward_model:
-        import torch
-
         from align.stage import resolve_stage_model
         from align.values import load_reward_model
 
         path = resolve_stage_model(cfg.reward_model, run)
-        reward_model = load_reward_model(path, dtype=torch.bfloat16)
+        reward_model = load_reward_model(path)  # bf16 where native, else fp32
         if device is not None:
             reward_model.model.to(device)
     return CompositeReward.from_config(

@@ -57,9 +57,16 @@ def packed_rewards(values: TokenValues, sequences: list[list[int]], pack_length:
     return torch.stack(rewards)
 
 
-def load_reward_model(path: str, dtype: torch.dtype = torch.bfloat16, pack_length: int = 2048) -> RewardModel:
+def load_reward_model(path: str, dtype: torch.dtype | None = None, pack_length: int = 2048) -> RewardModel:
     """A reward-model directory as a `reward.model.RewardModel` whose scores come from packed rows (no padding,
-    no mask) instead of its default padded batches: same scores, less work."""
+    no mask) instead of its default padded batches: same scores, less work. `dtype` None: bf16 where bf16
+    products are native (`align.precision.fast_bf16`), else fp32 (an AVX2 CPU emulates bf16
+    products, many times slower than fp32)."""
+    if dtype is None:
+        from align.precision import fast_bf16
+
+        dtype = torch.bfloat16 if fast_bf16(torch.device("cuda" if torch.cuda.is_available() else "cpu")) \
+            else torch.float32
     scorer = RewardModel.from_pretrained(path, dtype=dtype)
     values = TokenValues(attend_by_segments(scorer.model))
     scorer.score_sequences = lambda sequences: packed_rewards(values, sequences, pack_length)
