@@ -65,7 +65,7 @@ def test_a_launch_that_times_out_leaves_no_process_behind(tmp_path):
 # ---- equivalence: 2 processes = 1 process -----------------------------------------------------------------------
 
 
-SFT_DATA_ROWS = 7  # conversations, one per packed row (pack_length = max_length)
+SFT_DATA_ROWS = 7  # conversations, one per packed row (2 do not fit in pack_length)
 
 
 def stage_settings(stage: str, root: Path, name: str, *overrides: str) -> tuple[Path, list[str]]:
@@ -127,8 +127,8 @@ def sft_one(tmp_path_factory) -> tuple[Path, list[str]]:
     last of 3. Returns its directory and the settings the multi-process runs share with it."""
     root = tmp_path_factory.mktemp("sft")
     data = write_jsonl(root / "train.jsonl", arithmetic_rows(SFT_DATA_ROWS, seed=3))
-    common = [f"data.train={data}", "data.eval=null", "data.max_rows=null", "train.max_length=128",
-              "train.pack_length=128", "train.eos_check_prompts=0", "train.learning_rate=1e-3", "train.warmup_ratio=0"]
+    common = [f"data.train={data}", "data.eval=null", "data.max_rows=null", "train.max_length=64",
+              "train.pack_length=64", "train.eos_check_prompts=0", "train.learning_rate=1e-3", "train.warmup_ratio=0"]
     out = run_one("sft", root, *common, "train.grad_accum=4")
     assert json.loads((out / "manifest.json").read_text())["steps"] == 2
     return out, common
