@@ -29,7 +29,8 @@ import torch
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, response_logprobs
 from align.losses import DPO_AVERAGES_TOKENS, DPO_LOSSES, DPOLossName
-from align.loop import DatasetTrainConfig, Training, epoch_permutation, plan_steps, shard
+from align.distributed import ddp_scale, epoch_step, epoch_steps, gather_list, global_sum, share_loss_sum, step_share
+from align.loop import DatasetTrainConfig, Training, epoch_permutation, plan_steps
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rollout import render_prompt
@@ -45,7 +46,7 @@ class DPOTrainConfig(DatasetTrainConfig):
     precompute_reference: bool = True  # reference log-probs of every pair once before training, or per batch
     max_prompt_length: int = 256  # longer prompts keep their end; counted and reported
     max_response_length: int = 256  # longer responses keep their start; counted and reported
-    pairs_per_batch: int = 8  # preference pairs per optimiser step
+    pairs_per_batch: int = 8  # preference pairs per optimiser step and process
     eval_max_pairs: int = 200  # held-out pairs scored at every evaluation
 
 
@@ -129,6 +130,13 @@ class CachedReference:
               f"{time.perf_counter() - started:.1f}s")
 
 
+def gathered_logps(*logps: torch.Tensor, real: int) -> list[torch.Tensor]:
+    """The first `real` entries of each of `logps` ([B] each), every process's in process order
+    (`align.distributed.gather_list`)."""
+    rows = gather_list(list(zip(*(t.detach()[:real].tolist() for t in logps))))
+    return [torch.tensor([row[i] for row in rows]) for i in range(len(logps))]
+
+
 def pair_stats(policy_c, policy_r, ref_c, ref_r, beta) -> dict[str, float]:
     chosen, rejected = implicit_rewards(policy_c, ref_c, beta), implicit_rewards(policy_r, ref_r, beta)
     return {"rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
@@ -159,12 +167,9 @@ def direct_preference_optimisation(stage: Stage) -> None:
     print(f"[align] dpo: {len(pairs)} pairs from {cfg.data.train}; {cut['prompts_truncated']} prompts and "
           f"{cut['responses_truncated']} responses longer than the limits were cut (kept prompt ends, response starts)")
 
-    def epoch_order(epoch: int) -> list[int]:
-        return shard(epoch_permutation(len(pairs), cfg.run.seed, epoch), stage.accelerator)
-
-    steps_per_epoch = len(epoch_order(0)) // t.pairs_per_batch
-    total_steps = plan_steps(steps_per_epoch, t, f"train.pairs_per_batch={t.pairs_per_batch} exceeds the "
-                             f"{len(pairs)} pairs per process")
+    per_step = t.pairs_per_batch * stage.processes  # pairs of one optimiser step, every process together
+    steps_per_epoch = epoch_steps(len(pairs), per_step)
+    total_steps = plan_steps(steps_per_epoch, t, "no training pairs")
 
     # 2. the reference (a full fine-tuning run's frozen copy is taken now, before any resumed weights load, in the
     # weights' precision), the optimiser over bf16 weights' fp32 masters, then the reference log-probs
@@ -191,31 +196,35 @@ def direct_preference_optimisation(stage: Stage) -> None:
     if training.step == 0 and evaluate and stage.main:
         training.evaluate(held_out)
     while training.step < total_steps:
-        # 3. one batch: policy log-probs of chosen and rejected against the reference's, the loss, a step
+        # 3. this process's share of the step's pairs: policy log-probs of chosen and rejected against the
+        # reference's, the loss as a part of the mean over the step's pairs on every process (align.distributed)
         epoch, position = divmod(training.step, steps_per_epoch)
-        ids = epoch_order(epoch)[position * t.pairs_per_batch : (position + 1) * t.pairs_per_batch]
-        ref_c, ref_r = reference(pairs, ids)
+        ids = epoch_step(epoch_permutation(len(pairs), cfg.run.seed, epoch), per_step, position)
+        share, real = step_share(ids, stage.accelerator.process_index, stage.processes)
+        ref_c, ref_r = reference(pairs, share)
         training.plan_learning_rate()
         with autocast(device, stage.precision):
-            pol_c, pol_r = pair_logps(policy_logps(training.models["policy"]), [pairs[i] for i in ids],
+            pol_c, pol_r = pair_logps(policy_logps(training.models["policy"]), [pairs[i] for i in share],
                                       t.pack_length, average)
-        loss = loss_fn(pol_c.float().cpu(), pol_r.float().cpu(), ref_c, ref_r, t.beta)
-        training.backward(loss)
-        training.optimizer_step(loss.item())
-        training.count(len(ids))
+        pol_c, pol_r = pol_c.float().cpu(), pol_r.float().cpu()
+        loss_sum = share_loss_sum(lambda *logps: loss_fn(*logps, t.beta), real, pol_c, pol_r, ref_c, ref_r)
+        training.backward(loss_sum * ddp_scale(len(ids)))
+        loss = global_sum(loss_sum.item()) / len(ids)
+        training.optimizer_step(loss)
+        training.count(real)
 
-        # 4. log rewards, margins and accuracies; evaluate held-out pairs; checkpoint
-        training.end_step(log=lambda: {"loss": loss.item(), "learning_rate": training.learning_rate,
+        # 4. log rewards, margins and accuracies (over the step's pairs on every process); evaluate held-out
+        # pairs; checkpoint
+        training.end_step(log=lambda: {"loss": loss, "learning_rate": training.learning_rate,
                                        "grad_norm": training.grad_norm,
-                                       **pair_stats(pol_c.detach().float().cpu(), pol_r.detach().float().cpu(),
-                                                    ref_c, ref_r, t.beta)},
+                                       **pair_stats(*gathered_logps(pol_c, pol_r, ref_c, ref_r, real=real), t.beta)},
                           evaluate=evaluate, eval_every=t.eval_every)
 
     # 5. final model
     training.finish(tokenizer)
     if not stage.main:
         return
-    metrics = {"dpo/train_loss": loss.item()}
+    metrics = {"dpo/train_loss": loss}
     if evaluate:
         metrics.update({f"dpo/eval/{k}": v for k, v in training.latest_evaluation(held_out).items()})
     stage.complete(metrics, training.step, [f"{k:28s} {v:.4f}" for k, v in metrics.items()])

@@ -39,14 +39,15 @@ from torch.nn.utils.rnn import pad_sequence
 from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, trunk_states
-from align.losses import (ADVANTAGES, AdvantageName, GRPOLossName, equal_groups, group_policy_loss, kl_per_token,
-                          masked_mean)
+from align.distributed import global_mean, global_sum, token_share
+from align.losses import (ADVANTAGES, GRPO_TOKEN_MEANS, AdvantageName, GRPOLossName, equal_groups, group_policy_loss,
+                          kl_per_token, masked_mean)
 from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
-from align.rl import (StepTimer, completion_metrics, iteration_prompts, last_metrics, log_samples, merged_weights,
-                      minibatch_updates, pad_right, penalised_scores, rollout_generator)
+from align.rl import (StepTimer, completion_metrics, global_completions, iteration_prompts, last_metrics, log_samples,
+                      merged_weights, minibatch_updates, pad_right, penalised_scores, rollout_generator)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -58,7 +59,7 @@ class GRPOTrainConfig(RLTrainConfig):
     prompts_per_iteration: int = 4  # prompts sampled for per iteration (all processes together)
     completions_per_prompt: int = 4  # k: the group each completion's advantage is relative to (at least 2)
     updates_per_batch: int = 1  # passes over each iteration's completions (GRPO's mu)
-    minibatch_size: int = 16  # completions per optimiser step
+    minibatch_size: int = 16  # completions per optimiser step (all processes; each takes an equal part of its own)
     loss: GRPOLossName = "grpo"  # how token losses add up (align.losses.GRPO_LOSSES): grpo (per-completion mean,
         # then mean), dr_grpo (sum / (completions x max_new_tokens)), dapo (mean over every token)
     advantages: AdvantageName = "grpo"  # align.losses.ADVANTAGES: grpo ((r - mean) / (std + eps)), dr_grpo
@@ -238,27 +239,38 @@ def minibatch_loss(training: Training, groups: Groups, idx: torch.Tensor, t: GRP
         penalty = t.kl_coef * kl_per_token(new_lp, groups.ref_logprobs[idx, :width], t.kl_estimator)
     loss, stats = group_policy_loss(new_lp, groups.old_logprobs[idx, :width], groups.advantages[idx], mask, t.loss,
                                     t.clip_range, t.clip_range_high, t.max_new_tokens, penalty)
-    return loss, {"policy_loss": loss.item(), "entropy": masked_mean(entropy, mask).item(), **stats}
+    # Every process holds as many completions of the minibatch as the others, so a mean over completions
+    # averages right over the processes; a mean over tokens is this process's part of the mean over every
+    # process's tokens (align.distributed.token_share)
+    share = token_share(mask)
+    if t.loss in GRPO_TOKEN_MEANS:
+        loss = loss * share
+    stats = {"entropy": masked_mean(entropy, mask).item() * share,
+             **{name: value * share for name, value in stats.items()}}
+    return loss, {"policy_loss": loss.item(), **stats}
 
 
 def iteration_metrics(groups: Groups, stats: dict[str, float], t: GRPOTrainConfig) -> dict[str, float]:
-    """Everything an RL run is judged by, including reward-hacking signals (names without the `grpo/` prefix)."""
+    """Everything an RL run is judged by, including reward-hacking signals (names without the `grpo/` prefix),
+    over the completions of every process (call it on every process); the timings are this process's."""
     from reward.degeneration import loop_share
 
-    lengths = [len(ids) for ids in groups.response_ids]
+    breakdown, reward_log, rows, texts, lengths, finished = global_completions(
+        groups.breakdown, groups.reward_log, groups.rows, groups.texts, [len(r) for r in groups.response_ids],
+        groups.finished)
     metrics = {
-        **groups.reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
-        **completion_metrics(groups.breakdown, groups.rows, groups.texts, lengths, groups.finished),
-        "reward/score": float(groups.scores.mean()),  # total after the missing-EOS penalty
-        "eos_rate": sum(groups.finished) / len(groups.finished),
-        "loop_share": loop_share(groups.texts),  # completions that are repetition loops (reward.degeneration)
-        "equal_group_fraction": float(groups.equal.float().mean()),
-        "equal_groups_skipped": int(groups.equal.sum()) if t.skip_equal_groups else 0,
-        "advantage_abs_mean": float(groups.advantages.abs().mean()),
+        **reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
+        **completion_metrics(breakdown, rows, texts, lengths, finished),
+        "reward/score": global_mean(groups.scores),  # total after the missing-EOS penalty
+        "eos_rate": sum(finished) / len(finished),
+        "loop_share": loop_share(texts),  # completions that are repetition loops (reward.degeneration)
+        "equal_group_fraction": global_mean(groups.equal.float()),
+        "equal_groups_skipped": int(global_sum(groups.equal.sum())) if t.skip_equal_groups else 0,
+        "advantage_abs_mean": global_mean(groups.advantages.abs()),
         **stats, **{f"time/{k}": v for k, v in groups.timings.items()},
     }
     if groups.kl is not None:
-        metrics["kl"] = float(groups.kl.sum(1).mean())  # nats per completion, from the old log-probs
+        metrics["kl"] = global_mean(groups.kl.sum(1))  # nats per completion, from the old log-probs
     return metrics
 
 
@@ -270,11 +282,13 @@ def train(cfg: GRPOConfig, *, restart: bool = False) -> Path:
 
 
 def check_batch(t: GRPOTrainConfig, processes: int) -> None:
-    """Every process gets at least one prompt; with several processes, skip_equal_groups would give them different
-    numbers of optimiser steps (and leave them waiting on each other), so it is refused there."""
-    if t.prompts_per_iteration // processes < 1:
-        raise ConfigError(f"train.prompts_per_iteration={t.prompts_per_iteration} must give every one of the "
-                          f"{processes} processes at least one prompt")
+    """Prompts and minibatches split evenly between the processes; with several processes, skip_equal_groups would
+    give them different numbers of optimiser steps (and leave them waiting on each other), so it is refused
+    there."""
+    for key in ("prompts_per_iteration", "minibatch_size"):
+        if getattr(t, key) < processes or getattr(t, key) % processes:
+            raise ConfigError(f"train.{key}={getattr(t, key)} must be a multiple of the {processes} processes "
+                              "(it counts the prompts or completions of every process, split evenly between them)")
     if t.skip_equal_groups and processes > 1:
         raise ConfigError("train.skip_equal_groups runs on one process only: processes would drop different numbers "
                           "of groups and so take different numbers of optimiser steps")

@@ -26,6 +26,7 @@ import torch
 
 from align.checkpoint import save_checkpoint
 from align.config import ConfigError
+from align.distributed import global_sum
 from align.precision import AutocastPrecision, Precision, training_weights
 
 
@@ -206,16 +207,9 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
-    """One epoch's shuffled order of n items (every process computes the same one, then takes its `shard`)."""
+    """One epoch's shuffled order of n items (every process computes the same one, then takes its share of each
+    step: align.distributed.step_share)."""
     return torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
-
-
-def shard(items: list, accelerator) -> list:
-    """This process's share of `items`: every process gets the same number (the remainder is left out), so all
-    processes run the same number of steps and none waits forever in a collective."""
-    world = accelerator.num_processes
-    usable = len(items) - len(items) % world
-    return items[:usable][accelerator.process_index :: world]
 
 
 # ---- the shell --------------------------------------------------------------------------------------------------
@@ -312,19 +306,21 @@ class Training:
                  eval_every: int | None = None) -> None:
         """After a step: log every `log_every` steps, evaluate every `eval_every`, checkpoint every `save_every`
         (and on a stop signal, then stop), and wait for the other processes. `log()` and `evaluate()` return
-        metrics named without the stage prefix; they run on the main process only."""
+        metrics named without the stage prefix. `log()` runs on every process, so that it can gather what the
+        other processes hold (align.distributed: the logged numbers describe the global batch); the main process
+        records them. `evaluate()` runs on the main process only."""
         self.step += 1
         self.stage.steps = self.step
         self.progress.update(1)
         last, cfg, main = self.step == self.total_steps, self.cfg, self.stage.main
-        if main and log is not None and (self.step % cfg.log_every == 0 or last):
+        if log is not None and (self.step % cfg.log_every == 0 or last):
             metrics = log()
-            if self.throughput:
+            if self.throughput:  # items of every process since the last log
                 seconds = time.perf_counter() - self._window_start
-                metrics[f"{self.throughput}_per_s"] = (self._window_items * self.stage.accelerator.num_processes
-                                                       / seconds)
+                metrics[f"{self.throughput}_per_s"] = global_sum(self._window_items) / seconds
                 self._window_items, self._window_start = 0, time.perf_counter()
-            self.stage.log({f"{self.stage.name}/{k}": v for k, v in metrics.items()}, self.step)
+            if main:
+                self.stage.log({f"{self.stage.name}/{k}": v for k, v in metrics.items()}, self.step)
             if "loss" in metrics:
                 self.progress.set_postfix(loss=f"{metrics['loss']:.3f}")
         if main and evaluate is not None and eval_every and (self.step % eval_every == 0 or last):

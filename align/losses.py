@@ -187,6 +187,7 @@ def dapo_loss(per_token: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) 
 
 
 GRPO_LOSSES = {"grpo": grpo_loss, "dr_grpo": dr_grpo_loss, "dapo": dapo_loss}
+GRPO_TOKEN_MEANS = {"dapo"}  # losses that are means over the tokens (not the completions) of a minibatch
 GRPOLossName = Literal[tuple(GRPO_LOSSES)]  # the values `train.loss` of GRPO accepts
 
 

@@ -38,8 +38,9 @@ from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
-from align.rl import (StepTimer, completion_metrics, iteration_prompts, last_metrics, log_samples, merged_weights,
-                      minibatch_updates, pad_right, penalised_scores, rollout_generator)
+from align.distributed import global_masked_mean, global_masked_whiten, global_mean, token_share
+from align.rl import (StepTimer, completion_metrics, global_completions, iteration_prompts, last_metrics, log_samples,
+                      merged_weights, minibatch_updates, pad_right, penalised_scores, rollout_generator)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -50,7 +51,7 @@ from align.values import TokenValues, load_reward_backbone
 class PPOTrainConfig(RLTrainConfig):
     prompts_per_iteration: int = 16  # prompts generated for, scored and trained on per iteration (all processes)
     ppo_epochs: int = 2  # passes over each iteration's responses
-    minibatch_size: int = 8  # responses per optimiser step
+    minibatch_size: int = 8  # responses per optimiser step (all processes; each takes an equal part of its own)
     policy_loss: PolicyLossName = "clipped"  # align.losses.POLICY_LOSSES
     value_learning_rate: float = 1.0e-4  # peak learning rate of the value model
     clip_range: float = 0.2  # epsilon of the clipped policy objective
@@ -129,11 +130,12 @@ def gae_advantages(rewards, values, mask, gamma: float, lam: float) -> tuple[tor
     return advantages, returns
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var[G - V] / Var[G] over real tokens: 1 is a perfect critic, 0 no better than a constant."""
-    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, mean=masked_mean) -> float:
+    """1 - Var[G - V] / Var[G] over real tokens: 1 is a perfect critic, 0 no better than a constant. `mean`: the
+    masked mean (over every process's tokens: align.distributed.global_masked_mean)."""
+    var_returns = mean((returns - mean(returns, mask)) ** 2, mask)
     residual = returns - values
-    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    var_residual = mean((residual - mean(residual, mask)) ** 2, mask)
     return float(1.0 - var_residual / var_returns.clamp(min=1e-8))
 
 
@@ -265,12 +267,13 @@ def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t:
 
 
 def compute_advantages(rollout: Rollout, kl_coef: float, t: PPOTrainConfig) -> None:
-    """4. Per-token KL, the KL-shaped reward, GAE advantages (whitened) and returns."""
+    """4. Per-token KL, the KL-shaped reward, GAE advantages (whitened over every process's responses, as
+    `masked_whiten` over the global batch) and returns."""
     rollout.kl = kl_per_token(rollout.old_logprobs, rollout.ref_logprobs, t.kl_estimator) * rollout.mask
     rewards = shaped_rewards(rollout.scores, rollout.kl, rollout.mask, kl_coef)
     rollout.advantages, rollout.returns = gae_advantages(rewards, rollout.values, rollout.mask, t.gamma, t.lam)
     if t.whiten_advantages:
-        rollout.advantages = masked_whiten(rollout.advantages, rollout.mask)
+        rollout.advantages = global_masked_whiten(rollout.advantages, rollout.mask)
 
 
 def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: PPOTrainConfig, device,
@@ -292,9 +295,12 @@ def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: P
     vf_loss, vf_stats = value_loss(new_values.cpu(), rollout.values[idx, :width], rollout.returns[idx, :width], mask,
                                    t.value_clip_range)
     mean_entropy = masked_mean(entropy.cpu(), mask)
-    loss = pg_loss + t.value_loss_coef * vf_loss - t.entropy_coef * mean_entropy
-    return loss, {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": mean_entropy.item(),
-                  **pg_stats, **vf_stats}
+    # token means over the minibatch's tokens on every process: this process's part (align.distributed)
+    share = token_share(mask)
+    loss = (pg_loss + t.value_loss_coef * vf_loss - t.entropy_coef * mean_entropy) * share
+    stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": mean_entropy.item(),
+             **pg_stats, **vf_stats}
+    return loss, {name: value * share for name, value in stats.items()}
 
 
 def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, seed: int,
@@ -306,14 +312,18 @@ def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, 
 
 
 def iteration_metrics(rollout: Rollout, kl_coef: float, stats: dict[str, float]) -> dict[str, float]:
-    """Everything an RL run is judged by, including reward-hacking signals (names without the `ppo/` prefix)."""
-    lengths = [len(ids) for ids in rollout.response_ids]
+    """Everything an RL run is judged by, including reward-hacking signals (names without the `ppo/` prefix),
+    over the responses of every process (call it on every process); the timings are this process's."""
+    breakdown, reward_log, rows, texts, lengths, finished = global_completions(
+        rollout.breakdown, rollout.reward_log, rollout.rows, rollout.texts, [len(r) for r in rollout.response_ids],
+        rollout.finished)
     return {
-        **rollout.reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
-        **completion_metrics(rollout.breakdown, rollout.rows, rollout.texts, lengths, rollout.finished),
-        "reward/score": float(rollout.scores.mean()),  # total after the missing-EOS penalty
-        "kl": float(rollout.kl.sum(1).mean()), "kl_coef": kl_coef,
-        "value_explained_variance": explained_variance(rollout.values, rollout.returns, rollout.mask),
+        **reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
+        **completion_metrics(breakdown, rows, texts, lengths, finished),
+        "reward/score": global_mean(rollout.scores),  # total after the missing-EOS penalty
+        "kl": global_mean(rollout.kl.sum(1)), "kl_coef": kl_coef,
+        "value_explained_variance": explained_variance(rollout.values, rollout.returns, rollout.mask,
+                                                       global_masked_mean),
         **stats, **{f"time/{k}": v for k, v in rollout.timings.items()},
     }
 
@@ -323,6 +333,18 @@ def iteration_metrics(rollout: Rollout, kl_coef: float, stats: dict[str, float])
 
 def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
     return run_stage(cfg, restart, proximal_policy_optimisation)
+
+
+def check_batch(t: PPOTrainConfig, processes: int) -> None:
+    """Both batch sizes count the responses of every process and must split evenly between them, and an
+    iteration must hold at least one minibatch."""
+    for key in ("prompts_per_iteration", "minibatch_size"):
+        if getattr(t, key) < processes or getattr(t, key) % processes:
+            raise ConfigError(f"train.{key}={getattr(t, key)} must be a multiple of the {processes} processes "
+                              "(it counts the responses of every process, split evenly between them)")
+    if t.minibatch_size > t.prompts_per_iteration:
+        raise ConfigError(f"train.minibatch_size={t.minibatch_size} is larger than "
+                          f"train.prompts_per_iteration={t.prompts_per_iteration}: no minibatch is ever full")
 
 
 def proximal_policy_optimisation(stage: Stage) -> None:
@@ -335,10 +357,7 @@ def proximal_policy_optimisation(stage: Stage) -> None:
     columns = dataset_columns(rows)
     reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
     print(f"[align] ppo: {len(rows)} prompts from {cfg.data.train}; reward = {reward_fn.describe()}")
-    per_process = t.prompts_per_iteration // accelerator.num_processes
-    if per_process < 1 or per_process < t.minibatch_size:
-        raise ConfigError(f"train.prompts_per_iteration={t.prompts_per_iteration} must give every one of the "
-                         f"{accelerator.num_processes} processes at least train.minibatch_size={t.minibatch_size}")
+    check_batch(t, accelerator.num_processes)
     kl = {"coef": t.kl_coef}  # beta, adapted after every iteration when train.adaptive_kl
     training = Training(stage, {"policy": policy, "value": value_model}, t, t.iterations,
                         learning_rates={"value": t.value_learning_rate},
@@ -368,8 +387,8 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         timer.lap("update")
         rollout.timings = timer.seconds
         # 6. adapt beta; log, checkpoint
-        if t.adaptive_kl:
-            kl["coef"] = adaptive_kl_coef(kl["coef"], float(rollout.kl.sum(1).mean()), t.kl_target, t.kl_horizon,
+        if t.adaptive_kl:  # the KL of every process's responses, so every process keeps the same beta
+            kl["coef"] = adaptive_kl_coef(kl["coef"], global_mean(rollout.kl.sum(1)), t.kl_target, t.kl_horizon,
                                           t.prompts_per_iteration)
 
         def log() -> dict:

@@ -70,7 +70,9 @@ def build_reward(cfg: RewardConfig, run, columns: list[str], device=None) -> Com
         reward_model = load_reward_model(path)  # bf16 where native, else fp32
         if device is not None:
             reward_model.model.to(device)
-    return CompositeReward.from_config(
+    from align.distributed import gather_list
+
+    reward = CompositeReward.from_config(
         cfg.functions,
         reward_model=reward_model,
         reward_model_weight=cfg.reward_model_weight,
@@ -78,6 +80,8 @@ def build_reward(cfg: RewardConfig, run, columns: list[str], device=None) -> Com
         base_dir=Path(cfg.config_dir) if cfg.config_dir else None,
         columns=set(columns) | TRL_EXTRA_KWARGS,
     )
+    reward.gather = gather_list  # batch and running normalisation over every process's samples
+    return reward
 
 
 # --- calling it the TRL way -----------------------------------------------------------------------------------

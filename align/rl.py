@@ -102,6 +102,26 @@ def completion_metrics(breakdown, rows: list[dict], texts: list[str], lengths: l
     return metrics
 
 
+def global_completions(breakdown, reward_log, rows: list[dict], texts: list[str], lengths: list[int],
+                       finished: list[bool]) -> tuple:
+    """Every process's scored completions, in process order: (breakdown, reward log, rows, texts, lengths,
+    finished) of the global batch, what an iteration's metrics describe. Call it on every process."""
+    from align.distributed import gather_each
+    from align.rewards import RewardLog
+    from reward.compose import RewardBreakdown
+
+    parts = gather_each((breakdown.total, breakdown.components, reward_log.metrics, rows, texts, lengths, finished))
+    if len(parts) == 1:
+        return breakdown, reward_log, rows, texts, lengths, finished
+    joined = RewardBreakdown([v for p in parts for v in p[0]],
+                             {name: [v for p in parts for v in p[1][name]] for name in breakdown.components})
+    metrics: dict[str, list[float]] = {}
+    for part in parts:
+        for name, values in part[2].items():
+            metrics.setdefault(name, []).extend(values)
+    return (joined, RewardLog(metrics), *([v for p in parts for v in p[i]] for i in range(3, 7)))
+
+
 def log_samples(tracker, name: str, step: int, prompts: list, completions: list, breakdown, limit: int,
                 step_column: str = "step", extra: dict[str, list] | None = None) -> None:
     """The first `limit` completions of a batch, with their total and per-component rewards and the `extra`
@@ -190,11 +210,16 @@ def penalised_scores(reward_fn, rows: list[dict], texts: list[str], completion_i
 
 def minibatch_updates(training, indices: torch.Tensor, passes: int, minibatch_size: int, seed: int,
                       loss_of) -> dict[str, float]:
-    """`passes` passes over the samples `indices` in shuffled minibatches (the shuffles drawn from `seed`), an
-    optimiser step each; `loss_of(minibatch indices)` -> (loss with gradients, stats). Returns the mean of every
-    statistic (and the gradient norm) over the minibatches; {} when there is nothing to train on."""
+    """`passes` passes over this process's samples `indices` in shuffled minibatches (the shuffles drawn from
+    `seed`), an optimiser step each; `minibatch_size` counts the samples of every process, each process taking an
+    equal part of its own. `loss_of(minibatch indices)` -> (loss with gradients, stats). Returns the mean of every
+    statistic (and the gradient norm) over the minibatches and the processes; {} when there is nothing to train
+    on. Call it on every process (it averages the statistics across them)."""
+    from align.distributed import mean_over_processes, processes
+
     stats: dict[str, list[float]] = {}
     generator = torch.Generator().manual_seed(seed)
+    minibatch_size = max(1, minibatch_size // processes())
     for _ in range(passes if len(indices) else 0):  # (an empty tensor splits into one empty minibatch)
         for idx in indices[torch.randperm(len(indices), generator=generator)].split(minibatch_size):
             loss, step_stats = loss_of(idx)
@@ -202,7 +227,7 @@ def minibatch_updates(training, indices: torch.Tensor, passes: int, minibatch_si
             grad_norm = training.optimizer_step(loss.item())
             for key, value in {**step_stats, "grad_norm": grad_norm}.items():
                 stats.setdefault(key, []).append(value)
-    return {key: sum(values) / len(values) for key, values in stats.items()}
+    return mean_over_processes({key: sum(values) / len(values) for key, values in stats.items()})
 
 
 def pad_right(sequences: list[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,8 @@ import torch
 
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.losses import bradley_terry_loss
-from align.loop import DatasetTrainConfig, Training, epoch_permutation, plan_steps, shard
+from align.distributed import ddp_scale, epoch_step, epoch_steps, gather_list, global_sum, share_loss_sum, step_share
+from align.loop import DatasetTrainConfig, Training, epoch_permutation, plan_steps
 from align.models import LoraConfig, ModelConfig, count_parameters
 from align.precision import autocast
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -37,7 +38,7 @@ from reward.model import tokenize_for_reward
 class RMTrainConfig(DatasetTrainConfig):
     margin: float = 0.0  # m in the loss: require chosen to beat rejected by at least this much
     max_length: int = 512  # tokens per prompt+response; longer ones keep their end and are reported
-    pairs_per_batch: int = 8  # preference pairs per optimiser step
+    pairs_per_batch: int = 8  # preference pairs per optimiser step and process
     eval_max_pairs: int = 300  # held-out pairs scored at every evaluation
 
 
@@ -67,6 +68,12 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, floa
         "rejected_mean": float(rejected.mean()),
         "rejected_std": float(rejected.std()) if len(rejected) > 1 else 0.0,
     }
+
+
+def gathered_rewards(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's chosen and rejected rewards, in process order (`align.distributed.gather_list`)."""
+    pairs = gather_list(list(zip(chosen.detach().tolist(), rejected.detach().tolist())))
+    return torch.tensor([c for c, _ in pairs]), torch.tensor([r for _, r in pairs])
 
 
 def pair_rewards(model, pairs: list[tuple[list[int], list[int]]], pack_length: int):
@@ -128,12 +135,9 @@ def reward_modelling(stage: Stage) -> None:
     print(f"[align] rm: {len(pairs)} training pairs from {cfg.data.train}; {truncated} sequences longer than "
           f"max_length={t.max_length} keep their last {t.max_length} tokens")
 
-    def epoch_order(epoch: int) -> list[int]:
-        return shard(epoch_permutation(len(pairs), cfg.run.seed, epoch), stage.accelerator)
-
-    steps_per_epoch = len(epoch_order(0)) // t.pairs_per_batch
-    total_steps = plan_steps(steps_per_epoch, t, f"train.pairs_per_batch={t.pairs_per_batch} exceeds the "
-                             f"{len(pairs)} pairs")
+    per_step = t.pairs_per_batch * stage.processes  # pairs of one optimiser step, every process together
+    steps_per_epoch = epoch_steps(len(pairs), per_step)
+    total_steps = plan_steps(steps_per_epoch, t, "no training pairs")
     training = Training(stage, {"model": model}, t, total_steps, throughput="pairs", manifest=dict(
         base_model=base_path, data_fingerprint=data_fingerprint(train_rows),
         data={"train": cfg.data.train, "eval": cfg.data.eval, "pairs": len(pairs), "truncated_sequences": truncated,
@@ -146,28 +150,32 @@ def reward_modelling(stage: Stage) -> None:
     before = training.evaluate(held_out) if training.step == 0 and evaluate and stage.main else None
     training.models["model"].train()
     while training.step < total_steps:
-        # 3. one batch of pairs -> Bradley-Terry loss on their rewards
+        # 3. this process's share of the step's pairs -> Bradley-Terry loss on their rewards, as a part of the mean
+        # over the step's pairs on every process (align.distributed)
         epoch, position = divmod(training.step, steps_per_epoch)
-        batch = [pairs[i] for i in epoch_order(epoch)[position * t.pairs_per_batch:(position + 1) * t.pairs_per_batch]]
+        ids = epoch_step(epoch_permutation(len(pairs), cfg.run.seed, epoch), per_step, position)
+        share, real = step_share(ids, stage.accelerator.process_index, stage.processes)
         training.plan_learning_rate()
         with autocast(device, stage.precision):
-            chosen, rejected = pair_rewards(training.models["model"], batch, t.pack_length)
-        loss = bradley_terry_loss(chosen.float(), rejected.float(), t.margin)
-        training.backward(loss)
+            chosen, rejected = pair_rewards(training.models["model"], [pairs[i] for i in share], t.pack_length)
+        chosen, rejected = chosen.float(), rejected.float()
+        loss_sum = share_loss_sum(lambda c, r: bradley_terry_loss(c, r, t.margin), real, chosen, rejected)
+        training.backward(loss_sum * ddp_scale(len(ids)))
+        loss = global_sum(loss_sum.item()) / len(ids)
 
-        # 4. AdamW step; log, evaluate, checkpoint
-        training.optimizer_step(loss.item())
-        training.count(len(batch))
-        training.end_step(log=lambda: {"loss": loss.item(), "learning_rate": training.learning_rate,
+        # 4. AdamW step; log (over the step's pairs on every process), evaluate, checkpoint
+        training.optimizer_step(loss)
+        training.count(real)
+        training.end_step(log=lambda: {"loss": loss, "learning_rate": training.learning_rate,
                                        "grad_norm": training.grad_norm,
-                                       **pair_metrics(chosen.detach().float(), rejected.detach().float())},
+                                       **pair_metrics(*gathered_rewards(chosen[:real], rejected[:real]))},
                           evaluate=evaluate, eval_every=t.eval_every)
 
     # 5. final model and report
     training.finish(tokenizer, output=lambda values: values.model)
     if not stage.main:
         return
-    metrics = {"rm/train_loss": loss.item()}
+    metrics = {"rm/train_loss": loss}
     if before is not None:
         metrics["rm/eval/accuracy_before"] = before["accuracy"]
     if evaluate:

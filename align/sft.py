@@ -31,7 +31,8 @@ import torch
 
 from align.batching import causal_lm_loss, packed_batches, tokenize_conversations
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.loop import DatasetTrainConfig, Training, epoch_generator, plan_steps, shard
+from align.distributed import ddp_scale, epoch_step, epoch_steps, global_sum, step_share
+from align.loop import DatasetTrainConfig, Training, epoch_generator, plan_steps
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.self_distill import SelfDistillConfig, self_distilled_conversations
@@ -44,7 +45,7 @@ class SFTTrainConfig(DatasetTrainConfig):
     max_length: int = 512  # longest example in tokens
     on_overflow: Literal["truncate", "drop"] = "truncate"  # what to do with longer examples (always reported)
     rows_per_batch: int = 1  # packed rows per micro-batch
-    grad_accum: int = 2  # micro-batches per optimiser step
+    grad_accum: int = 2  # micro-batches per optimiser step and process (a step: grad_accum x processes of them)
     eval_max_examples: int = 200  # held-out conversations whose loss is measured
     eos_check_prompts: int = 8  # held-out prompts generated greedily at the end to check the model stops
 
@@ -77,22 +78,23 @@ def heldout_loss(model, batches, device, precision: str) -> float:
 
 
 def sft_step(training: Training, micro_batches, precision: str) -> float:
-    """Forward and backward of one optimiser step's micro-batches; returns the step's loss.
+    """Forward and backward of one optimiser step's micro-batches (those of every process: this process takes
+    its share, align.distributed.step_share); returns the step's loss, the same on every process.
 
-    The loss is normalised by the assistant tokens of the whole step on all processes; DDP then averages the
-    gradients over processes, hence the division by their number."""
+    The loss is normalised by the assistant tokens of the whole step, summed over every process (DDP averages the
+    gradients over processes: align.distributed.ddp_scale); a padding micro-batch counts 0."""
     accelerator = training.stage.accelerator
-    loss_tokens = float(accelerator.reduce(torch.tensor(sum(b.loss_tokens for b in micro_batches)), "sum"))
-    loss_tokens /= accelerator.num_processes
-    step_loss = 0.0
-    for batch in micro_batches:
+    share, real = step_share(micro_batches, accelerator.process_index, accelerator.num_processes)
+    loss_tokens = global_sum(sum(b.loss_tokens for b in share[:real]))
+    scale, loss_sum = ddp_scale(loss_tokens), 0.0
+    for i, batch in enumerate(share):
         with autocast(accelerator.device, precision):
-            loss_sum, _ = causal_lm_loss(training.models["model"], _to(batch, accelerator.device))
-        loss = loss_sum / max(1, loss_tokens)
-        training.backward(loss)
-        step_loss += loss.item()
-        training.count(batch.real_tokens)
-    return step_loss
+            batch_loss, _ = causal_lm_loss(training.models["model"], _to(batch, accelerator.device))
+        training.backward(batch_loss * (scale if i < real else 0.0))
+        if i < real:
+            loss_sum += batch_loss.item()
+            training.count(batch.real_tokens)
+    return global_sum(loss_sum) / max(1.0, loss_tokens)
 
 
 def eos_rate(model_dir: Path, prompts: list[list[dict]], precision: str, max_new_tokens: int = 256):
@@ -162,17 +164,17 @@ def supervised_fine_tuning(stage: Stage) -> None:
     # 2. data -> tokens, with every dropped/truncated row reported
     rows, report, examples, lengths, eval_rows, eval_examples = load_conversations(cfg, tokenizer, own)
 
-    # 3. packed batches; every epoch reshuffles the rows with its own seed, so a resumed run sees the same order
+    # 3. packed batches; every epoch reshuffles the rows with its own seed, so a resumed run sees the same order.
+    # A step takes grad_accum micro-batches per process; the epoch's last step takes what is left (every row once)
     def epoch_batches(epoch: int):
-        batches = packed_batches(examples, t.pack_length, t.rows_per_batch, tokenizer.pad_token_id,
-                                 epoch_generator(cfg.run.seed, epoch))
-        return shard(batches, stage.accelerator)
+        return packed_batches(examples, t.pack_length, t.rows_per_batch, tokenizer.pad_token_id,
+                              epoch_generator(cfg.run.seed, epoch))
 
     eval_batches = packed_batches(eval_examples, t.pack_length, 1, tokenizer.pad_token_id,
                                   torch.Generator().manual_seed(0)) if eval_examples else []
-    steps_per_epoch = len(epoch_batches(0)) // t.grad_accum
-    total_steps = plan_steps(steps_per_epoch, t, f"train.grad_accum={t.grad_accum} is larger than the "
-                             f"{len(epoch_batches(0))} packed batches per process; lower it or add data")
+    per_step = t.grad_accum * stage.processes  # micro-batches of one optimiser step, every process together
+    steps_per_epoch = epoch_steps(len(epoch_batches(0)), per_step)
+    total_steps = plan_steps(steps_per_epoch, t, "no packed batches to train on; add data")
 
     # 4. optimiser (over fp32 masters of bf16 weights, align.precision), resumed state
     data = {"train": cfg.data.train, "eval": cfg.data.eval, "rows": report.rows_kept, "self_distilled": len(own),
@@ -196,8 +198,7 @@ def supervised_fine_tuning(stage: Stage) -> None:
         if epoch != batches_epoch:
             batches_epoch, batches = epoch, epoch_batches(epoch)
         training.plan_learning_rate()
-        step_loss = sft_step(training, batches[position * t.grad_accum : (position + 1) * t.grad_accum],
-                             stage.precision)
+        step_loss = sft_step(training, epoch_step(batches, per_step, position), stage.precision)
         training.optimizer_step(step_loss)
         training.end_step(log=lambda: {"loss": step_loss, "learning_rate": training.learning_rate,
                                        "grad_norm": training.grad_norm, "epoch": training.step / steps_per_epoch},

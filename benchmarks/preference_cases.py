@@ -52,10 +52,10 @@ def case_rm_align(settings, workdir: Path) -> dict:
     t, path = cfg.train, model_path(settings)
     pairs, _ = tokenize_pairs(load_tokenizer(path), rows_of("builtin:pairs:train", "preference", settings.pairs),
                               t.max_length)
-    step_tokens = []
-    for batch in stage_pair_batches(pairs, t.pairs_per_batch, cfg.run.seed, len(pairs_per_s)):
-        step_tokens.append(pair_pass_tokens([c for c, _ in batch] + [r for _, r in batch], t.pack_length))
-    step_seconds = [t.pairs_per_batch / rate for rate in pairs_per_s]
+    batches = list(stage_pair_batches(pairs, t.pairs_per_batch, cfg.run.seed, len(pairs_per_s)))
+    step_tokens = [pair_pass_tokens([c for c, _ in batch] + [r for _, r in batch], t.pack_length)
+                   for batch in batches]
+    step_seconds = [len(batch) / rate for batch, rate in zip(batches, pairs_per_s)]
     return training_result(
         "align rm", "align.rm.train (tracking none, no eval, log_every=1); seconds per step = pairs per batch / "
         "its logged rm/pairs_per_s; tokens replayed with align.rm.tokenize_pairs and the packing of "
@@ -65,14 +65,15 @@ def case_rm_align(settings, workdir: Path) -> dict:
 
 def stage_pair_batches(pairs: list, pairs_per_batch: int, seed: int, steps: int):
     """The pairs of each of the first `steps` steps of align rm / align dpo on one process, in the stage's order
-    (one `align.loop.epoch_permutation` per epoch)."""
+    (one `align.loop.epoch_permutation` per epoch; the epoch's last step takes what is left)."""
+    from align.distributed import epoch_step, epoch_steps
     from align.loop import epoch_permutation
 
-    per_epoch = len(pairs) // pairs_per_batch
+    per_epoch = epoch_steps(len(pairs), pairs_per_batch)
     for step in range(steps):
         epoch, position = divmod(step, per_epoch)
         order = epoch_permutation(len(pairs), seed, epoch)
-        yield [pairs[i] for i in order[position * pairs_per_batch : (position + 1) * pairs_per_batch]]
+        yield [pairs[i] for i in epoch_step(order, pairs_per_batch, position)]
 
 
 def pair_pass_tokens(sequences: list[list[int]], pack_length: int) -> tuple[int, int]:
@@ -174,11 +175,10 @@ def case_dpo_align(settings, workdir: Path) -> dict:
     t, path = cfg.train, model_path(settings)
     pairs, _ = tokenize_pairs(load_tokenizer(path), rows_of("builtin:pairs:train", "preference", settings.pairs),
                               t.max_prompt_length, t.max_response_length)
-    step_tokens = []
-    for batch in stage_pair_batches(pairs, t.pairs_per_batch, cfg.run.seed, len(pairs_per_s)):
-        step_tokens.append(pair_pass_tokens([p + c for p, c, _ in batch] + [p + r for p, _, r in batch],
-                                            t.pack_length))
-    step_seconds = [t.pairs_per_batch / rate for rate in pairs_per_s]
+    batches = list(stage_pair_batches(pairs, t.pairs_per_batch, cfg.run.seed, len(pairs_per_s)))
+    step_tokens = [pair_pass_tokens([p + c for p, c, _ in batch] + [p + r for p, _, r in batch], t.pack_length)
+                   for batch in batches]
+    step_seconds = [len(batch) / rate for batch, rate in zip(batches, pairs_per_s)]
     return dpo_result(
         training_result(
             "align dpo", "align.dpo.train (precompute_reference=true, tracking none, no eval, log_every=1); "

@@ -31,6 +31,7 @@ def sft_config(settings, workdir: Path):
 
 def case_sft_align(settings, workdir: Path) -> dict:
     from align.batching import packed_batches, tokenize_conversations
+    from align.distributed import epoch_step, epoch_steps
     from align.loop import epoch_generator
     from align.models import load_tokenizer
     from align.sft import train
@@ -51,7 +52,7 @@ def case_sft_align(settings, workdir: Path) -> dict:
                                            epoch_generator(cfg.run.seed, epoch))
         return epochs[epoch]
 
-    per_epoch = len(batches(0)) // t.grad_accum
+    per_epoch = epoch_steps(len(batches(0)), t.grad_accum)  # (one process: grad_accum micro-batches a step)
     logged_epochs = read_logged(out, "sft/epoch")  # step / steps_per_epoch: checks the replay's epoch length
     if any(abs(e - (i + 1) / per_epoch) > 1e-9 for i, e in enumerate(logged_epochs)):
         raise RuntimeError(f"the replayed batching gives {per_epoch} steps per epoch but align sft logged epochs "
@@ -59,7 +60,7 @@ def case_sft_align(settings, workdir: Path) -> dict:
     step_tokens = []
     for step in range(len(tokens_per_s)):
         epoch, position = divmod(step, per_epoch)
-        micro = batches(epoch)[position * t.grad_accum : (position + 1) * t.grad_accum]
+        micro = epoch_step(batches(epoch), t.grad_accum, position)
         step_tokens.append((sum(b.real_tokens for b in micro), sum(b.input_ids.numel() for b in micro)))
     step_seconds = [real / rate for (real, _), rate in zip(step_tokens, tokens_per_s)]
     return training_result(

@@ -112,7 +112,8 @@ class CompositeReward:
 
     normalize: "none" sums raw values; "batch" z-scores each component over the samples of the call it applies to;
     "running" z-scores each component with the mean/std of everything it returned so far (this call included),
-    saved by `state_dict()` so a resumed run continues with the same statistics.
+    saved by `state_dict()` so a resumed run continues with the same statistics. With several processes scoring
+    parts of one batch, `gather` makes both statistics those of the whole batch.
     """
 
     def __init__(
@@ -145,6 +146,10 @@ class CompositeReward:
         self.reward_model = reward_model
         self.reward_model_weight = float(reward_model_weight)
         self.normalize = normalize
+        # How a component's values of one batch join those that other processes scored at the same time (data
+        # parallelism): given this process's values, every process's. Normalisation then uses the statistics of
+        # the whole batch, the same on every process. Default: this process's values only.
+        self.gather: Callable[[list[float]], list[float]] = list
         self._stats = {name: _RunningStats() for name in names}
         self._loop = EventLoop()  # runs the async functions of every batch
 
@@ -225,7 +230,7 @@ class CompositeReward:
             return components
         scaled = {}
         for name, values in components.items():
-            present = [v for v in values if v is not None]
+            present = self.gather([v for v in values if v is not None])
             if self.normalize == "batch":
                 stats = _RunningStats()
                 stats.update(present)

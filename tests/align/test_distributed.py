@@ -1,47 +1,186 @@
-"""Data-parallel stages: PPO and DPO launched with 2 processes on CPU (torchrun, gloo) on `tiny-random`."""
+"""Data parallelism that is right, not only running: 2 processes (torchrun, gloo, CPU) train the tiny model to the
+weights 1 process gets with the same global batch, log the same numbers, and leave no process behind.
+
+Equivalence: fp32, the same seeds and data order; the 2-process run takes half the per-process batch of the
+1-process run (SFT grad_accum, RM/DPO pairs_per_batch), so both take the same optimiser steps over the same rows.
+Row counts are odd, so the epoch's last step is uneven and one process gets a padding copy at weight 0. Weights
+agree to ATOL (float32 sums in a different order, through a few AdamW steps); the weights moved by far more.
+"""
 
 import json
-import os
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from align.config import load_config
+from align.distributed import epoch_step, epoch_steps, step_share
+from tests.align.launch import finish, finish_all, free_port, survivors, torchrun
+from tests.conftest import arithmetic_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
+ATOL = 1e-5  # weights of 2 processes against 1 process, fp32
+TIMEOUT = 300  # seconds for one 2-process run (they take ~20 s)
+
+
+# ---- shares of a step (pure) ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows, per_step, world", [(13, 4, 2), (7, 4, 2), (10, 3, 3), (5, 2, 1)])
+def test_every_row_is_trained_on_once_per_epoch_and_padding_weighs_nothing(rows, per_step, world):
+    seen, slots = [], set()
+    for position in range(epoch_steps(rows, per_step)):
+        step = epoch_step(list(range(rows)), per_step, position)
+        shares = [step_share(step, p, world) for p in range(world)]
+        slots.add(tuple(len(share) for share, _ in shares))  # the same number of passes on every process
+        seen += [i for share, real in shares for i in share[:real]]
+        assert sorted(i for share, real in shares for i in share[:real]) == step  # disjoint, complete
+    assert sorted(seen) == list(range(rows))
+    assert all(len(set(lengths)) == 1 for lengths in slots)
+
+
+# ---- no process outlives its test ---------------------------------------------------------------------------------
+
+
+def test_a_launch_that_times_out_leaves_no_process_behind(tmp_path):
+    """Two workers blocked in a gloo collective (rank 0 in a barrier rank 1 never joins); the launch times out and
+    every process it started is gone, though torchrun put each worker in a process group of its own."""
+    process = torchrun("tests/align/fixtures/stuck_collective.py", str(tmp_path))
+    pid_files = [tmp_path / "rank0.pid", tmp_path / "rank1.pid"]
+    deadline = time.time() + 120
+    while not all(f.exists() for f in pid_files) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)  # both workers start (imports take seconds), then block
+    assert all(f.exists() for f in pid_files), "the workers never got to the collective"
+    workers = [tuple(map(int, f.read_text().split())) for f in pid_files]
+    assert all(group != process.pid for _, group in workers)  # killpg(torchrun's group) alone would orphan them
+    assert sorted(survivors(process.token, grace=0)) == sorted([process.pid, *(pid for pid, _ in workers)])
+    with pytest.raises(subprocess.TimeoutExpired):
+        finish(process, timeout=1)
+    assert survivors(process.token) == []
+
+
+# ---- equivalence: 2 processes = 1 process -----------------------------------------------------------------------
+
+
+SFT_DATA_ROWS = 7  # conversations, one per packed row (2 do not fit in pack_length)
+
+
+def stage_settings(stage: str, root: Path, name: str, *overrides: str) -> tuple[Path, list[str]]:
+    return REPO / "configs" / f"{stage}-tiny.yaml", [f"run.root={root}", f"run.name={name}", "train.precision=fp32",
+                                                     "tracking.backend=none", *overrides]
+
+
+def run_one(stage: str, root: Path, *overrides: str) -> Path:
+    """The stage on 1 process (this one), as run.name `one`."""
+    from align.registry import config_class, stage_module
+
+    config, settings = stage_settings(stage, root, "one", *overrides)
+    return stage_module(stage).train(load_config(config_class(stage), config, settings))
+
+
+def run_two(stage: str, root: Path, *overrides: str) -> Path:
+    """The stage on 2 processes (torchrun), as run.name `two`."""
+    config, settings = stage_settings(stage, root, "two", *overrides)
+    result = finish(torchrun("-m", "align", stage, str(config), *settings), TIMEOUT)
+    assert result.returncode == 0, result.stdout[-4000:]
+    return root / "two" / stage
+
+
+def assert_same_training(one: Path, two: Path, base: dict[str, torch.Tensor] | None = None,
+                         logged: tuple[str, ...] = ()) -> None:
+    """Same weights (ATOL), same steps, the same logged numbers at every step; the 2-process run says it had 2."""
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (one, two)]
+    assert [m["status"] for m in manifests] == ["complete"] * 2 and manifests[1]["processes"] == 2
+    assert manifests[0]["steps"] == manifests[1]["steps"]
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= ATOL, f"largest weight difference {worst:.2e}"
+    if base is not None:  # training moved the weights far beyond the tolerance
+        moved = max((a[k] - base[k]).abs().max().item() for k in a if k in base)
+        assert moved > 100 * ATOL, moved
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
+    for name in logged:
+        values = [[row[name] for row in r if name in row] for r in rows]
+        assert len(values[0]) == manifests[0]["steps"], name
+        assert values[1] == pytest.approx(values[0], rel=1e-5, abs=1e-5), name
 
 
 @pytest.fixture(scope="module")
 def run_root(tmp_path_factory) -> Path:
-    """A tiny SFT and reward-model stage for the RL stages to start from (single process)."""
-    from align.rm import RMConfig
-    from align.rm import train as train_rm
+    """A tiny SFT stage (1 process) for the other stages to start from."""
     from align.sft import SFTConfig
     from align.sft import train as train_sft
 
     root = tmp_path_factory.mktemp("distributed")
-    train_sft(load_config(SFTConfig, REPO / "configs" / "sft-tiny.yaml", [f"run.root={root}", "train.max_steps=2",
-                                                                        "train.eos_check_prompts=0"]))
-    train_rm(load_config(RMConfig, REPO / "configs" / "rm-tiny.yaml", [f"run.root={root}", "train.max_steps=2"]))
+    train_sft(load_config(SFTConfig, REPO / "configs" / "sft-tiny.yaml", [
+        f"run.root={root}", "train.max_steps=2", "train.eos_check_prompts=0", "train.precision=fp32"]))
     return root
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "align", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
-    )
+@pytest.fixture(scope="module")
+def sft_one(tmp_path_factory) -> tuple[Path, list[str]]:
+    """SFT on 1 process over 7 conversations, one per packed row: steps of 4 micro-batches (grad_accum 4), the
+    last of 3. Returns its directory and the settings the multi-process runs share with it."""
+    root = tmp_path_factory.mktemp("sft")
+    data = write_jsonl(root / "train.jsonl", arithmetic_rows(SFT_DATA_ROWS, seed=3))
+    common = [f"data.train={data}", "data.eval=null", "data.max_rows=null", "train.max_length=64",
+              "train.pack_length=64", "train.eos_check_prompts=0", "train.learning_rate=1e-3", "train.warmup_ratio=0"]
+    out = run_one("sft", root, *common, "train.grad_accum=4")
+    assert json.loads((out / "manifest.json").read_text())["steps"] == 2
+    return out, common
 
 
-@pytest.mark.parametrize("stage", ["dpo", "ppo"])
-def test_stage_runs_with_two_processes(run_root, stage):
-    result = torchrun(stage, f"configs/{stage}-tiny.yaml", f"run.root={run_root}", "train.save_every=1000")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    manifest = json.loads((run_root / "tiny" / stage / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["processes"] == 2
-    assert (run_root / "tiny" / stage / "model.safetensors").is_file()
-    metrics = [json.loads(line) for line in (run_root / "tiny" / stage / "metrics.jsonl").read_text().splitlines()]
-    assert metrics, "the main process logged"
+def test_sft_on_two_processes_equals_one(sft_one, tmp_path, tiny_model_dir):
+    """grad_accum 2 on each of 2 processes; in the last step one process has 2 micro-batches of its own, the other
+    1 and a padding copy. The loss is normalised by the step's assistant tokens on both processes together."""
+    one, common = sft_one
+    two = run_two("sft", tmp_path, *common, "train.grad_accum=2")
+    assert_same_training(one, two, load_file(tiny_model_dir / "model.safetensors"), logged=("sft/loss",))
+
+
+def test_sft_on_two_nodes_over_loopback_equals_one_process(sft_one, tmp_path):
+    """Two torchrun launches, --nnodes 2 --node_rank 0/1, one process each, meeting at 127.0.0.1: as one
+    machine's launch with 2 processes, they train the weights of 1 process."""
+    one, common = sft_one
+    config, settings = stage_settings("sft", tmp_path, "two", *common, "train.grad_accum=2", "run.threads=1")
+    port = free_port()
+    nodes = [torchrun("-m", "align", "sft", str(config), *settings, nproc=1, node=(rank, 2, port)) for rank in (0, 1)]
+    for result in finish_all(nodes, TIMEOUT):
+        assert result.returncode == 0, result.stdout[-4000:]
+    assert_same_training(one, tmp_path / "two" / "sft", logged=("sft/loss",))
+
+
+@pytest.mark.parametrize("stage", ["rm", "dpo"])
+def test_preference_stages_on_two_processes_equal_one(run_root, tmp_path, stage):
+    """13 pairs: steps of 4 (pairs_per_batch 4 on 1 process, 2 on each of 2), the last of 1 pair, which one
+    process takes while the other runs a padding copy at weight 0."""
+    common = [f"model.name={run_root / 'tiny' / 'sft'}", "data.max_rows=13", "data.eval=null",
+              "train.learning_rate=1e-3", "train.warmup_ratio=0", "train.save_every=1000"]
+    one = run_one(stage, tmp_path, *common, "train.pairs_per_batch=4")
+    two = run_two(stage, tmp_path, *common, "train.pairs_per_batch=2")
+    metric = {"rm": "rm/accuracy", "dpo": "dpo/rewards/margin"}[stage]
+    assert_same_training(one, two, logged=(f"{stage}/loss", metric))
+    assert json.loads((one / "manifest.json").read_text())["steps"] == 4
+
+
+PPO_REWARD = ("[{name: instruction_following}, "
+              "{name: length_in_range, weight: 0.5, kwargs: {min_words: 1, max_words: 8}}]")
+PPO_LOGGED = ("reward/total", "reward/score", "reward/length_in_range", "response_length", "kl", "kl_coef",
+              "value_explained_variance", "policy_loss", "value_loss", "entropy", "approx_kl")
+
+
+def test_ppo_on_two_processes_equals_one(run_root, tmp_path):
+    """8 prompts an iteration (4 per process), one minibatch of all 8 per optimiser step, 2 passes, 2 iterations.
+    Sampling keeps only the most likely token (top_k 1), so both runs generate the same responses; then the
+    running reward normalisation, the advantage whitening, the token means of the losses, the adaptive KL
+    controller and every logged mean must cover both processes' responses for the weights and the logs to agree."""
+    common = [f"model.name={run_root / 'tiny' / 'sft'}", "reward.reward_model=null", f"reward.functions={PPO_REWARD}",
+              "reward.normalize=running", "data.eval=null", "train.iterations=2", "train.prompts_per_iteration=8",
+              "train.minibatch_size=8", "train.top_k=1", "train.adaptive_kl=true", "train.kl_horizon=100",
+              "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000"]
+    one, two = run_one("ppo", tmp_path, *common), run_two("ppo", tmp_path, *common)
+    assert_same_training(one, two, logged=tuple(f"ppo/{name}" for name in PPO_LOGGED))
