@@ -13,6 +13,7 @@ back instead of generating again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ def self_distilled_conversations(cfg: SelfDistillConfig, model_path: str, data_c
     cache = out / "self_distilled.jsonl"
     if cache.is_file():
         return [json.loads(line) for line in cache.read_text().splitlines()]
-    rows = load_rows(cfg.prompts, "prompt", data_cfg)[0][: cfg.max_prompts]
+    # max_prompts, not data.max_rows (which limits the conversations), decides how many prompts are sampled for
+    rows = load_rows(cfg.prompts, "prompt", dataclasses.replace(data_cfg, max_rows=None))[0][: cfg.max_prompts]
     started = time.perf_counter()
     generator = load_generator(model_path, "auto", generation)
     prompts = [row["prompt"] for row in rows for _ in range(cfg.samples_per_prompt)]
