@@ -4,7 +4,7 @@
 
 Each iteration, as numbered steps (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017), passing a
 `Rollout` from step to step:
-1. take the iteration's prompts; generate responses from the policy (batched, KV cache, bf16 rollout copy);
+1. take the iteration's prompts; generate responses from the policy (batched, KV cache, rollout copy);
 2. score each response with the composite reward (reward model + reward functions) at its last token;
    responses that never emit EOS lose `missing_eos_penalty`;
 3. per-token log-probs of the policy and the frozen reference (with LoRA: the same model, adapters off; with
@@ -225,7 +225,7 @@ class Rollout:
 
 def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig,
                      seed: int) -> Rollout:
-    """1. Responses of the current policy: its weights (LoRA merged) are copied into the bf16 rollout copy, which
+    """1. Responses of the current policy: its weights (LoRA merged) are copied into the rollout copy, which
     samples with `seed`."""
     tokenizer = models.tokenizer
     models.generator.load_weights(merged_weights(training.raw["policy"]))
@@ -370,7 +370,7 @@ def proximal_policy_optimisation(stage: Stage) -> None:
 
     while training.step < t.iterations:
         iteration, timer = training.step, StepTimer()
-        # 1. generate with the bf16 rollout copy of the current policy
+        # 1. generate with the rollout copy of the current policy
         batch, seed = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
         rollout = generate_rollout(training, models, batch, t, seed)
         timer.lap("generate")
