@@ -114,10 +114,11 @@ QKV_BIASES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_pro
 
 def _layer(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> LayerWeights:
     """A layer from its parameters (`LAYER_PARAMETERS` roles, plus `q_bias`/`k_bias`/`v_bias` if it has them)."""
-    w = {role: tensor.detach().to(dtype) for role, tensor in weights.items()}
+    w = {role: tensor.detach().to(dtype) for role, tensor in weights.items()}  # views where the dtype is the same:
+    # the products below are made from copies (fused or packed), the norms are copied (`load_weights` says why)
     bias = torch.cat([w["q_bias"], w["k_bias"], w["v_bias"]]) if "q_bias" in w else None
-    return LayerWeights(input_norm=w["input_norm"], qkv=Projection(torch.cat([w["q"], w["k"], w["v"]]), bias),
-                        out=Projection(w["out"]), post_norm=w["post_norm"],
+    return LayerWeights(input_norm=w["input_norm"].clone(), qkv=Projection(torch.cat([w["q"], w["k"], w["v"]]), bias),
+                        out=Projection(w["out"]), post_norm=w["post_norm"].clone(),
                         gate_up=Projection(torch.cat([w["gate"], w["up"]])), down=Projection(w["down"]))
 
 
@@ -196,13 +197,15 @@ class DecoderEngine:
             if release:
                 for name in roles.values():
                     state_dict[name].data = torch.empty(0, dtype=state_dict[name].dtype)
+        # copies, never views: a view would keep the model's storage alive (for weights loaded from safetensors, the
+        # whole memory-mapped file stays resident next to the engine's copy)
         if names["final_norm"] in state_dict:
-            self.final_norm = state_dict[names["final_norm"]].detach().to(dtype)
+            self.final_norm = state_dict[names["final_norm"]].detach().to(dtype, copy=True)
         if names["embed"] in state_dict:
-            self.embed = state_dict[names["embed"]].detach().to(dtype)
+            self.embed = state_dict[names["embed"]].detach().to(dtype, copy=True)
         head = state_dict.get(names["lm_head"])
         if head is not None or names["embed"] in state_dict:
-            self.lm_head = Projection((head if head is not None else self.embed).detach().to(dtype))
+            self.lm_head = Projection(head.detach().to(dtype, copy=True) if head is not None else self.embed)
         if not hasattr(self, "embed") or not hasattr(self, "final_norm"):
             raise ValueError(f"load_weights: the state dict lacks {names['embed']} or {names['final_norm']}")
 

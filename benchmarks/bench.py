@@ -117,7 +117,7 @@ TARGETS = [
     ("RM pairs/s vs TRL defaults", "rm/align", "pairs_per_s", "rm/trl", "pairs_per_s", ">=", 2.0),
     ("DPO pairs/s (reference cost included) vs TRL defaults", "dpo/align", "pairs_per_s", "dpo/trl", "pairs_per_s",
      ">=", 2.0),
-    ("PPO rollout new tokens/s vs raw generate (bf16, batch of the iteration's prompts)", "ppo/align",
+    ("PPO rollout new tokens/s vs raw generate (the stage's precision, batch of the iteration's prompts)", "ppo/align",
      "rollout_tokens_per_s", "ppo/raw", "rollout_tokens_per_s", ">=", 4.0),
     ("PPO iteration s vs the previous decoding loop's", "ppo/align", "iteration_s", "ppo/align-hf", "iteration_s",
      "<=", 0.5),

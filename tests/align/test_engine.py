@@ -132,6 +132,23 @@ def test_an_engine_that_releases_the_model_keeps_its_own_copy_and_the_same_token
     assert [c.token_ids for c in engine.generate(ids, 8, sample, eos_token_id=-1)] == expected
 
 
+def test_the_engine_shares_no_storage_with_the_model(model, tokenizer):
+    """Every tensor the engine keeps is its own: a view of the model's weights would keep their storage alive
+    (for a model loaded from safetensors, the whole memory-mapped file) and follow the model's later changes."""
+    ids, sample = [[5, 6, 7, 8], [9, 10, 11]], Sampler()
+    changed = copy.deepcopy(model)
+    engine = DecoderEngine(changed, slots=2)
+    expected = [c.token_ids for c in engine.generate(ids, 8, sample, eos_token_id=-1)]
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.mul_(-3.0)
+    assert [c.token_ids for c in engine.generate(ids, 8, sample, eos_token_id=-1)] == expected
+    model_storages = {p.untyped_storage().data_ptr() for p in changed.parameters()}
+    kept = [engine.embed, engine.final_norm] + [t for layer in engine.layers
+                                                for t in (layer.input_norm, layer.post_norm)]
+    assert not model_storages & {t.untyped_storage().data_ptr() for t in kept}
+
+
 def test_sampling_is_reproducible_from_the_seed_and_top_k_1_is_greedy(model, tokenizer):
     for backend in ("engine", "hf"):
         generator = TextGenerator(model, tokenizer, GenerationConfig(backend=backend, slots=2))
