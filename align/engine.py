@@ -297,7 +297,8 @@ class DecoderEngine:
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, sample, eos_token_id: int) -> list[Completion]:
         """Complete every prompt (token ids): up to `max_new_tokens` each, stopping at `eos_token_id`; `sample`
-        maps logits [n, vocab] to (tokens [n], their log-probs [n]). Prompts enter free rows as others finish."""
+        maps logits [n, vocab] and the rows' requests (prompt indices) to (tokens [n], their log-probs [n]).
+        Prompts enter free rows as others finish."""
         if not prompts:
             return []
         self._ensure_cache(max(len(p) for p in prompts) + max_new_tokens)
@@ -309,7 +310,7 @@ class DecoderEngine:
             if waiting and free and (len(free) >= max(1, state.width // 8) or not state.live):
                 taken = [waiting.pop() for _ in range(min(len(free), len(waiting)))]
                 rows = free[: len(taken)]
-                tokens, logprobs = sample(self._prefill(rows, [prompts[i] for i in taken]))
+                tokens, logprobs = sample(self._prefill(rows, [prompts[i] for i in taken]), taken)
                 for row, request, token, logprob in zip(rows, taken, tokens.tolist(), logprobs.tolist()):
                     state.start(row, request, len(prompts[request]), token, logprob)
             if not state.live:
@@ -321,7 +322,7 @@ class DecoderEngine:
             length = min(self.cache_length, -(-int(positions.max() + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET)
             logits = self._decode(state.tokens[:width], positions, length)
             live = sorted(state.live)
-            tokens, logprobs = sample(logits[live])
+            tokens, logprobs = sample(logits[live], [state.live[row] for row in live])
             for row, token, logprob in zip(live, tokens.tolist(), logprobs.tolist()):
                 state.advance(row, token, logprob)
         return [state.done[i] for i in range(len(prompts))]

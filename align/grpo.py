@@ -161,14 +161,17 @@ class Groups:
         return [row["prompt"] for row in self.rows]
 
 
-def sample_groups(training: Training, models: GRPOModels, rows: list[dict], t: GRPOTrainConfig, seed: int) -> Groups:
+def sample_groups(training: Training, models: GRPOModels, rows: list[dict], t: GRPOTrainConfig, seed: int,
+                  first: int = 0) -> Groups:
     """1. k completions of each prompt from the current policy: its adapted layers (LoRA merged; every weight with
-    full fine-tuning) are copied into the rollout copy, which samples with `seed`."""
+    full fine-tuning) are copied into the rollout copy, which samples with `seed` (the rows are prompts `first`,
+    `first` + 1, ... of the iteration; completion j of prompt i is request i * k + j)."""
     tokenizer, k = models.tokenizer, t.completions_per_prompt
     models.generator.load_weights(merged_weights(training.raw["policy"], adapted_layers_only=True))
     repeated = [row for row in rows for _ in range(k)]
     gens = models.generator.generate([row["prompt"] for row in repeated], max_new_tokens=t.max_new_tokens,
-                                     temperature=t.temperature, top_p=t.top_p, top_k=t.top_k, seed=seed)
+                                     temperature=t.temperature, top_p=t.top_p, top_k=t.top_k, seed=seed,
+                                     first_request=first * k)
     prompt_ids = [tokenizer(render_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
                   for row in rows]
     response_ids = [ids or [tokenizer.eos_token_id] for ids in gens.token_ids]
@@ -319,8 +322,8 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
     while training.step < t.iterations:
         iteration, timer = training.step, StepTimer()
         # 1. k completions per prompt from the rollout copy of the current policy
-        batch, seed = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
-        groups = sample_groups(training, models, batch, t, seed)
+        batch, seed, first = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
+        groups = sample_groups(training, models, batch, t, seed, first)
         timer.lap("generate")
         # 2. composite reward of each completion
         score_groups(groups, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))

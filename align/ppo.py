@@ -223,15 +223,15 @@ class Rollout:
         return [row["prompt"] for row in self.rows]
 
 
-def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig,
-                     seed: int) -> Rollout:
+def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig, seed: int,
+                     first: int = 0) -> Rollout:
     """1. Responses of the current policy: its weights (LoRA merged) are copied into the rollout copy, which
-    samples with `seed`."""
+    samples with `seed`, the rows as requests `first`, `first` + 1, ... of the iteration."""
     tokenizer = models.tokenizer
     models.generator.load_weights(merged_weights(training.raw["policy"]))
     prompts = [row["prompt"] for row in rows]
     gens = models.generator.generate(prompts, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
-                                     top_p=t.top_p, top_k=t.top_k, seed=seed)
+                                     top_p=t.top_p, top_k=t.top_k, seed=seed, first_request=first)
     prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     response_ids = [ids or [tokenizer.eos_token_id] for ids in gens.token_ids]
     return Rollout(rows, prompt_ids, response_ids, gens.texts, gens.finished)
@@ -371,8 +371,8 @@ def proximal_policy_optimisation(stage: Stage) -> None:
     while training.step < t.iterations:
         iteration, timer = training.step, StepTimer()
         # 1. generate with the rollout copy of the current policy
-        batch, seed = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
-        rollout = generate_rollout(training, models, batch, t, seed)
+        batch, seed, first = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
+        rollout = generate_rollout(training, models, batch, t, seed, first)
         timer.lap("generate")
         # 2. composite reward at the end of each response
         score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))

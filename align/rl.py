@@ -27,11 +27,14 @@ def iteration_rows(rows: list[dict], iteration: int, per_iteration: int, seed: i
 
 
 def iteration_prompts(rows: list[dict], iteration: int, per_iteration: int, seed: int,
-                      accelerator) -> tuple[list[dict], int]:
-    """This process's prompts for `iteration` (`iteration_rows`), and the seed its sampling draws from: a function
-    of the run's seed, the iteration and the process, so a resumed run samples what the uninterrupted one did."""
+                      accelerator) -> tuple[list[dict], int, int]:
+    """This process's prompts for `iteration` (`iteration_rows`), the seed the iteration's sampling draws from (a
+    function of the run's seed and the iteration, so a resumed run samples what the uninterrupted one did) and the
+    index of this process's first prompt in the iteration's whole batch (each prompt samples from its own stream,
+    `align.rollout.Sampler`, so N processes draw what one process would)."""
     batch = iteration_rows(rows, iteration, per_iteration, seed, accelerator.process_index, accelerator.num_processes)
-    return batch, seed * 100003 + iteration * 101 + accelerator.process_index
+    first = accelerator.process_index * (per_iteration // accelerator.num_processes)
+    return batch, seed * 100003 + iteration * 101, first
 
 
 class StepTimer:

@@ -54,14 +54,18 @@ def render_prompt(tokenizer, prompt) -> str:
 
 
 class Sampler:
-    """logits [n, vocab] -> (next tokens [n], their log-probs [n]), in fp32.
+    """(logits [n, vocab], the requests of the n rows) -> (next tokens [n], their log-probs [n]), in fp32.
 
-    Greedy (argmax) at temperature 0; otherwise a draw, from this sampler's own generator seeded with `seed`, from
-    the temperature-scaled distribution restricted to the top_k tokens and the top_p probability mass
-    (transformers' logits warpers). The log-prob is the drawn token's under the temperature-scaled distribution
-    before top-k/top-p, which is what a training forward pass at that temperature computes."""
+    Greedy (argmax) at temperature 0; otherwise a draw from the temperature-scaled distribution restricted to the
+    top_k tokens and the top_p probability mass (transformers' logits warpers). Every request (prompt i of a
+    `generate` call is request `first_request + i`) draws from its own generator, seeded from `seed` and the
+    request: what a request samples does not depend on which rows, batches or processes the others share it with
+    (so N processes sampling their shards of a batch draw what one process drawing the whole batch does). The
+    log-prob is the drawn token's under the temperature-scaled distribution before top-k/top-p, which is what a
+    training forward pass at that temperature computes."""
 
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None):
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 first_request: int = 0):
         from transformers.generation.logits_process import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
         self.temperature = temperature
@@ -70,26 +74,37 @@ class Sampler:
             self.warpers.append(TopPLogitsWarper(top_p))
         if seed is None:  # drawn from torch's global generator, so a seeded run stays reproducible
             seed = int(torch.randint(2**62, (1,)))
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.first_request = seed, first_request
+        self.generators: dict[int, torch.Generator] = {}
 
-    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _uniform(self, request: int) -> float:
+        """The next uniform draw in [0, 1) of `request`'s own stream."""
+        if request not in self.generators:
+            key = (self.seed * 0x9E3779B97F4A7C15 + self.first_request + request) % 2**63
+            self.generators[request] = torch.Generator().manual_seed(key)
+        return float(torch.rand((), generator=self.generators[request]))
+
+    def __call__(self, logits: torch.Tensor, requests: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float()
         if self.temperature > 0:
             logits = logits / self.temperature
         logprobs = torch.log_softmax(logits, dim=-1)
         if self.temperature <= 0:
             tokens = logits.argmax(-1)
-        else:
-            probs = torch.softmax(self.warpers(None, logits), dim=-1)
-            tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        else:  # inverse-CDF sampling: the first token whose cumulative probability exceeds the row's uniform draw
+            cumulative = torch.softmax(self.warpers(None, logits), dim=-1).cumsum(-1)  # [n, vocab]
+            draws = torch.tensor([[self._uniform(r)] for r in requests], dtype=cumulative.dtype)  # [n, 1]
+            tokens = torch.searchsorted(cumulative, draws * cumulative[:, -1:], right=True).squeeze(1)
+            tokens = tokens.clamp(max=logits.shape[-1] - 1)
         return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(1)
 
 
 @torch.no_grad()
 def reference_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos: int,
-                     sample: Sampler) -> list[Completion]:
-    """The `hf` backend on one left-padded batch ([B, T] ids and mask): transformers' forward with a growing KV
-    cache, finished rows removed from the batch and from the cache. Returns each row's completion."""
+                     sample: Sampler, requests: list[int] | None = None) -> list[Completion]:
+    """The `hf` backend on one left-padded batch ([B, T] ids and mask; `requests`: each row's request, by default
+    its index): transformers' forward with a growing KV cache, finished rows removed from the batch and from the
+    cache. Returns each row's completion."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
@@ -100,7 +115,7 @@ def reference_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     position = positions[:, -1:]  # [b, 1]
     completions = [Completion([], False, []) for _ in range(len(input_ids))]
     for step in range(max_new_tokens):
-        tokens, logprobs = sample(out.logits[:, -1, :])  # [b]
+        tokens, logprobs = sample(out.logits[:, -1, :], [requests[r] for r in rows] if requests else rows)  # [b]
         for row, token, logprob in zip(rows, tokens.tolist(), logprobs.tolist()):
             completions[row].token_ids.append(token)
             completions[row].logprobs.append(logprob)
@@ -157,11 +172,13 @@ class TextGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: list, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None) -> Generations:
-        """One completion per prompt (a string or chat messages). temperature 0 means greedy decoding."""
+                 top_k: int = 0, seed: int | None = None, first_request: int = 0) -> Generations:
+        """One completion per prompt (a string or chat messages). temperature 0 means greedy decoding. Prompt i
+        samples as request `first_request + i` (`Sampler`): a process generating its shard of a larger batch
+        passes the shard's first index there."""
         rendered = [render_prompt(self.tokenizer, p) for p in prompts]
         encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
-        sample, eos = Sampler(temperature, top_p, top_k, seed), self.tokenizer.eos_token_id
+        sample, eos = Sampler(temperature, top_p, top_k, seed, first_request), self.tokenizer.eos_token_id
         if self.engine is not None:
             completions = self.engine.generate(encoded, max_new_tokens, sample, eos)
         else:
@@ -182,7 +199,7 @@ class TextGenerator:
             ids, mask = left_padded([encoded[i] for i in batch], self.tokenizer.pad_token_id)
             device = self.model.device
             for i, completion in zip(batch, reference_decode(self.model, ids.to(device), mask.to(device),
-                                                             max_new_tokens, eos, sample)):
+                                                             max_new_tokens, eos, sample, batch)):
                 completions[i] = completion
         self.model.train(was_training)
         return completions

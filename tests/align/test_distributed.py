@@ -175,12 +175,30 @@ PPO_LOGGED = ("reward/total", "reward/score", "reward/length_in_range", "respons
 
 def test_ppo_on_two_processes_equals_one(run_root, tmp_path):
     """8 prompts an iteration (4 per process), one minibatch of all 8 per optimiser step, 2 passes, 2 iterations.
-    Sampling keeps only the most likely token (top_k 1), so both runs generate the same responses; then the
-    running reward normalisation, the advantage whitening, the token means of the losses, the adaptive KL
+    Sampling at temperature 1: each prompt draws from its own stream, so both runs sample the same responses;
+    then the running reward normalisation, the advantage whitening, the token means of the losses, the adaptive KL
     controller and every logged mean must cover both processes' responses for the weights and the logs to agree."""
     common = [f"model.name={run_root / 'tiny' / 'sft'}", "reward.reward_model=null", f"reward.functions={PPO_REWARD}",
               "reward.normalize=running", "data.eval=null", "train.iterations=2", "train.prompts_per_iteration=8",
-              "train.minibatch_size=8", "train.top_k=1", "train.adaptive_kl=true", "train.kl_horizon=100",
+              "train.minibatch_size=8", "train.temperature=1.0", "train.adaptive_kl=true", "train.kl_horizon=100",
               "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000"]
     one, two = run_one("ppo", tmp_path, *common), run_two("ppo", tmp_path, *common)
     assert_same_training(one, two, logged=tuple(f"ppo/{name}" for name in PPO_LOGGED))
+
+
+GRPO_LOGGED = ("reward/total", "reward/score", "response_length", "eos_rate", "equal_group_fraction",
+               "advantage_abs_mean", "kl", "policy_loss", "entropy")
+
+
+@pytest.mark.parametrize("loss", ["grpo", "dapo"])
+def test_grpo_on_two_processes_equals_one(run_root, tmp_path, loss):
+    """4 prompts an iteration (2 per process), k 3 real samples each (temperature 1: every prompt draws from its
+    own stream, so each process samples its prompts' completions as the 1-process run does), one minibatch of
+    all 12 completions per optimiser step, 2 iterations. The group advantages stay within a process; the
+    per-completion mean (grpo) and the token mean over the minibatch (dapo), the KL term and every logged mean
+    must cover both processes for the weights and the logs to agree."""
+    common = [f"model.name={run_root / 'tiny' / 'sft'}", "data.eval=null", "train.iterations=2",
+              "train.prompts_per_iteration=4", "train.completions_per_prompt=3", "train.minibatch_size=12",
+              "train.temperature=1.0", f"train.loss={loss}", "train.save_every=1000"]
+    one, two = run_one("grpo", tmp_path, *common), run_two("grpo", tmp_path, *common)
+    assert_same_training(one, two, logged=tuple(f"grpo/{name}" for name in GRPO_LOGGED))

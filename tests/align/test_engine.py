@@ -163,9 +163,35 @@ def test_sampling_is_reproducible_from_the_seed_and_top_k_1_is_greedy(model, tok
         assert a.finished == [tokenizer.eos_token_id in t for t in a.token_ids]
 
 
+def test_sampled_tokens_follow_the_distribution():
+    """Inverse-CDF draws, one per request: 4000 requests over probabilities 0.5 / 0.3 / 0.2 / 0 land within 4
+    standard deviations of their expected counts, and a token of probability 0 is never drawn."""
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    tokens, _ = Sampler(1.0, seed=3)(probs.log().expand(4000, 4), list(range(4000)))
+    counts = torch.bincount(tokens, minlength=4).float()
+    expected = 4000 * probs
+    assert ((counts - expected).abs() <= 4 * (expected * (1 - probs)).sqrt()).all() and counts[3] == 0
+
+
+def test_a_request_samples_the_same_tokens_whatever_it_shares_its_batch_with(model, tokenizer):
+    """Each prompt samples from its own stream (seed, request index): the second half of a batch generated on
+    its own with `first_request` set (what one of two processes does with its shard), with fewer rows, or on the
+    other backend, samples exactly what it sampled inside the whole batch."""
+    whole = TextGenerator(model, tokenizer, GenerationConfig(slots=8))
+    sampling = dict(max_new_tokens=10, temperature=1.0, top_k=20, seed=11)
+    together = whole.generate(PROMPTS[:8], **sampling).token_ids
+    assert len({tuple(t) for t in together}) > 1
+    half = TextGenerator(model, tokenizer, GenerationConfig(slots=2)).generate(PROMPTS[4:8], first_request=4,
+                                                                                **sampling)
+    reference = TextGenerator(model, tokenizer, GenerationConfig(backend="hf", slots=3)).generate(PROMPTS[:8],
+                                                                                                  **sampling)
+    assert half.token_ids == together[4:] and reference.token_ids == together
+    assert whole.generate(PROMPTS[4:8], **sampling).token_ids != together[4:]  # request 0 is not request 4
+
+
 def test_top_p_keeps_only_the_nucleus():
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]] * 400))
-    tokens, logprobs = Sampler(1.0, 0.8, 0, seed=0)(logits)
+    tokens, logprobs = Sampler(1.0, 0.8, 0, seed=0)(logits, list(range(400)))
     assert set(tokens.tolist()) == {0, 1}  # 0.6 + 0.3 covers 0.8; tokens 2 and 3 are outside the nucleus
     torch.testing.assert_close(logprobs, torch.log(torch.tensor([0.6, 0.3]))[tokens])  # before the truncation
 
