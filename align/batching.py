@@ -164,8 +164,9 @@ def packed_batches(
     ]
 
 
-def causal_lm_loss(model, batch: PackedBatch) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over assistant tokens, and their count.
+def causal_lm_loss(model, batch: PackedBatch, unlikelihood: float = 0.0) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over assistant tokens, and their count; with `unlikelihood` > 0, plus that
+    weight times the token-level unlikelihood of each answer (align.losses.token_unlikelihood).
 
     Only positions that predict a labelled token go through the LM head (`logits_to_keep`), which skips the
     vocabulary projection for prompt tokens. Returns a sum (not a mean) so the caller can normalise by the number
@@ -186,7 +187,29 @@ def causal_lm_loss(model, batch: PackedBatch) -> tuple[torch.Tensor, int]:
     loss = torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
+    if unlikelihood > 0:
+        loss = loss + unlikelihood * answers_unlikelihood(logits, picked, keep)
     return loss, int((picked != IGNORE).sum())
+
+
+def answers_unlikelihood(logits: torch.Tensor, picked: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The token-level unlikelihood summed over every answer of a packed batch. logits: [B, K, V] at the kept
+    positions `keep` [K], picked: [B, K] their targets (IGNORE off the answers). An answer is a run of labelled
+    targets at consecutive positions: a prompt token separates one conversation's turns and two packed
+    conversations."""
+    from align.losses import token_unlikelihood
+
+    total = logits.new_zeros((), dtype=torch.float32)
+    gaps = [False] + (keep[1:] != keep[:-1] + 1).tolist()  # [K]: column k does not follow column k-1's position
+    for row in range(picked.shape[0]):
+        labelled, start = (picked[row] != IGNORE).tolist() + [False], None
+        for k, is_label in enumerate(labelled):
+            if start is not None and (not is_label or gaps[k]):
+                total = total + token_unlikelihood(logits[row, start:k].float().log_softmax(-1), picked[row, start:k])
+                start = None
+            if is_label and start is None:
+                start = k
+    return total
 
 
 # ---- flat forward passes for scoring: reward model, log-probs, values ---------------------------------------------

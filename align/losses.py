@@ -19,6 +19,25 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
     return torch.where(mask.bool(), values, 0.0).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+# ---- supervised fine-tuning --------------------------------------------------------------------------------------
+
+
+def token_unlikelihood(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Token-level unlikelihood of one answer (Welleck et al. 2020, "Neural Text Generation with Unlikelihood
+    Training", eq. 4): at every step, lower the probability of the tokens the answer has already used (other than
+    the step's own target), the training signal against repetition that likelihood alone lacks:
+        L_UL = - sum_t sum_{c in C_t} log(1 - p(c | y_<t, x)),    C_t = {y_1, ..., y_{t-1}} minus {y_t}
+    (each earlier token counted once). logprobs: [n, V] log-probs at the answer's n steps; targets: [n] its
+    tokens. Returns the sum over steps (a scalar)."""
+    n = targets.shape[0]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=targets.device).tril(-1)  # [t, j]: j < t
+    same = targets[:, None] == targets[None, :]  # [t, j]: y_t == y_j
+    first_use = ~(same & earlier).any(dim=1)  # [j]: y_j does not occur before j
+    candidates = earlier & first_use[None, :] & ~same  # [t, j]: y_j is in C_t
+    p = logprobs.gather(1, targets[None, :].expand(n, n)).exp()  # [t, j]: p(y_j | y_<t, x)
+    return -torch.where(candidates, torch.log1p(-p.clamp(max=1.0 - 1e-6)), 0.0).sum()
+
+
 # ---- reward model -------------------------------------------------------------------------------------------------
 
 

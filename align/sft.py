@@ -17,7 +17,9 @@ The loop, as numbered steps:
 6. save the final model (LoRA merged) so `AutoModelForCausalLM.from_pretrained(stage_dir)` loads it, and check
    that greedy generation on held-out prompts stops with EOS.
 Loss, per optimiser step over its micro-batches b and their assistant tokens t (y: labels, x: context):
-    L = - (1 / sum_b |T_b|) * sum_b sum_{t in T_b} log p(y_t | x_<t)
+    L = - (1 / sum_b |T_b|) * sum_b sum_{t in T_b} [log p(y_t | x_<t) + alpha * sum_{c in C_t} log(1 - p(c | x_<t))]
+with alpha = `train.unlikelihood` (0 by default) and C_t the tokens the answer used before t, other than y_t
+(token-level unlikelihood, Welleck et al. 2020: align.losses.token_unlikelihood).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class SFTTrainConfig(DatasetTrainConfig):
     grad_accum: int = 2  # micro-batches per optimiser step and process (a step: grad_accum x processes of them)
     eval_max_examples: int = 200  # held-out conversations whose loss is measured
     eos_check_prompts: int = 8  # held-out prompts generated greedily at the end to check the model stops
+    unlikelihood: float = 0.0  # weight of the token-level unlikelihood term (Welleck et al. 2020) added to the
+    # loss: each answer's already-used tokens are pushed down (against repetition loops); 0: likelihood only
 
 
 @dataclass
@@ -89,7 +93,8 @@ def sft_step(training: Training, micro_batches, precision: str) -> float:
     scale, loss_sum = ddp_scale(loss_tokens), 0.0
     for i, batch in enumerate(share):
         with autocast(accelerator.device, precision):
-            batch_loss, _ = causal_lm_loss(training.models["model"], _to(batch, accelerator.device))
+            batch_loss, _ = causal_lm_loss(training.models["model"], _to(batch, accelerator.device),
+                                           training.cfg.unlikelihood)
         training.backward(batch_loss * (scale if i < real else 0.0))
         if i < real:
             loss_sum += batch_loss.item()

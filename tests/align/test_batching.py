@@ -72,6 +72,36 @@ def test_packed_rows_keep_conversations_apart(tiny_model_dir, tokenizer):
     torch.testing.assert_close(together, alone[0][0] + alone[1][0], rtol=1e-4, atol=1e-4)
 
 
+def test_unlikelihood_of_packed_rows_is_the_sum_over_their_answers(tiny_model_dir, tokenizer):
+    """With `unlikelihood`, the loss adds the weight times each answer's token unlikelihood: in a packed row, as
+    over the answers computed one at a time (turns and conversations kept apart); weight 0 is the plain loss."""
+    from transformers import AutoModelForCausalLM
+
+    from align.losses import token_unlikelihood
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    a = tokenize_conversation(tokenizer, CONVERSATION)
+    b = tokenize_conversation(tokenizer, CONVERSATION[:2])
+    by_hand = torch.tensor(0.0)
+    with torch.no_grad():
+        for example in (a, b):
+            ids, labels = torch.tensor([example.input_ids]), torch.tensor(example.labels)
+            logprobs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+            targets = labels[1:]
+            labelled = (targets != IGNORE).nonzero().squeeze(-1).tolist()
+            runs = [[labelled[0]]]
+            for position in labelled[1:]:  # the answers: runs of consecutive labelled positions
+                runs[-1].append(position) if position == runs[-1][-1] + 1 else runs.append([position])
+            assert len(runs) == (2 if example is a else 1)
+            by_hand += sum(token_unlikelihood(logprobs[run], targets[run]) for run in runs)
+        plain, n = causal_lm_loss(model, collate_packed([a, b], [[0, 1]], tokenizer.pad_token_id))
+        with_ul, n_ul = causal_lm_loss(model, collate_packed([a, b], [[0, 1]], tokenizer.pad_token_id), 0.5)
+        zero, _ = causal_lm_loss(model, collate_packed([a, b], [[0, 1]], tokenizer.pad_token_id), 0.0)
+    assert n == n_ul and by_hand > 0
+    torch.testing.assert_close(with_ul - plain, 0.5 * by_hand, rtol=1e-4, atol=1e-4)
+    assert zero == plain
+
+
 def test_padding_tail_carries_no_loss(tokenizer):
     a = tokenize_conversation(tokenizer, CONVERSATION)
     b = tokenize_conversation(tokenizer, CONVERSATION[:2])

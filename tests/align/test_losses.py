@@ -27,6 +27,7 @@ from align.losses import (
     masked_mean,
     ppo_policy_loss as policy_loss,
     rloo_advantages,
+    token_unlikelihood,
     value_loss,
 )
 from tests.align.references import (
@@ -60,6 +61,23 @@ def test_ipo_loss_by_hand():
     pol_c, pol_r = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -2.0])
     ref = torch.tensor([-2.0, -2.0])
     torch.testing.assert_close(ipo_loss(pol_c, pol_r, ref, ref, 0.25), torch.tensor(2.0))
+
+
+def test_token_unlikelihood_by_hand():
+    """targets [0, 1, 0, 2] over a vocabulary of 3: C_0 = {}, C_1 = {0}, C_2 = {0, 1} minus {0} = {1},
+    C_3 = {0, 1}; with p_t(c) the step's probabilities below,
+        L = -[log(1 - p_1(0)) + log(1 - p_2(1)) + log(1 - p_3(0)) + log(1 - p_3(1))]."""
+    probs = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1], [0.1, 0.7, 0.2], [0.25, 0.25, 0.5]])
+    expected = -(math.log(0.4) + math.log(0.3) + math.log(0.75) + math.log(0.75))
+    assert_close(token_unlikelihood(probs.log(), torch.tensor([0, 1, 0, 2])), torch.tensor(expected))
+    # a repeated earlier token counts once; a step whose target repeats is not pushed down for its own target
+    probs = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1]])
+    assert_close(token_unlikelihood(probs.log(), torch.tensor([0, 0, 0])), torch.tensor(0.0))
+    assert_close(token_unlikelihood(probs.log(), torch.tensor([1, 1, 0])), torch.tensor(-math.log(0.9)))
+    # the gradient lowers the probability of earlier tokens
+    logits = torch.zeros(2, 3, requires_grad=True)
+    token_unlikelihood(logits.log_softmax(-1), torch.tensor([2, 0])).backward()
+    assert logits.grad[1, 2] > 0 and logits.grad[1, 0] < 0 and logits.grad[0].abs().sum() == 0
 
 
 def test_bradley_terry_loss_by_hand():
