@@ -70,6 +70,15 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, floa
     }
 
 
+def accuracy_by_type(chosen: list[float], rejected: list[float], types: list[str]) -> dict[str, float]:
+    """Pairwise accuracy per pair type (the built-in pairs' `pair_type` column: which way the rejected answer is
+    worse, e.g. `runs_on`): {type: share of its pairs whose chosen reward is higher}."""
+    wins: dict[str, list[bool]] = {}
+    for c, r, kind in zip(chosen, rejected, types):
+        wins.setdefault(kind, []).append(c > r)
+    return {kind: sum(w) / len(w) for kind, w in sorted(wins.items())}
+
+
 def gathered_rewards(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every process's chosen and rejected rewards, in process order (`align.distributed.gather_list`)."""
     pairs = gather_list(list(zip(chosen.detach().tolist(), rejected.detach().tolist())))
@@ -181,6 +190,10 @@ def reward_modelling(stage: Stage) -> None:
     if evaluate:
         held = training.latest_evaluation(held_out)
         metrics.update({f"rm/eval/{k}": v for k, v in held.items() if not k.endswith("_rewards")})
+        types = [row.get("pair_type") for row in eval_rows]
+        if all(isinstance(kind, str) for kind in types):  # held-out pairs that say how their rejected answer fails
+            metrics.update({f"rm/eval/accuracy/{kind}": value for kind, value in accuracy_by_type(
+                held["chosen_rewards"], held["rejected_rewards"], types).items()})
         (stage.out / "eval_rewards.json").write_text(json.dumps(
             {"chosen": held["chosen_rewards"], "rejected": held["rejected_rewards"]}))
     stage.complete(metrics, training.step, [f"{k:28s} {v:.4f}" for k, v in metrics.items()] + [

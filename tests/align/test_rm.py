@@ -24,7 +24,8 @@ def pairs(n: int, seed: int) -> list[dict]:
     for _ in range(n):
         a, b = rng.randint(1, 50), rng.randint(1, 50)
         rows.append({"prompt": f"What is {a} plus {b}? Answer in lowercase.",
-                     "chosen": f"the answer is {a + b}.", "rejected": f"THE ANSWER IS {a + b}!"})
+                     "chosen": f"the answer is {a + b}.", "rejected": f"THE ANSWER IS {a + b}!",
+                     "pair_type": "small_sum" if a + b < 50 else "large_sum"})
     return rows
 
 
@@ -52,6 +53,16 @@ def test_reward_model_learns_the_preference_and_reports_held_out_metrics(reward_
         assert key in metrics
     rewards = json.loads((reward_stage / "eval_rewards.json").read_text())
     assert len(rewards["chosen"]) == len(rewards["rejected"]) == 16
+    # held-out pairs that carry a pair_type get an accuracy per type
+    assert metrics["rm/eval/accuracy/small_sum"] == metrics["rm/eval/accuracy/large_sum"] == 1.0
+
+
+def test_accuracy_by_pair_type_by_hand():
+    from align.rm import accuracy_by_type
+
+    chosen, rejected = [1.0, 0.0, 2.0, 3.0, -1.0], [0.0, 1.0, 2.0, 1.0, -2.0]
+    types = ["runs_on", "runs_on", "runs_on", "truncated", "truncated"]
+    assert accuracy_by_type(chosen, rejected, types) == {"runs_on": 1 / 3, "truncated": 1.0}  # a tie is wrong
 
 
 def test_scorer_loads_the_stage_directory_with_no_extra_arguments(reward_stage):
