@@ -181,7 +181,7 @@ def test_only_looping_rejections_loop_and_no_chosen_answer_does(data):
 
 def test_pair_types_follow_the_configured_shares(data):
     assert abs(sum(PAIR_TYPES.values()) - 1) < 1e-9
-    assert PAIR_TYPES["repetitive"] + PAIR_TYPES["runs_on"] == 0.25  # pairs that teach stopping
+    assert PAIR_TYPES["repetitive"] + PAIR_TYPES["runs_on"] >= 0.25  # at least a quarter of the pairs teach stopping
     rows = data[("pairs", "train")]
     for pair_type, share in PAIR_TYPES.items():
         observed = sum(row["pair_type"] == pair_type for row in rows) / len(rows)
