@@ -78,12 +78,16 @@ def _packed(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 class Projection:
-    """x @ weight^T (+ bias) with the weight kept in the fastest layout for the device (`_packed`)."""
+    """x @ weight^T (+ bias) with the weight kept in the fastest layout for the device (`_packed`).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    It never keeps the caller's tensor itself: the packed layout is a copy, and a plain weight is copied unless
+    `owned` says it already is one (a fused concatenation). A view of a model's weight would keep the model's
+    storage alive (for weights loaded from safetensors, the whole memory-mapped file) and follow its changes."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, owned: bool = False):
         self.bias = bias
         self.packed = _packed(weight)
-        self.weight = weight if self.packed is None else None
+        self.weight = None if self.packed is not None else weight if owned else weight.clone()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -114,12 +118,13 @@ QKV_BIASES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_pro
 
 def _layer(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> LayerWeights:
     """A layer from its parameters (`LAYER_PARAMETERS` roles, plus `q_bias`/`k_bias`/`v_bias` if it has them)."""
-    w = {role: tensor.detach().to(dtype) for role, tensor in weights.items()}  # views where the dtype is the same:
-    # the products below are made from copies (fused or packed), the norms are copied (`load_weights` says why)
+    w = {role: tensor.detach().to(dtype) for role, tensor in weights.items()}  # views where the dtype is the same,
+    # so the norms are copied and the products make their own (`Projection`)
     bias = torch.cat([w["q_bias"], w["k_bias"], w["v_bias"]]) if "q_bias" in w else None
-    return LayerWeights(input_norm=w["input_norm"].clone(), qkv=Projection(torch.cat([w["q"], w["k"], w["v"]]), bias),
-                        out=Projection(w["out"]), post_norm=w["post_norm"].clone(),
-                        gate_up=Projection(torch.cat([w["gate"], w["up"]])), down=Projection(w["down"]))
+    return LayerWeights(input_norm=w["input_norm"].clone(), post_norm=w["post_norm"].clone(),
+                        qkv=Projection(torch.cat([w["q"], w["k"], w["v"]]), bias, owned=True),
+                        out=Projection(w["out"]), gate_up=Projection(torch.cat([w["gate"], w["up"]]), owned=True),
+                        down=Projection(w["down"]))
 
 
 @dataclass
@@ -197,15 +202,15 @@ class DecoderEngine:
             if release:
                 for name in roles.values():
                     state_dict[name].data = torch.empty(0, dtype=state_dict[name].dtype)
-        # copies, never views: a view would keep the model's storage alive (for weights loaded from safetensors, the
-        # whole memory-mapped file stays resident next to the engine's copy)
+        # copies, never views (as `Projection` keeps its own)
         if names["final_norm"] in state_dict:
             self.final_norm = state_dict[names["final_norm"]].detach().to(dtype, copy=True)
         if names["embed"] in state_dict:
             self.embed = state_dict[names["embed"]].detach().to(dtype, copy=True)
         head = state_dict.get(names["lm_head"])
         if head is not None or names["embed"] in state_dict:
-            self.lm_head = Projection(head.detach().to(dtype, copy=True) if head is not None else self.embed)
+            tied = head is None  # the vocabulary projection is the engine's own copy of the embedding
+            self.lm_head = Projection(self.embed, owned=True) if tied else Projection(head.detach().to(dtype))
         if not hasattr(self, "embed") or not hasattr(self, "final_norm"):
             raise ValueError(f"load_weights: the state dict lacks {names['embed']} or {names['final_norm']}")
 
