@@ -200,15 +200,12 @@ def answers_unlikelihood(logits: torch.Tensor, picked: torch.Tensor, keep: torch
     from align.losses import token_unlikelihood
 
     total = logits.new_zeros((), dtype=torch.float32)
-    gaps = [False] + (keep[1:] != keep[:-1] + 1).tolist()  # [K]: column k does not follow column k-1's position
     for row in range(picked.shape[0]):
-        labelled, start = (picked[row] != IGNORE).tolist() + [False], None
-        for k, is_label in enumerate(labelled):
-            if start is not None and (not is_label or gaps[k]):
-                total = total + token_unlikelihood(logits[row, start:k].float().log_softmax(-1), picked[row, start:k])
-                start = None
-            if is_label and start is None:
-                start = k
+        columns = (picked[row] != IGNORE).nonzero().squeeze(-1)  # [n] this row's labelled columns, in order
+        positions = keep[columns]
+        breaks = (positions[1:] != positions[:-1] + 1).nonzero().squeeze(-1) + 1  # where a new answer starts
+        for answer in columns.tensor_split(breaks.tolist()):
+            total = total + token_unlikelihood(logits[row, answer].float().log_softmax(-1), picked[row, answer])
     return total
 
 
