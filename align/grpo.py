@@ -46,8 +46,9 @@ from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
-from align.rl import (StepTimer, completion_metrics, global_completions, iteration_prompts, last_metrics, log_samples,
-                      merged_weights, minibatch_updates, pad_right, penalised_scores, rollout_generator)
+from align.rl import (WINDOW_METRICS, completion_metrics, global_completions, iteration_prompts, last_metrics,
+                      log_samples, merged_weights, minibatch_updates, pad_right, penalised_scores, rollout_generator,
+                      StepTimer, window_means)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -256,8 +257,6 @@ def minibatch_loss(training: Training, groups: Groups, idx: torch.Tensor, t: GRP
 def iteration_metrics(groups: Groups, stats: dict[str, float], t: GRPOTrainConfig) -> dict[str, float]:
     """Everything an RL run is judged by, including reward-hacking signals (names without the `grpo/` prefix),
     over the completions of every process (call it on every process); the timings are this process's."""
-    from reward.degeneration import loop_share
-
     breakdown, reward_log, rows, texts, lengths, finished = global_completions(
         groups.breakdown, groups.reward_log, groups.rows, groups.texts, [len(r) for r in groups.response_ids],
         groups.finished)
@@ -265,8 +264,6 @@ def iteration_metrics(groups: Groups, stats: dict[str, float], t: GRPOTrainConfi
         **reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
         **completion_metrics(breakdown, rows, texts, lengths, finished),
         "reward/score": global_mean(groups.scores),  # total after the missing-EOS penalty
-        "eos_rate": sum(finished) / len(finished),
-        "loop_share": loop_share(texts),  # completions that are repetition loops (reward.degeneration)
         "equal_group_fraction": global_mean(groups.equal.float()),
         "equal_groups_skipped": int(global_sum(groups.equal.sum())) if t.skip_equal_groups else 0,
         "advantage_abs_mean": global_mean(groups.advantages.abs()),
@@ -355,4 +352,5 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
         stage.complete({**last, "grpo/iterations": training.step}, training.step, [
             (f"mean reward at the last iteration: {last.get('grpo/reward/total', float('nan')):.3f}; KL to the "
              f"reference: {last.get('grpo/kl', float('nan')):.3f} nats per completion"),
-            f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"])
+            f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"],
+            windows=window_means(stage.out, "grpo/", WINDOW_METRICS))

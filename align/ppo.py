@@ -39,8 +39,9 @@ from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.distributed import global_masked_mean, global_masked_whiten, global_mean, token_share
-from align.rl import (StepTimer, completion_metrics, global_completions, iteration_prompts, last_metrics, log_samples,
-                      merged_weights, minibatch_updates, pad_right, penalised_scores, rollout_generator)
+from align.rl import (WINDOW_METRICS, completion_metrics, global_completions, iteration_prompts, last_metrics,
+                      log_samples, merged_weights, minibatch_updates, pad_right, penalised_scores, rollout_generator,
+                      StepTimer, window_means)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -57,6 +58,8 @@ class PPOTrainConfig(RLTrainConfig):
     clip_range: float = 0.2  # epsilon of the clipped policy objective
     value_clip_range: float = 0.2  # how far a value may move from its rollout value before its loss is clipped
     value_loss_coef: float = 0.5  # weight of the value loss in the total loss
+    value_warmup_iterations: int = 0  # the first N iterations train the value model only (no policy loss): GAE's
+        # advantages are only as good as the values, and a value head starts far from the returns
     entropy_coef: float = 0.0  # weight of the entropy bonus (subtracted from the loss)
     gamma: float = 1.0  # discount of GAE
     lam: float = 0.95  # lambda of GAE: bias (0) against variance (1) of the advantages
@@ -295,9 +298,11 @@ def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: P
     vf_loss, vf_stats = value_loss(new_values.cpu(), rollout.values[idx, :width], rollout.returns[idx, :width], mask,
                                    t.value_clip_range)
     mean_entropy = masked_mean(entropy.cpu(), mask)
+    # during the value warm-up the policy's gradients are 0, so AdamW (without weight decay) leaves it as it is
+    policy_weight = 0.0 if training.step < t.value_warmup_iterations else 1.0
     # token means over the minibatch's tokens on every process: this process's part (align.distributed)
     share = token_share(mask)
-    loss = (pg_loss + t.value_loss_coef * vf_loss - t.entropy_coef * mean_entropy) * share
+    loss = (policy_weight * (pg_loss - t.entropy_coef * mean_entropy) + t.value_loss_coef * vf_loss) * share
     stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": mean_entropy.item(),
              **pg_stats, **vf_stats}
     return loss, {name: value * share for name, value in stats.items()}
@@ -406,4 +411,5 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         stage.complete({**last, **summary}, training.step, [
             f"mean KL to the reference at the last iteration: {last.get('ppo/kl', float('nan')):.3f} nats per "
             f"response (train.kl_target={t.kl_target})",
-            f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"])
+            f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"],
+            windows=window_means(stage.out, "ppo/", WINDOW_METRICS))

@@ -453,6 +453,9 @@ def _stage_section(stage: Stage, charts: list[Chart]) -> str:
     elif stage.metrics:
         parts.append(f'<p class="note">None of the logged metrics ({_esc(", ".join(sorted(stage.metrics)[:8]))}'
                      "...) has a chart in this report.</p>")
+    windows = stage.manifest.get("windows")
+    if isinstance(windows, list) and windows and all(isinstance(w, dict) for w in windows):
+        parts.append(_windows_table(windows))
     final = stage.manifest.get("metrics")
     if isinstance(final, dict) and final:
         parts.append(_details(f"Final metrics ({len(final)})", dict(sorted(final.items()))))
@@ -462,6 +465,16 @@ def _stage_section(stage: Stage, charts: list[Chart]) -> str:
     for name, table in stage.tables.items():
         parts.append(_training_table(name, table))
     return "\n".join(parts)
+
+
+def _windows_table(windows: list[dict]) -> str:
+    """An RL stage's iterations in windows (align.rl.window_means): how far the policy moved, whether it stops."""
+    columns = list(dict.fromkeys(key for window in windows for key in window))
+    header = "".join(f"<th>{_esc(column)}</th>" for column in columns)
+    rows = "".join("<tr>" + "".join(f"<td>{_esc(_fmt(window.get(column)))}</td>" for column in columns) + "</tr>"
+                   for window in windows)
+    return (f"<h3>By iteration window</h3><p class=\"muted\">Means over each window of iterations (KL in nats "
+            f"per completion).</p><table><tr>{header}</tr>{rows}</table>")
 
 
 def _details(summary: str, values: dict[str, Any]) -> str:

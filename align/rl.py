@@ -91,11 +91,15 @@ def completion_metrics(breakdown, rows: list[dict], texts: list[str], lengths: l
                        finished: list[bool]) -> dict[str, float]:
     """What a batch of scored completions is judged by: each reward component, the constraint pass rates, the
     response length and unfinished share, and two reward-hacking signals (reward-length correlation, reward model
-    against verifiers)."""
+    against verifiers), the EOS rate and the share of repetition loops (reward.degeneration)."""
+    from reward.degeneration import loop_share
+
     metrics = {**breakdown.metrics("reward/"), **constraint_pass_rates(rows, texts)}
     metrics.update({
         "response_length": sum(lengths) / len(lengths),
         "unfinished_fraction": 1 - sum(finished) / len(finished),
+        "eos_rate": sum(finished) / len(finished),
+        "loop_share": loop_share(texts),
         "reward_length_correlation": pearson(breakdown.total, lengths),
     })
     components = breakdown.components
@@ -242,6 +246,26 @@ def pad_right(sequences: list[torch.Tensor], value: float = 0.0) -> tuple[torch.
         out[i, : len(s)] = s.detach().float().cpu()
         mask[i, : len(s)] = 1.0
     return out, mask
+
+
+WINDOW_METRICS = ("kl", "eos_rate", "loop_share", "response_length", "reward/total")  # what an RL manifest's
+# `windows` report: how far the policy moved, and whether it learnt to stop instead of looping
+
+
+def window_means(out: Path, prefix: str, names: tuple[str, ...], windows: int = 4) -> list[dict]:
+    """How a run moved: the logged iterations (lines of metrics.jsonl with `prefix`kl) cut into `windows` spans of
+    consecutive iterations as equal as they go, each with its first and last step and the mean of every metric of
+    `names` (without `prefix`) logged in it."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if f"{prefix}kl" in row]
+    spans = [span for span in (rows[len(rows) * i // windows: len(rows) * (i + 1) // windows]
+                               for i in range(windows)) if span]
+    summary = []
+    for span in spans:
+        values = {name: [row[prefix + name] for row in span if prefix + name in row] for name in names}
+        summary.append({"steps": [span[0].get("step"), span[-1].get("step")],
+                        **{name: sum(v) / len(v) if v else None for name, v in values.items()}})
+    return summary
 
 
 def last_metrics(out: Path) -> dict:

@@ -205,12 +205,13 @@ class Stage:
         if self.tracker is not None:
             self.tracker.log(metrics, step=step)
 
-    def complete(self, metrics: dict, steps: int, lines: list[str] = ()) -> None:
-        """The stage finished: summary and manifest written, tracker closed, a short summary printed."""
+    def complete(self, metrics: dict, steps: int, lines: list[str] = (), **fields) -> None:
+        """The stage finished: summary and manifest written (with `fields`), tracker closed, a short summary
+        printed."""
         if not self.main:
             return
         self.tracker.summary(metrics)
-        finish_stage(self.out, "complete", metrics=metrics, steps=steps, wandb_run=self.tracker.run_id)
+        finish_stage(self.out, "complete", metrics=metrics, steps=steps, wandb_run=self.tracker.run_id, **fields)
         self.tracker.finish(0)
         print(f"\n[align] {self.name} finished -> {self.out}")
         for line in lines:

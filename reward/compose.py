@@ -179,11 +179,12 @@ class CompositeReward:
         return list(self._stats)
 
     def describe(self) -> str:
-        """One line per component with its weight, for the stage's start-up log."""
-        lines = [f"{name}  weight={weight:g}" for name, _, weight in self.functions]
+        """The weighted sum on one line, for the stage's start-up log: `1 x instruction_following + 0.5 x no_loops
+        (normalize=none)`."""
+        terms = [f"{weight:g} x {name}" for name, _, weight in self.functions]
         if self.reward_model is not None:
-            lines.append(f"{REWARD_MODEL_NAME}  weight={self.reward_model_weight:g}")
-        return "\n".join(lines) + f"\n(normalize={self.normalize})"
+            terms.append(f"{self.reward_model_weight:g} x {REWARD_MODEL_NAME}")
+        return " + ".join(terms) + f" (normalize={self.normalize})"
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> RewardBreakdown:
         """Score a batch. Each function is called as fn(prompts=..., completions=..., **columns): the sync ones in

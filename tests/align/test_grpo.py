@@ -73,6 +73,10 @@ def test_stage_directory_holds_merged_model_manifest_and_aligns_own_checkpoints(
     assert manifest["parents"] == {"policy": str(tiny_model_dir), "reward_model": None}
     assert manifest["data"]["prompts"] == 16 and len(manifest["data_fingerprint"]) == 16
     assert manifest["metrics"]["grpo/iterations"] == ITERATIONS
+    # 6 iterations in 4 windows: 1, 2-3, 4, 5-6 (align.rl.window_means), each the mean of what metrics.jsonl holds
+    assert [window["steps"] for window in manifest["windows"]] == [[1, 1], [2, 3], [4, 4], [5, 6]]
+    rows = logged(uninterrupted)
+    assert manifest["windows"][1]["eos_rate"] == pytest.approx((rows[2]["grpo/eos_rate"] + rows[3]["grpo/eos_rate"]) / 2)
     # save_every 2, the last two kept (none at the last iteration: the model is the output); no TRL checkpoints
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
 

@@ -69,7 +69,7 @@ def test_ppo_wandb_run_has_per_component_rewards_and_sample_tables_from_several_
     steps_with = lambda key: {row["_step"] for row in run["history"] if key in row}  # noqa: E731
     for key in ("ppo/reward/total", "ppo/reward/reward_model", "ppo/reward/instruction_following", "ppo/kl",
                 "ppo/entropy", "ppo/policy_loss", "ppo/value_loss", "ppo/clip_fraction", "ppo/approx_kl",
-                "ppo/value_explained_variance", "ppo/response_length", "ppo/unfinished_fraction",
+                "ppo/value_explained_variance", "ppo/response_length", "ppo/unfinished_fraction", "ppo/eos_rate", "ppo/loop_share",
                 "ppo/reward_length_correlation", "ppo/reward_model_verifier_disagreement"):
         assert len(steps_with(key)) >= 2, key
     assert any(k.startswith("ppo/constraint/") for row in run["history"] for k in row)
@@ -81,6 +81,24 @@ def test_ppo_wandb_run_has_per_component_rewards_and_sample_tables_from_several_
     target = yaml.safe_load((uninterrupted / "ppo" / "config.yaml").read_text())["train"]["kl_target"]
     kl = manifest["metrics"]["ppo/kl"]
     assert manifest["metrics"]["ppo/kl_within_target"] == float(kl <= target)
+    # and how the policy moved: mean KL, EOS rate, loops... per window of iterations, the last ending at the last
+    assert manifest["windows"][-1]["steps"][1] == manifest["steps"]
+    assert {"kl", "eos_rate", "loop_share", "response_length", "reward/total"} <= set(manifest["windows"][0])
+
+
+def test_ppo_value_warmup_trains_the_value_model_and_leaves_the_policy_as_it_was(uninterrupted, tmp_path):
+    """With train.value_warmup_iterations = train.iterations only the value loss has gradients: the saved policy is
+    the SFT model bit for bit (the pipeline's PPO, without warm-up, moved it), while the value loss is logged."""
+    code, output = finish(align("ppo", REPO / "configs" / "ppo-tiny.yaml", f"run.root={tmp_path}",
+                                f"model.name={uninterrupted / 'sft'}", f"reward.reward_model={uninterrupted / 'rm'}",
+                                "train.iterations=2", "train.value_warmup_iterations=2"))
+    assert code == 0, output
+    sft, warmed, moved = (weights(path) for path in (uninterrupted / "sft", tmp_path / "tiny" / "ppo",
+                                                      uninterrupted / "ppo"))
+    assert all(torch.equal(sft[name], warmed[name]) for name in sft)
+    assert any(not torch.equal(sft[name], moved[name]) for name in sft)
+    logged = [json.loads(line) for line in (tmp_path / "tiny" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [1, 2] and all(row["ppo/value_loss"] > 0 for row in logged)
 
 
 def test_no_secret_reaches_any_file_the_pipeline_writes(uninterrupted):

@@ -45,7 +45,7 @@ def write_jsonl(path: Path, records: list[dict], torn_tail: str = "") -> None:
 
 
 def write_stage(run_dir: Path, name: str, metrics: list[dict], *, status: str = "complete",
-                tables: dict[str, list[dict]] | None = None, torn_tail: str = "") -> Path:
+                tables: dict[str, list[dict]] | None = None, torn_tail: str = "", **manifest_fields) -> Path:
     stage_dir = run_dir / name
     stage_dir.mkdir(parents=True)
     manifest = {
@@ -56,6 +56,7 @@ def write_stage(run_dir: Path, name: str, metrics: list[dict], *, status: str = 
     }
     if status == "complete":
         manifest["finished"] = FINISHED
+    manifest.update(manifest_fields)
     if name != "sft":
         manifest["parents"] = {"policy": str(run_dir / "sft")}
     (stage_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -90,6 +91,10 @@ def write_eval(path: Path, label: str) -> dict:
     return results
 
 
+PPO_WINDOWS = [{"steps": [1, 2], "kl": 0.015, "eos_rate": 0.25, "loop_share": None},
+               {"steps": [3, 4], "kl": 0.035, "eos_rate": 0.75, "loop_share": 0.0}]
+
+
 def build_run(run: Path) -> Path:
     """sft, rm, ppo complete; dpo still running (its last metrics line cut off); base, sft and ppo evaluated."""
     write_stage(run, "sft", sft_metrics(), tables={"sft/samples": [
@@ -103,7 +108,7 @@ def build_run(run: Path) -> Path:
                  "ppo/constraint/punctuation:no_comma": 0.5} for step in range(1, 5)]
     write_stage(run, "ppo", ppo_rows, tables={"ppo/samples": [
         {"step": 4, "columns": ["iteration", "prompt", "completion", "total"],
-         "rows": [[4, TITLE_PROMPT, "<<Rain>>", 0.75]]}]})
+         "rows": [[4, TITLE_PROMPT, "<<Rain>>", 0.75]]}]}, windows=PPO_WINDOWS)
     write_stage(run, "dpo", [
         {"step": step, "dpo/loss": 0.69 - 0.01 * step, "dpo/rewards/chosen": 0.01 * step,
          "dpo/rewards/rejected": -0.01 * step, "dpo/rewards/margin": 0.02 * step, "dpo/rewards/accuracy": 0.6}
@@ -167,6 +172,15 @@ def test_headline_table_compares_each_model_with_base(report):
         assert f"{ppo[key]:.3f}" in ppo_row and f"({ppo[key] - base[key]:+.3f})" in ppo_row
     assert ppo["prompt_level_strict"] == 1.0 and base["prompt_level_strict"] == 0.0  # the fixture's premise
     assert "<th>punctuation:no_comma</th>" not in page and "<td>punctuation:no_comma</td>" in page  # per-type row
+
+
+def test_an_rl_stage_shows_its_iteration_windows(report):
+    _, page = report
+    table = re.search(r"<h3>By iteration window</h3>.*?</table>", page, re.S).group()
+    assert "<th>steps</th><th>kl</th><th>eos_rate</th><th>loop_share</th>" in table
+    assert "<td>[1, 2]</td><td>0.015</td><td>0.25</td><td>—</td>" in table
+    assert "<td>[3, 4]</td><td>0.035</td><td>0.75</td><td>0</td>" in table
+    assert page.count("By iteration window") == 1  # only the ppo stage has windows
 
 
 def test_samples_are_matched_by_prompt_text(report):

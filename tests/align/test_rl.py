@@ -1,9 +1,11 @@
 """align/rl.py: what the RL stages share, against values derived by hand."""
 
+import json
+
 import pytest
 import torch
 
-from align.rl import iteration_rows, pairwise_disagreement, pearson
+from align.rl import iteration_rows, pairwise_disagreement, pearson, window_means
 
 
 def test_pearson_by_hand():
@@ -14,6 +16,19 @@ def test_pearson_by_hand():
     assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert pearson([1, 2, 3], [5, 5, 5]) == 0.0
     assert pearson([4], [2]) == 0.0
+
+
+def test_window_means_by_hand(tmp_path):
+    """Five iterations in two windows: steps 1-2 and 3-5 (5 * 1 // 2 = 2). KL means (0 + 2) / 2 = 1 and
+    (4 + 6 + 8) / 3 = 6; eos_rate was logged only at step 5; a line without ppo/kl (an evaluation) is not an
+    iteration."""
+    lines = [{"step": s, "ppo/kl": 2.0 * (s - 1)} for s in range(1, 6)]
+    lines[4]["ppo/eos_rate"] = 0.5
+    lines.insert(2, {"step": 2, "ppo/eval/accuracy": 1.0})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert window_means(tmp_path, "ppo/", ("kl", "eos_rate"), windows=2) == [
+        {"steps": [1, 2], "kl": 1.0, "eos_rate": None}, {"steps": [3, 5], "kl": 6.0, "eos_rate": 0.5}]
+    assert len(window_means(tmp_path, "ppo/", ("kl",), windows=8)) == 5  # never an empty window
 
 
 def test_pairwise_disagreement_by_hand():

@@ -339,6 +339,7 @@ def test_the_total_is_the_weighted_sum_of_the_components_that_apply():
     assert breakdown == RewardBreakdown(
         total=[2.0 * 1.0 - 0.5 * 10.0, 2.0 * 1.0], components={"a": [1.0, 1.0], "only_first": [10.0, None]}
     )
+    assert reward.describe() == "2 x a + -0.5 x only_first (normalize=none)"  # the stages' start-up line
 
 
 def test_a_sample_no_component_applies_to_is_an_error_not_a_zero():
