@@ -46,9 +46,9 @@ from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
-from align.rl import (WINDOW_METRICS, completion_metrics, global_completions, iteration_prompts, last_metrics,
-                      log_samples, merged_weights, minibatch_updates, pad_right, penalised_scores, rollout_generator,
-                      StepTimer, window_means)
+from align.rl import (StepTimer, completion_metrics, global_completions, iteration_prompts, last_metrics, log_samples,
+                      merged_weights, minibatch_updates, pad_right, penalised_scores, read_logged, rollout_generator,
+                      window_means)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -348,9 +348,10 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
 
     training.finish(models.tokenizer, model="policy")
     if stage.main:
-        last = last_metrics(stage.out)
+        logged = read_logged(stage.out)
+        last = last_metrics(logged)
         stage.complete({**last, "grpo/iterations": training.step}, training.step, [
             (f"mean reward at the last iteration: {last.get('grpo/reward/total', float('nan')):.3f}; KL to the "
              f"reference: {last.get('grpo/kl', float('nan')):.3f} nats per completion"),
             f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"],
-            windows=window_means(stage.out, "grpo/", WINDOW_METRICS))
+            windows=window_means(logged, "grpo/"))

@@ -39,9 +39,9 @@ from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.distributed import global_masked_mean, global_masked_whiten, global_mean, token_share
-from align.rl import (WINDOW_METRICS, completion_metrics, global_completions, iteration_prompts, last_metrics,
-                      log_samples, merged_weights, minibatch_updates, pad_right, penalised_scores, rollout_generator,
-                      StepTimer, window_means)
+from align.rl import (StepTimer, completion_metrics, global_completions, iteration_prompts, last_metrics, log_samples,
+                      merged_weights, minibatch_updates, pad_right, penalised_scores, read_logged, rollout_generator,
+                      window_means)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -405,11 +405,12 @@ def proximal_policy_optimisation(stage: Stage) -> None:
 
     training.finish(models.tokenizer, model="policy")
     if stage.main:
-        last = last_metrics(stage.out)
+        logged = read_logged(stage.out)
+        last = last_metrics(logged)
         summary = {"ppo/iterations": training.step, "ppo/kl_coef": kl["coef"],
                    "ppo/kl_within_target": float(last.get("ppo/kl", 0.0) <= t.kl_target)}
         stage.complete({**last, **summary}, training.step, [
             f"mean KL to the reference at the last iteration: {last.get('ppo/kl', float('nan')):.3f} nats per "
             f"response (train.kl_target={t.kl_target})",
             f"load it with: AutoModelForCausalLM.from_pretrained('{stage.out}')"],
-            windows=window_means(stage.out, "ppo/", WINDOW_METRICS))
+            windows=window_means(logged, "ppo/"))

@@ -252,12 +252,17 @@ WINDOW_METRICS = ("kl", "eos_rate", "loop_share", "response_length", "reward/tot
 # `windows` report: how far the policy moved, and whether it learnt to stop instead of looping
 
 
-def window_means(out: Path, prefix: str, names: tuple[str, ...], windows: int = 4) -> list[dict]:
-    """How a run moved: the logged iterations (lines of metrics.jsonl with `prefix`kl) cut into `windows` spans of
+def read_logged(out: Path) -> list[dict]:
+    """Every line a stage logged to its metrics.jsonl, in order."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def window_means(logged: list[dict], prefix: str, names: tuple[str, ...] = WINDOW_METRICS,
+                 windows: int = 4) -> list[dict]:
+    """How a run moved: the logged iterations (lines of `read_logged` with `prefix`kl) cut into `windows` spans of
     consecutive iterations as equal as they go, each with its first and last step and the mean of every metric of
     `names` (without `prefix`) logged in it."""
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rows = [row for row in rows if f"{prefix}kl" in row]
+    rows = [row for row in logged if f"{prefix}kl" in row]
     spans = [span for span in (rows[len(rows) * i // windows: len(rows) * (i + 1) // windows]
                                for i in range(windows)) if span]
     summary = []
@@ -268,9 +273,9 @@ def window_means(out: Path, prefix: str, names: tuple[str, ...], windows: int = 
     return summary
 
 
-def last_metrics(out: Path) -> dict:
-    """The last logged value of every metric of a stage (its metrics.jsonl)."""
+def last_metrics(logged: list[dict]) -> dict:
+    """The last logged value of every metric of a stage (lines of `read_logged`)."""
     last: dict = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        last.update(json.loads(line))
+    for row in logged:
+        last.update(row)
     return last

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from align.rl import iteration_rows, pairwise_disagreement, pearson, window_means
+from align.rl import iteration_rows, pairwise_disagreement, pearson, read_logged, window_means
 
 
 def test_pearson_by_hand():
@@ -26,9 +26,9 @@ def test_window_means_by_hand(tmp_path):
     lines[4]["ppo/eos_rate"] = 0.5
     lines.insert(2, {"step": 2, "ppo/eval/accuracy": 1.0})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert window_means(tmp_path, "ppo/", ("kl", "eos_rate"), windows=2) == [
+    assert window_means(read_logged(tmp_path), "ppo/", ("kl", "eos_rate"), windows=2) == [
         {"steps": [1, 2], "kl": 1.0, "eos_rate": None}, {"steps": [3, 5], "kl": 6.0, "eos_rate": 0.5}]
-    assert len(window_means(tmp_path, "ppo/", ("kl",), windows=8)) == 5  # never an empty window
+    assert len(window_means(read_logged(tmp_path), "ppo/", ("kl",), windows=8)) == 5  # never an empty window
 
 
 def test_pairwise_disagreement_by_hand():
