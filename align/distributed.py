@@ -100,15 +100,35 @@ def ddp_scale(global_count: float) -> float:
     return processes() / global_count if global_count else 0.0
 
 
-def token_share(mask: torch.Tensor) -> float:
-    """This process's part of a mean over the tokens of every process: its tokens x N / every process's tokens.
-    A loss (or statistic) that is a mean over this process's tokens, times this, is after DDP's average over the
-    processes (or `mean_over_processes`) the mean over every process's tokens; 1 with one process."""
-    local = float(mask.sum())
+def count_share(local: float) -> float:
+    """This process's part of a mean over the items (tokens, samples) of every process: its `local` count x N /
+    every process's count. A loss (or statistic) that is a mean over this process's items, times this, is after
+    DDP's average over the processes (or `mean_over_processes`) the mean over every process's items; 1 with one
+    process."""
     if processes() == 1:
         return 1.0
     total = global_sum(local)
     return local * processes() / total if total else 0.0
+
+
+def token_share(mask: torch.Tensor) -> float:
+    """`count_share` of this process's tokens (the 1s of `mask`): a token mean times this averages right over
+    the processes."""
+    return count_share(float(mask.sum()))
+
+
+def process_part(minibatch: torch.Tensor, offset: int, count: int) -> torch.Tensor:
+    """The positions, among this process's `count` samples, of the samples of `minibatch` (indices into the
+    samples of every process) that this process holds: those in [offset, offset + count). Empty when it holds
+    none; the processes' parts of a minibatch are disjoint and together make it up."""
+    return minibatch[(minibatch >= offset) & (minibatch < offset + count)] - offset
+
+
+def global_offset(count: int) -> tuple[int, int]:
+    """(the number of items the processes before this one hold, every process's items together), for a batch of
+    which each process holds `count` items, contiguous in process order."""
+    counts = gather_each(int(count))
+    return sum(counts[: process_index()]), sum(counts)
 
 
 def global_mean(values: torch.Tensor) -> float:

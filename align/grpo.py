@@ -39,7 +39,7 @@ from torch.nn.utils.rnn import pad_sequence
 from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, trunk_states
-from align.distributed import global_mean, global_sum, token_share
+from align.distributed import count_share, global_mean, global_sum, token_share
 from align.losses import (ADVANTAGES, GRPO_TOKEN_MEANS, AdvantageName, GRPOLossName, equal_groups, group_policy_loss,
                           kl_per_token, masked_mean)
 from align.loop import RLTrainConfig, Training
@@ -60,7 +60,7 @@ class GRPOTrainConfig(RLTrainConfig):
     prompts_per_iteration: int = 4  # prompts sampled for per iteration (all processes together)
     completions_per_prompt: int = 4  # k: the group each completion's advantage is relative to (at least 2)
     updates_per_batch: int = 1  # passes over each iteration's completions (GRPO's mu)
-    minibatch_size: int = 16  # completions per optimiser step (all processes; each takes an equal part of its own)
+    minibatch_size: int = 16  # completions per optimiser step, drawn from those of every process
     loss: GRPOLossName = "grpo"  # how token losses add up (align.losses.GRPO_LOSSES): grpo (per-completion mean,
         # then mean), dr_grpo (sum / (completions x max_new_tokens)), dapo (mean over every token)
     advantages: AdvantageName = "grpo"  # align.losses.ADVANTAGES: grpo ((r - mean) / (std + eps)), dr_grpo
@@ -227,12 +227,13 @@ def group_advantages(groups: Groups, t: GRPOTrainConfig) -> None:
 
 
 def minibatch_loss(training: Training, groups: Groups, idx: torch.Tensor, t: GRPOTrainConfig, device,
-                   precision: str):
+                   precision: str, real: bool = True):
     """The loss of the completions `idx` (with gradients): the clipped surrogate plus, with kl_in loss, beta * KL_t,
-    added up by `t.loss`; returns (loss, stats)."""
+    added up by `t.loss`; returns (loss, stats), this process's part of the minibatch's; with `real` False,
+    weight 0 (align.rl.minibatch_updates)."""
     prompts, responses = [groups.prompt_ids[i] for i in idx], [groups.response_ids[i] for i in idx]
     width = max(len(r) for r in responses)
-    mask = groups.mask[idx, :width]
+    mask = groups.mask[idx, :width] * float(real)
     with autocast(device, precision):
         new_lp, entropy = response_logprobs(training.models["policy"], prompts, responses, t.pack_length,
                                             t.temperature, with_entropy=True,
@@ -243,14 +244,12 @@ def minibatch_loss(training: Training, groups: Groups, idx: torch.Tensor, t: GRP
         penalty = t.kl_coef * kl_per_token(new_lp, groups.ref_logprobs[idx, :width], t.kl_estimator)
     loss, stats = group_policy_loss(new_lp, groups.old_logprobs[idx, :width], groups.advantages[idx], mask, t.loss,
                                     t.clip_range, t.clip_range_high, t.max_new_tokens, penalty)
-    # Every process holds as many completions of the minibatch as the others, so a mean over completions
-    # averages right over the processes; a mean over tokens is this process's part of the mean over every
-    # process's tokens (align.distributed.token_share)
-    share = token_share(mask)
-    if t.loss in GRPO_TOKEN_MEANS:
-        loss = loss * share
-    stats = {"entropy": masked_mean(entropy, mask).item() * share,
-             **{name: value * share for name, value in stats.items()}}
+    # The processes hold different numbers of the minibatch's completions (and tokens): a mean over this
+    # process's completions or tokens, times its share of them, is its part of the minibatch's mean
+    tokens = token_share(mask)
+    loss = loss * (tokens if t.loss in GRPO_TOKEN_MEANS else count_share(len(idx) * float(real)))
+    stats = {"entropy": masked_mean(entropy, mask).item() * tokens,
+             **{name: value * tokens for name, value in stats.items()}}
     return loss, {"policy_loss": loss.item(), **stats}
 
 
@@ -282,16 +281,11 @@ def train(cfg: GRPOConfig, *, restart: bool = False) -> Path:
 
 
 def check_batch(t: GRPOTrainConfig, processes: int) -> None:
-    """Prompts and minibatches split evenly between the processes; with several processes, skip_equal_groups would
-    give them different numbers of optimiser steps (and leave them waiting on each other), so it is refused
-    there."""
-    for key in ("prompts_per_iteration", "minibatch_size"):
-        if getattr(t, key) < processes or getattr(t, key) % processes:
-            raise ConfigError(f"train.{key}={getattr(t, key)} must be a multiple of the {processes} processes "
-                              "(it counts the prompts or completions of every process, split evenly between them)")
-    if t.skip_equal_groups and processes > 1:
-        raise ConfigError("train.skip_equal_groups runs on one process only: processes would drop different numbers "
-                          "of groups and so take different numbers of optimiser steps")
+    """The prompts of an iteration split evenly between the processes (minibatches are drawn from the completions
+    of every process together, align.rl.minibatch_updates, so they need not)."""
+    if t.prompts_per_iteration < processes or t.prompts_per_iteration % processes:
+        raise ConfigError(f"train.prompts_per_iteration={t.prompts_per_iteration} must be a multiple of the "
+                          f"{processes} processes (it counts the prompts of every process, split evenly between them)")
 
 
 def group_relative_policy_optimisation(stage: Stage) -> None:
@@ -333,7 +327,8 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
         training.plan_learning_rate()
         stats = minibatch_updates(training, groups.train_index, t.updates_per_batch, t.minibatch_size,
                                   cfg.run.seed * 7919 + iteration,
-                                  lambda idx, g=groups: minibatch_loss(training, g, idx, t, device, stage.precision))
+                                  lambda idx, real, g=groups: minibatch_loss(training, g, idx, t, device,
+                                                                             stage.precision, real))
         timer.lap("update")
         groups.timings = timer.seconds
         training.count(len(groups.rows))

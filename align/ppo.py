@@ -52,7 +52,7 @@ from align.values import TokenValues, load_reward_backbone
 class PPOTrainConfig(RLTrainConfig):
     prompts_per_iteration: int = 16  # prompts generated for, scored and trained on per iteration (all processes)
     ppo_epochs: int = 2  # passes over each iteration's responses
-    minibatch_size: int = 8  # responses per optimiser step (all processes; each takes an equal part of its own)
+    minibatch_size: int = 8  # responses per optimiser step, drawn from those of every process
     policy_loss: PolicyLossName = "clipped"  # align.losses.POLICY_LOSSES
     value_learning_rate: float = 1.0e-4  # peak learning rate of the value model
     clip_range: float = 0.2  # epsilon of the clipped policy objective
@@ -280,12 +280,13 @@ def compute_advantages(rollout: Rollout, kl_coef: float, t: PPOTrainConfig) -> N
 
 
 def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: PPOTrainConfig, device,
-                   precision: str):
+                   precision: str, real: bool = True):
     """The PPO loss of the responses `idx` (with gradients): policy loss + c_v * value loss - c_e * entropy;
-    returns (loss, stats)."""
+    returns (loss, stats), this process's part of the minibatch's; with `real` False, weight 0
+    (align.rl.minibatch_updates)."""
     prompts, responses = [rollout.prompt_ids[i] for i in idx], [rollout.response_ids[i] for i in idx]
     width = max(len(r) for r in responses)
-    mask = rollout.mask[idx, :width]
+    mask = rollout.mask[idx, :width] * float(real)
     policy_trunk, value_trunk = (trunk and trunk.subset(idx) for trunk in rollout.trunks)
     with autocast(device, precision):
         new_lp, entropy = response_logprobs(training.models["policy"], prompts, responses, t.pack_length,
@@ -313,7 +314,7 @@ def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, 
     """5. `ppo_epochs` passes over the responses in shuffled minibatches, an optimiser step each; returns the mean
     of every statistic over the minibatches."""
     return minibatch_updates(training, torch.arange(len(rollout.rows)), t.ppo_epochs, t.minibatch_size, seed,
-                             lambda idx: minibatch_loss(training, rollout, idx, t, device, precision))
+                             lambda idx, real: minibatch_loss(training, rollout, idx, t, device, precision, real))
 
 
 def iteration_metrics(rollout: Rollout, kl_coef: float, stats: dict[str, float]) -> dict[str, float]:
@@ -341,12 +342,11 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
 
 
 def check_batch(t: PPOTrainConfig, processes: int) -> None:
-    """Both batch sizes count the responses of every process and must split evenly between them, and an
-    iteration must hold at least one minibatch."""
-    for key in ("prompts_per_iteration", "minibatch_size"):
-        if getattr(t, key) < processes or getattr(t, key) % processes:
-            raise ConfigError(f"train.{key}={getattr(t, key)} must be a multiple of the {processes} processes "
-                              "(it counts the responses of every process, split evenly between them)")
+    """The prompts of an iteration split evenly between the processes, and an iteration holds at least one
+    minibatch (both sizes count the responses of every process)."""
+    if t.prompts_per_iteration < processes or t.prompts_per_iteration % processes:
+        raise ConfigError(f"train.prompts_per_iteration={t.prompts_per_iteration} must be a multiple of the "
+                          f"{processes} processes (it counts the prompts of every process, split evenly between them)")
     if t.minibatch_size > t.prompts_per_iteration:
         raise ConfigError(f"train.minibatch_size={t.minibatch_size} is larger than "
                           f"train.prompts_per_iteration={t.prompts_per_iteration}: no minibatch is ever full")

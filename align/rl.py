@@ -217,19 +217,25 @@ def penalised_scores(reward_fn, rows: list[dict], texts: list[str], completion_i
 
 def minibatch_updates(training, indices: torch.Tensor, passes: int, minibatch_size: int, seed: int,
                       loss_of) -> dict[str, float]:
-    """`passes` passes over this process's samples `indices` in shuffled minibatches (the shuffles drawn from
-    `seed`), an optimiser step each; `minibatch_size` counts the samples of every process, each process taking an
-    equal part of its own. `loss_of(minibatch indices)` -> (loss with gradients, stats). Returns the mean of every
-    statistic (and the gradient norm) over the minibatches and the processes; {} when there is nothing to train
-    on. Call it on every process (it averages the statistics across them)."""
-    from align.distributed import mean_over_processes, processes
+    """`passes` passes over the samples of every process in shuffled minibatches of `minibatch_size`, an
+    optimiser step each. This process holds `indices` (its samples, contiguous in process order); the shuffle
+    (drawn from `seed`, the same on every process) is over the samples of every process together, so N processes
+    take the steps one process holding every sample would. Each process trains on the samples of a minibatch it
+    holds: `loss_of(idx, real=True)` -> (loss with gradients, stats), the loss and stats this process's part of
+    the minibatch's (align.distributed.count_share); a process that holds none of them calls
+    `loss_of(tensor([0]), real=False)`, which must weigh sample 0 by 0 and still reach every parameter (DDP's
+    all-reduce waits for every process). Returns the mean of every statistic (and the gradient norm) over the
+    minibatches and the processes; {} when no process has anything to train on. Call it on every process."""
+    from align.distributed import global_offset, mean_over_processes, process_part
 
     stats: dict[str, list[float]] = {}
     generator = torch.Generator().manual_seed(seed)
-    minibatch_size = max(1, minibatch_size // processes())
-    for _ in range(passes if len(indices) else 0):  # (an empty tensor splits into one empty minibatch)
-        for idx in indices[torch.randperm(len(indices), generator=generator)].split(minibatch_size):
-            loss, step_stats = loss_of(idx)
+    offset, total = global_offset(len(indices))
+    for _ in range(passes if total else 0):
+        for minibatch in torch.randperm(total, generator=generator).split(minibatch_size):
+            mine = process_part(minibatch, offset, len(indices))
+            real = len(mine) > 0
+            loss, step_stats = loss_of(indices[mine] if real else torch.zeros(1, dtype=torch.long), real=real)
             training.backward(loss)
             grad_norm = training.optimizer_step(loss.item())
             for key, value in {**step_stats, "grad_norm": grad_norm}.items():

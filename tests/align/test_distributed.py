@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from align.config import load_config
-from align.distributed import epoch_step, epoch_steps, step_share
+from align.distributed import epoch_step, epoch_steps, process_part, step_share
 from tests.align.launch import finish, finish_all, free_port, survivors, torchrun
 from tests.conftest import arithmetic_rows, write_jsonl
 
@@ -40,6 +40,20 @@ def test_every_row_is_trained_on_once_per_epoch_and_padding_weighs_nothing(rows,
         assert sorted(i for share, real in shares for i in share[:real]) == step  # disjoint, complete
     assert sorted(seen) == list(range(rows))
     assert all(len(set(lengths)) == 1 for lengths in slots)
+
+
+def test_rl_minibatches_drawn_from_every_process_are_split_by_who_holds_each_sample():
+    """PPO's and GRPO's minibatches (align.rl.minibatch_updates) are drawn from the samples of every process;
+    each process takes the ones it holds: disjoint parts that make up the minibatch, possibly none."""
+    counts = [3, 0, 5]  # samples each process holds (GRPO's skip_equal_groups can leave a process none)
+    offsets = [0, 3, 3]
+    minibatches = torch.randperm(8, generator=torch.Generator().manual_seed(0)).split(3)
+    for minibatch in minibatches:
+        parts = [process_part(minibatch, offset, count) for offset, count in zip(offsets, counts)]
+        held = sorted(int(i) + offset for part, offset in zip(parts, offsets) for i in part)
+        assert held == sorted(minibatch.tolist())
+        assert all(((part >= 0) & (part < count)).all() for part, count in zip(parts, counts))
+    assert process_part(torch.tensor([0, 1, 2]), 3, 5).numel() == 0
 
 
 # ---- no process outlives its test ---------------------------------------------------------------------------------
@@ -174,13 +188,14 @@ PPO_LOGGED = ("reward/total", "reward/score", "reward/length_in_range", "respons
 
 
 def test_ppo_on_two_processes_equals_one(run_root, tmp_path):
-    """8 prompts an iteration (4 per process), one minibatch of all 8 per optimiser step, 2 passes, 2 iterations.
+    """8 prompts an iteration (4 per process), minibatches of 3, 3 and 2 drawn from both processes' responses (a
+    process may hold all, some or none of a minibatch), 2 passes, 2 iterations.
     Sampling at temperature 1: each prompt draws from its own stream, so both runs sample the same responses;
     then the running reward normalisation, the advantage whitening, the token means of the losses, the adaptive KL
     controller and every logged mean must cover both processes' responses for the weights and the logs to agree."""
     common = [f"model.name={run_root / 'tiny' / 'sft'}", "reward.reward_model=null", f"reward.functions={PPO_REWARD}",
               "reward.normalize=running", "data.eval=null", "train.iterations=2", "train.prompts_per_iteration=8",
-              "train.minibatch_size=8", "train.temperature=1.0", "train.adaptive_kl=true", "train.kl_horizon=100",
+              "train.minibatch_size=3", "train.temperature=1.0", "train.adaptive_kl=true", "train.kl_horizon=100",
               "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000"]
     one, two = run_one("ppo", tmp_path, *common), run_two("ppo", tmp_path, *common)
     assert_same_training(one, two, logged=tuple(f"ppo/{name}" for name in PPO_LOGGED))
@@ -193,12 +208,14 @@ GRPO_LOGGED = ("reward/total", "reward/score", "response_length", "eos_rate", "e
 @pytest.mark.parametrize("loss", ["grpo", "dapo"])
 def test_grpo_on_two_processes_equals_one(run_root, tmp_path, loss):
     """4 prompts an iteration (2 per process), k 3 real samples each (temperature 1: every prompt draws from its
-    own stream, so each process samples its prompts' completions as the 1-process run does), one minibatch of
-    all 12 completions per optimiser step, 2 iterations. The group advantages stay within a process; the
-    per-completion mean (grpo) and the token mean over the minibatch (dapo), the KL term and every logged mean
-    must cover both processes for the weights and the logs to agree."""
+    own stream, so each process samples its prompts' completions as the 1-process run does), minibatches of 5
+    drawn from both processes' completions, 2 iterations; with dapo, groups whose rewards are all equal are left
+    out (DAPO's filter), so the processes can hold different numbers of completions to train on. The group
+    advantages stay within a process; the per-completion mean (grpo) and the token mean over the minibatch (dapo),
+    the KL term and every logged mean must cover both processes for the weights and the logs to agree."""
     common = [f"model.name={run_root / 'tiny' / 'sft'}", "data.eval=null", "train.iterations=2",
-              "train.prompts_per_iteration=4", "train.completions_per_prompt=3", "train.minibatch_size=12",
-              "train.temperature=1.0", f"train.loss={loss}", "train.save_every=1000"]
+              "train.prompts_per_iteration=4", "train.completions_per_prompt=3", "train.minibatch_size=5",
+              "train.temperature=1.0", f"train.loss={loss}", "train.save_every=1000",
+              f"train.skip_equal_groups={str(loss == 'dapo').lower()}"]
     one, two = run_one("grpo", tmp_path, *common), run_two("grpo", tmp_path, *common)
     assert_same_training(one, two, logged=tuple(f"grpo/{name}" for name in GRPO_LOGGED))
