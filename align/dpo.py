@@ -173,7 +173,7 @@ def direct_preference_optimisation(stage: Stage) -> None:
 
     # 2. the reference (a full fine-tuning run's frozen copy is taken now, before any resumed weights load, in the
     # weights' precision), the optimiser over bf16 weights' fp32 masters, then the reference log-probs
-    frozen = FrozenReference(policy, cfg.model.lora.enabled, stage.precision, stage.processes)
+    frozen = FrozenReference(policy, cfg.model.lora.enabled, stage.precision)
     training = Training(stage, {"policy": policy}, t, total_steps, throughput="pairs", manifest=dict(
         base_model=base_path, data_fingerprint=data_fingerprint(train_rows), parents={"policy": base_path},
         data={"train": cfg.data.train, "pairs": len(pairs), **cut, "bad_rows_skipped": len(report.bad_rows)}))

@@ -183,7 +183,7 @@ class FrozenReference:
     second copy in memory); with full fine-tuning, a frozen copy of the initial weights, in the precision the
     policy will compute in (`align.precision.weights_dtype`), taken before any training or resumed weights."""
 
-    def __init__(self, policy, lora: bool, precision: str = "fp32", processes: int = 1):
+    def __init__(self, policy, lora: bool, precision: str = "fp32"):
         import copy
 
         from align.precision import weights_dtype
@@ -193,7 +193,7 @@ class FrozenReference:
         if not lora:
             self.copy = copy.deepcopy(policy).eval().requires_grad_(False)
             for p in self.copy.parameters():  # parameters only: buffers (rotary frequencies) keep their fp32
-                p.data = p.data.to(weights_dtype(precision, processes))
+                p.data = p.data.to(weights_dtype(precision))
 
     @torch.no_grad()
     def logprobs(self, *args, **kwargs):

@@ -235,6 +235,9 @@ class Training:
                                 zip(self.weights.values(), self.peaks)], cfg.learning_rate, cfg.weight_decay)
         *prepared, self.optimizer = accelerator.prepare(*models.values(), self.optimizer)
         self.models = dict(zip(models, prepared))  # wrapped for the processes (DDP) where there are several
+        for name, weights in self.weights.items():
+            if weights.reduces_own_gradients:  # bf16 masters on several processes: they all-reduce in fp32, and
+                self.models[name].require_backward_grad_sync = False  # DDP does not (what its no_sync() sets)
         self.raw = {name: accelerator.unwrap_model(m) for name, m in self.models.items()}
         self.extra_state, self.throughput = state or dict, throughput
         self.step, self.resumed_state, resume_id = 0, {}, None
@@ -287,9 +290,12 @@ class Training:
         self.stage.accelerator.backward(loss)
 
     def optimizer_step(self, loss: float) -> float:
-        """Check the loss, clip the gradients, step, round the masters into the model; returns the gradient norm."""
+        """Check the loss, reduce the gradients the processes' weights hold themselves, clip the gradients, step,
+        round the masters into the model; returns the gradient norm."""
         name = self.stage.name
         check_finite(loss, name, self.step)
+        for weights in self.weights.values():
+            weights.reduce_gradients()
         self.grad_norm = float(self.stage.accelerator.clip_grad_norm_(self.parameters(), self.cfg.max_grad_norm))
         check_finite(self.grad_norm, name, self.step, "gradient norm")
         self.optimizer.step()

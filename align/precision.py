@@ -15,8 +15,9 @@ LoRA, the whole frozen model in every micro-batch. On a 2-core CPU bf16 weights 
 faster with full fine-tuning and 1.14x faster with LoRA (scripts/profile_sft_step.py; README, Speed). Activations (the residual stream included)
 are bf16 in both modes' matmuls; with bf16 weights the residual stream between layers is bf16 too.
 
-With more than one process the model is wrapped in DistributedDataParallel, which all-reduces the model's own
-gradients after backward, so there `bf16` runs as `bf16-autocast` (and says so).
+With more than one process DistributedDataParallel would all-reduce the model's own (bf16) gradients, which the
+masters have already taken; so under `bf16` the processes run backward without DDP's all-reduce (`no_sync`) and
+all-reduce the fp32 master gradients themselves before each optimiser step (`MasterWeights.reduce_gradients`).
 
     weights = training_weights(model, "bf16", processes=1)   # before building the optimiser
     optimizer = adamw(weights.parameters(), lr)
@@ -72,10 +73,16 @@ def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 class ModelWeights:
-    """`bf16-autocast` and `fp32`: the optimiser updates the model's own fp32 parameters."""
+    """`bf16-autocast` and `fp32`: the optimiser updates the model's own fp32 parameters (DDP all-reduces their
+    gradients)."""
+
+    reduces_own_gradients = False  # DDP's all-reduce after backward does it
 
     def __init__(self, model):
         self.model = model
+
+    def reduce_gradients(self) -> None:
+        pass
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, p in _trainable(self.model)]
@@ -94,10 +101,12 @@ class ModelWeights:
 
 
 class MasterWeights:
-    """`bf16`: the model computes with bf16 weights; the optimiser updates fp32 masters of the trainable ones."""
+    """`bf16`: the model computes with bf16 weights; the optimiser updates fp32 masters of the trainable ones.
+    With several processes the masters' gradients are all-reduced here, in fp32, not by DDP."""
 
-    def __init__(self, model):
+    def __init__(self, model, processes: int = 1):
         self.model = model
+        self.reduces_own_gradients = processes > 1  # backward must then run without DDP's all-reduce (no_sync)
         self.named = _trainable(model)
         self.masters = [torch.nn.Parameter(p.detach().float().clone()) for _, p in self.named]
         self.master_of = {id(p): m for (_, p), m in zip(self.named, self.masters)}
@@ -114,6 +123,19 @@ class MasterWeights:
         else:
             master.grad.add_(param.grad)
         param.grad = None
+
+    def reduce_gradients(self) -> None:
+        """With several processes: every master's gradient becomes its mean over the processes (as DDP would
+        make the model's own), in fp32. A master without a gradient on this process counts as 0."""
+        if not self.reduces_own_gradients:
+            return
+        import torch.distributed as dist
+
+        for master in self.masters:
+            if master.grad is None:
+                master.grad = torch.zeros_like(master)
+            dist.all_reduce(master.grad)
+            master.grad.div_(dist.get_world_size())
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.masters
@@ -150,20 +172,14 @@ class MasterWeights:
         return self.model
 
 
-def weights_dtype(precision: str, processes: int = 1) -> torch.dtype:
+def weights_dtype(precision: str) -> torch.dtype:
     """The dtype of a model's weights while it trains with `precision` (bf16 only where masters are kept)."""
     check_precision(precision)
-    return torch.bfloat16 if precision == "bf16" and processes == 1 else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def training_weights(model, precision: str, processes: int = 1):
     """What the optimiser, gradient clipping and training checkpoints work on: masters for `bf16`, else the
     model's own parameters. Call before building the optimiser (and before accelerator.prepare)."""
     check_precision(precision)
-    if precision != "bf16":
-        return ModelWeights(model)
-    if processes > 1:
-        print(f"[align] precision bf16 with {processes} processes: DistributedDataParallel all-reduces the "
-              f"model's own gradients, so this run uses bf16 autocast over fp32 weights (bf16-autocast)")
-        return ModelWeights(model)
-    return MasterWeights(model)
+    return MasterWeights(model, processes) if precision == "bf16" else ModelWeights(model)

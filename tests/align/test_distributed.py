@@ -156,6 +156,18 @@ def test_sft_on_two_processes_equals_one(sft_one, tmp_path, tiny_model_dir):
     assert_same_training(one, two, load_file(tiny_model_dir / "model.safetensors"), logged=("sft/loss",))
 
 
+def test_sft_in_bf16_on_two_processes_equals_one(sft_one, tmp_path, tiny_model_dir):
+    """`precision: bf16` (bf16 weights, fp32 masters) on 2 processes: DDP does not all-reduce the bf16 gradients
+    (the masters took them), the processes all-reduce the masters' fp32 gradients before each step; the weights
+    are those of 1 process in bf16 with the same global batch (the fp32 masters to ATOL, as in fp32: each
+    process's micro-batches add up in fp32 before the all-reduce, as one process's do)."""
+    _, common = sft_one
+    one = run_one("sft", tmp_path, *common, "train.grad_accum=4", "train.precision=bf16")
+    two = run_two("sft", tmp_path, *common, "train.grad_accum=2", "train.precision=bf16")
+    assert json.loads((two / "manifest.json").read_text())["precision"] == "bf16"
+    assert_same_training(one, two, load_file(tiny_model_dir / "model.safetensors"), logged=("sft/loss",))
+
+
 def test_sft_on_two_nodes_over_loopback_equals_one_process(sft_one, tmp_path):
     """Two torchrun launches, --nnodes 2 --node_rank 0/1, one process each, meeting at 127.0.0.1: as one
     machine's launch with 2 processes, they train the weights of 1 process."""

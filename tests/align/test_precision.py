@@ -124,15 +124,16 @@ def test_the_saved_model_is_fp32_with_lora_merged_in_fp32():
     assert not torch.equal(q, base)
 
 
-def test_fp32_and_autocast_train_the_model_itself_and_several_processes_fall_back(capsys):
+def test_fp32_and_autocast_train_the_model_itself_and_bf16_keeps_masters_on_several_processes():
     model = llama()
     for precision in ("fp32", "bf16-autocast"):
-        weights = training_weights(model, precision)
-        assert isinstance(weights, ModelWeights)
+        weights = training_weights(model, precision, processes=2)
+        assert isinstance(weights, ModelWeights) and not weights.reduces_own_gradients  # DDP all-reduces them
         assert weights.parameters() == [p for p in model.parameters() if p.requires_grad]
-    weights = training_weights(model, "bf16", processes=2)
-    assert isinstance(weights, ModelWeights) and all(p.dtype == torch.float32 for p in model.parameters())
-    assert "uses bf16 autocast over fp32 weights" in capsys.readouterr().out
+    assert not training_weights(llama(), "bf16").reduces_own_gradients
+    weights = training_weights(model, "bf16", processes=2)  # the masters' gradients are all-reduced in fp32
+    assert isinstance(weights, MasterWeights) and weights.reduces_own_gradients
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     with pytest.raises(ValueError, match="precision must be one of bf16, bf16-autocast, fp32, got .fp16."):
         training_weights(model, "fp16")
 
