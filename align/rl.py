@@ -90,14 +90,14 @@ def pairwise_disagreement(model_scores: list[float], verifier_scores: list[float
 def completion_metrics(breakdown, rows: list[dict], texts: list[str], lengths: list[int],
                        finished: list[bool]) -> dict[str, float]:
     """What a batch of scored completions is judged by: each reward component, the constraint pass rates, the
-    response length and unfinished share, and two reward-hacking signals (reward-length correlation, reward model
-    against verifiers), the EOS rate and the share of repetition loops (reward.degeneration)."""
+    response length, two reward-hacking signals (reward-length correlation, reward model against verifiers), the
+    EOS rate (the share that stopped within the token budget) and the share of repetition loops
+    (reward.degeneration)."""
     from reward.degeneration import loop_share
 
     metrics = {**breakdown.metrics("reward/"), **constraint_pass_rates(rows, texts)}
     metrics.update({
         "response_length": sum(lengths) / len(lengths),
-        "unfinished_fraction": 1 - sum(finished) / len(finished),
         "eos_rate": sum(finished) / len(finished),
         "loop_share": loop_share(texts),
         "reward_length_correlation": pearson(breakdown.total, lengths),

@@ -69,7 +69,7 @@ def test_ppo_wandb_run_has_per_component_rewards_and_sample_tables_from_several_
     steps_with = lambda key: {row["_step"] for row in run["history"] if key in row}  # noqa: E731
     for key in ("ppo/reward/total", "ppo/reward/reward_model", "ppo/reward/instruction_following", "ppo/kl",
                 "ppo/entropy", "ppo/policy_loss", "ppo/value_loss", "ppo/clip_fraction", "ppo/approx_kl",
-                "ppo/value_explained_variance", "ppo/response_length", "ppo/unfinished_fraction", "ppo/eos_rate", "ppo/loop_share",
+                "ppo/value_explained_variance", "ppo/response_length", "ppo/eos_rate", "ppo/loop_share",
                 "ppo/reward_length_correlation", "ppo/reward_model_verifier_disagreement"):
         assert len(steps_with(key)) >= 2, key
     assert any(k.startswith("ppo/constraint/") for row in run["history"] for k in row)
