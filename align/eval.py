@@ -115,7 +115,8 @@ def markdown_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-SPLITS = ("in_distribution", "unseen")
+SPLIT_LABELS = {"in_distribution": "in-dist.", "unseen": "unseen"}  # split -> how tables name it
+SPLITS = tuple(SPLIT_LABELS)
 
 
 def split_results(rows: list[dict], token_ids: list[list[int]], budget: int, tokenizer) -> dict:
@@ -190,12 +191,24 @@ def split_metrics(results: dict, split: str, budget: int | None = None) -> dict 
     return results.get("splits", {}).get(split, {}).get(f"budget_{budget}")
 
 
+def degeneration_shares(results: dict, budget: int) -> dict[str, float]:
+    """The loop and EOS shares of each evaluated split at `budget`, e.g. {"loops in-dist.": 0.08, "loops unseen":
+    0.14, "EOS in-dist.": 0.86, "EOS unseen": 0.85}."""
+    shares = {}
+    for what, key in (("loops", "loop_share"), ("EOS", "eos_share")):
+        for split, label in SPLIT_LABELS.items():
+            if scores := split_metrics(results, split, budget):
+                shares[f"{what} {label}"] = scores[key]
+    return shares
+
+
 def summary_table(results: dict[str, dict]) -> str:
-    """One row per evaluated model: prompt-level accuracy on both splits, loop and EOS shares at each budget."""
+    """One row per evaluated model: prompt-level accuracy on both splits, loop and EOS shares of each split at
+    each budget."""
     budgets = next(iter(results.values())).get("budgets", [])
     header = ["model", "in-dist. prompt strict", "in-dist. prompt loose", "in-dist. instr. loose",
               "unseen prompt loose", "unseen instr. loose"]
-    header += [f"{what} @{b}" for b in budgets for what in ("loops", "EOS")]
+    header += [f"{what} in-dist. / unseen @{b}" for b in budgets for what in ("loops", "EOS")]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, r in results.items():
         seen, unseen = split_metrics(r, "in_distribution") or r, split_metrics(r, "unseen")
@@ -204,10 +217,9 @@ def summary_table(results: dict[str, dict]) -> str:
         cells += [f"{unseen['prompt_level_loose']:.3f}", f"{unseen['instruction_level_loose']:.3f}"] if unseen \
             else ["-", "-"]
         for budget in budgets:
-            both = [m for m in (split_metrics(r, s, budget) for s in SPLITS) if m]
-            prompts = sum(m["prompts"] for m in both)
-            cells += [f"{sum(m['loop_share'] * m['prompts'] for m in both) / prompts:.0%}",
-                      f"{sum(m['eos_share'] * m['prompts'] for m in both) / prompts:.0%}"]
+            shares = degeneration_shares(r, budget)
+            cells += [" / ".join(f"{share:.0%}" for name, share in shares.items() if name.startswith(what))
+                      for what in ("loops", "EOS")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

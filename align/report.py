@@ -34,7 +34,6 @@ from align.report_charts import (
     Series,
     eval_comparison_charts,
     generalisation_rows,
-    split_scores,
     stage_charts,
 )
 
@@ -378,7 +377,9 @@ def _generalisation_table(evals: list[EvalRun]) -> str:
 
 def _per_type(run: EvalRun) -> dict:
     """Per constraint type: the in-distribution split's types and the unseen split's (align:*)."""
-    return {**run.results["per_type"], **(split_scores(run.results, "unseen") or {}).get("per_type", {})}
+    from align.eval import split_metrics
+
+    return {**run.results["per_type"], **(split_metrics(run.results, "unseen") or {}).get("per_type", {})}
 
 
 def _per_type_table(evals: list[EvalRun]) -> str:

@@ -59,26 +59,18 @@ def stage_charts(stage) -> list[Chart]:
     return charts
 
 
-def split_scores(results: dict, split: str, budget: int | None = None) -> dict | None:
-    """An `align eval` result's scores of one split ("in_distribution" or "unseen") at `budget` (default: its
-    budget), or None for results without that split (older results, or a run without unseen prompts)."""
-    budget = budget or (results.get("budgets") or [None])[0]
-    return (results.get("splits") or {}).get(split, {}).get(f"budget_{budget}")
-
-
 def generalisation_rows(run) -> dict[str, float]:
     """What the generalisation table and chart show for one evaluated model: prompt-level loose accuracy on both
-    splits, and over both splits the loop and EOS shares at each budget."""
+    splits, and each split's loop and EOS shares at each budget."""
+    from align.eval import degeneration_shares, split_metrics
+
     row = {}
     for split, label in (("in_distribution", "in-dist. prompt loose"), ("unseen", "unseen prompt loose")):
-        scores = split_scores(run.results, split)
+        scores = split_metrics(run.results, split)
         if scores:
             row[label] = scores["prompt_level_loose"]
     for budget in run.results.get("budgets") or []:
-        both = [m for m in (split_scores(run.results, s, budget) for s in ("in_distribution", "unseen")) if m]
-        prompts = sum(m["prompts"] for m in both)
-        row[f"loops @{budget}"] = sum(m["loop_share"] * m["prompts"] for m in both) / prompts
-        row[f"EOS @{budget}"] = sum(m["eos_share"] * m["prompts"] for m in both) / prompts
+        row.update({f"{name} @{budget}": share for name, share in degeneration_shares(run.results, budget).items()})
     return row
 
 

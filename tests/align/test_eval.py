@@ -81,6 +81,22 @@ def test_a_stage_that_lowers_unseen_type_accuracy_below_its_parents_is_warned_ab
     assert len(warnings) == 1 and warnings[0].startswith("sft follows unseen constraint types worse than base")
 
 
+def test_the_summary_shows_each_splits_loop_and_eos_shares_at_each_budget():
+    from align.eval import summary_table
+
+    def split(loose, loops, eos):
+        return {"prompt_level_strict": loose, "prompt_level_loose": loose, "instruction_level_loose": loose,
+                "loop_share": loops, "eos_share": eos, "prompts": 10}
+
+    results = {"budgets": [8, 16], "splits": {
+        "in_distribution": {"budget_8": split(0.5, 0.1, 0.6), "budget_16": split(0.5, 0.2, 0.7)},
+        "unseen": {"budget_8": split(0.25, 0.3, 0.4), "budget_16": split(0.25, 0.4, 0.5)}}}
+    header, _, row = summary_table({"m": results}).splitlines()
+    assert header.endswith("| loops in-dist. / unseen @8 | EOS in-dist. / unseen @8 | loops in-dist. / unseen @16 | "
+                           "EOS in-dist. / unseen @16 |")
+    assert row == "| m | 0.500 | 0.500 | 0.500 | 0.250 | 0.250 | 10% / 30% | 60% / 40% | 20% / 40% | 70% / 50% |"
+
+
 def test_a_missing_prompt_file_is_a_clear_error(tmp_path):
     from align.data import DataError
 
