@@ -36,7 +36,6 @@ from typing import Literal
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, trunk_states
 from align.distributed import count_share, global_mean, global_sum, token_share
@@ -46,9 +45,9 @@ from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
-from align.rl import (StepTimer, completion_metrics, global_completions, iteration_prompts, last_metrics, log_samples,
-                      merged_weights, minibatch_updates, pad_right, penalised_scores, read_logged, rollout_generator,
-                      window_means)
+from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
+                      last_metrics, log_samples, merged_weights, minibatch_updates, pad_right, penalised_scores,
+                      read_logged, rollout_generator, window_means)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -280,17 +279,9 @@ def train(cfg: GRPOConfig, *, restart: bool = False) -> Path:
     return run_stage(cfg, restart, group_relative_policy_optimisation)
 
 
-def check_batch(t: GRPOTrainConfig, processes: int) -> None:
-    """The prompts of an iteration split evenly between the processes (minibatches are drawn from the completions
-    of every process together, align.rl.minibatch_updates, so they need not)."""
-    if t.prompts_per_iteration < processes or t.prompts_per_iteration % processes:
-        raise ConfigError(f"train.prompts_per_iteration={t.prompts_per_iteration} must be a multiple of the "
-                          f"{processes} processes (it counts the prompts of every process, split evenly between them)")
-
-
 def group_relative_policy_optimisation(stage: Stage) -> None:
     cfg, t, device, accelerator = stage.cfg, stage.cfg.train, stage.accelerator.device, stage.accelerator
-    check_batch(t, accelerator.num_processes)
+    check_prompt_split(t.prompts_per_iteration, accelerator.num_processes)
 
     # models (policy trained; reference and rollout copy frozen), prompts and the composite reward, checked now
     # rather than at the first step

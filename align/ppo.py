@@ -39,9 +39,9 @@ from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.distributed import global_masked_mean, global_masked_whiten, global_mean, token_share
-from align.rl import (StepTimer, completion_metrics, global_completions, iteration_prompts, last_metrics, log_samples,
-                      merged_weights, minibatch_updates, pad_right, penalised_scores, read_logged, rollout_generator,
-                      window_means)
+from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
+                      last_metrics, log_samples, merged_weights, minibatch_updates, pad_right, penalised_scores,
+                      read_logged, rollout_generator, window_means)
 from align.rollout import GenerationConfig, TextGenerator, render_prompt
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
@@ -344,9 +344,7 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
 def check_batch(t: PPOTrainConfig, processes: int) -> None:
     """The prompts of an iteration split evenly between the processes, and an iteration holds at least one
     minibatch (both sizes count the responses of every process)."""
-    if t.prompts_per_iteration < processes or t.prompts_per_iteration % processes:
-        raise ConfigError(f"train.prompts_per_iteration={t.prompts_per_iteration} must be a multiple of the "
-                          f"{processes} processes (it counts the prompts of every process, split evenly between them)")
+    check_prompt_split(t.prompts_per_iteration, processes)
     if t.minibatch_size > t.prompts_per_iteration:
         raise ConfigError(f"train.minibatch_size={t.minibatch_size} is larger than "
                           f"train.prompts_per_iteration={t.prompts_per_iteration}: no minibatch is ever full")

@@ -134,8 +134,12 @@ class MasterWeights:
         for master in self.masters:
             if master.grad is None:
                 master.grad = torch.zeros_like(master)
-            dist.all_reduce(master.grad)
-            master.grad.div_(dist.get_world_size())
+        grads = [master.grad for master in self.masters]
+        flat = torch.cat([grad.flatten() for grad in grads])  # one all-reduce for every gradient, as DDP's buckets
+        dist.all_reduce(flat)
+        flat.div_(dist.get_world_size())
+        for grad, reduced in zip(grads, flat.split([grad.numel() for grad in grads])):
+            grad.copy_(reduced.view_as(grad))
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.masters

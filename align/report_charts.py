@@ -62,13 +62,13 @@ def stage_charts(stage) -> list[Chart]:
 def generalisation_rows(run) -> dict[str, float]:
     """What the generalisation table and chart show for one evaluated model: prompt-level loose accuracy on both
     splits, and each split's loop and EOS shares at each budget."""
-    from align.eval import degeneration_shares, split_metrics
+    from align.eval import SPLIT_LABELS, degeneration_shares, split_metrics
 
     row = {}
-    for split, label in (("in_distribution", "in-dist. prompt loose"), ("unseen", "unseen prompt loose")):
+    for split, label in SPLIT_LABELS.items():
         scores = split_metrics(run.results, split)
         if scores:
-            row[label] = scores["prompt_level_loose"]
+            row[f"{label} prompt loose"] = scores["prompt_level_loose"]
     for budget in run.results.get("budgets") or []:
         row.update({f"{name} @{budget}": share for name, share in degeneration_shares(run.results, budget).items()})
     return row

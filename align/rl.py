@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from align.config import ConfigError
 from align.loop import epoch_permutation
 
 
@@ -213,6 +214,14 @@ def penalised_scores(reward_fn, rows: list[dict], texts: list[str], completion_i
     breakdown, log = score_completions(reward_fn, rows, texts, completion_ids, columns, state)
     unfinished = 1 - torch.tensor(finished, dtype=torch.float32)
     return breakdown, log, torch.tensor(breakdown.total, dtype=torch.float32) - missing_eos_penalty * unfinished
+
+
+def check_prompt_split(prompts_per_iteration: int, processes: int) -> None:
+    """An iteration's prompts (counted over every process) split evenly between the processes: each samples its
+    own contiguous share (`iteration_prompts`)."""
+    if prompts_per_iteration < processes or prompts_per_iteration % processes:
+        raise ConfigError(f"train.prompts_per_iteration={prompts_per_iteration} must be a multiple of the "
+                          f"{processes} processes (it counts the prompts of every process, split evenly between them)")
 
 
 def minibatch_updates(training, indices: torch.Tensor, passes: int, minibatch_size: int, seed: int,
