@@ -97,7 +97,7 @@ def pair_logps(logprobs_fn, pairs, pack_length: int, average: bool) -> tuple[tor
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
     shared = [(i, i + len(pairs)) for i in range(len(pairs))]
-    logps = sequence_logps(logprobs_fn(prompts, responses, pack_length, pairs=shared), average)
+    logps = sequence_logps(logprobs_fn(prompts, responses, pack_length, groups=shared), average)
     return logps[: len(pairs)], logps[len(pairs) :]
 
 

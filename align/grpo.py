@@ -15,7 +15,7 @@ a `Groups` from step to step:
 3. old log-probs: the rollout's own when it computes in fp32, the policy's precision, since they equal the training
    forward's to float precision (tests/align/test_engine.py); otherwise recomputed. Reference log-probs (with LoRA:
    the policy with its adapters off); with adapters on the top layers only, the frozen layers below run once per
-   iteration, shared by every pass;
+   iteration, shared by every pass. These passes compute each prompt once for its k completions (`same_prompt`);
 4. the per-token KL to the reference (`kl_estimator`); with `kl_in: reward`, r <- r - beta * sum_t KL_t; then the
    group-relative advantages (`advantages`, align.losses.ADVANTAGES). A group whose rewards are all equal has
    advantages 0; `skip_equal_groups` leaves it out of the update (DAPO's dynamic-sampling filter);
@@ -194,18 +194,30 @@ def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: G
     """3. Log-probs of the policy that sampled (the rollout's own in fp32, else recomputed) and of the reference,
     per completion token (no gradients); a frozen trunk runs once, here, for every later pass."""
     policy, prompts, responses = training.raw["policy"], groups.prompt_ids, groups.response_ids
+    shared = same_prompt(range(len(responses)), groups.k)  # each prompt computed once, not k times
     with autocast(device, precision):
         if models.trunk_layers:
             groups.trunk = trunk_states(policy, [p + r for p, r in zip(prompts, responses)], models.trunk_layers,
-                                        t.pack_length)
+                                        t.pack_length, shared)
         if models.rollout_logprobs:
             old = [torch.tensor(lp) for lp in groups.sampled_logprobs]
         else:
-            old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, trunk=groups.trunk)
+            old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, groups=shared,
+                                    trunk=groups.trunk)
         if models.reference is not None:
-            ref = models.reference.logprobs(prompts, responses, t.pack_length, t.temperature, trunk=groups.trunk)
+            ref = models.reference.logprobs(prompts, responses, t.pack_length, t.temperature, groups=shared,
+                                            trunk=groups.trunk)
             groups.ref_logprobs, _ = pad_right(ref)
     groups.old_logprobs, groups.mask = pad_right(old)
+
+
+def same_prompt(completions, k: int) -> list[tuple[int, ...]]:
+    """Positions in `completions` (indices of an iteration's completions, k per prompt in order) grouped by their
+    prompt, for the passes that compute a shared prompt once (`align.batching.flat_passes`)."""
+    by_prompt: dict[int, list[int]] = {}
+    for position, completion in enumerate(completions):
+        by_prompt.setdefault(int(completion) // k, []).append(position)
+    return [tuple(positions) for positions in by_prompt.values() if len(positions) > 1]
 
 
 def group_advantages(groups: Groups, t: GRPOTrainConfig) -> None:

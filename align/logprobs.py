@@ -2,8 +2,9 @@
 
 A batch of (prompt, response) token sequences is laid out back to back (`align.batching.flat_passes`), each
 sequence attending only within itself (`align.attention` segments); the logits that predict response token t of a
-sequence are read at the position just before it. Only those positions go through the LM head. A preference
-pair's two sequences can share their prompt (`pairs`), which is then computed once.
+sequence are read at the position just before it. Only those positions go through the LM head. Sequences that
+start alike can share that prefix (`groups`: a preference pair's prompt, the k completions of one prompt), which is
+then computed once.
 
 With LoRA on the top layers only (`model.lora.last_layers`), the layers below are frozen and the same for the
 policy, its reference (adapters off) and every update of a PPO iteration: `trunk_states` runs them once per
@@ -76,13 +77,16 @@ def only_layers(model, layers: slice, final_norm: bool = True):
 
 
 @torch.no_grad()
-def trunk_states(model, sequences: list[list[int]], layers: int, pack_length: int) -> Trunk:
-    """Run every sequence through the first `layers` layers of `model`'s body once: the input of layer `layers`."""
+def trunk_states(model, sequences: list[list[int]], layers: int, pack_length: int,
+                 groups: list[tuple[int, ...]] = ()) -> Trunk:
+    """Run every sequence through the first `layers` layers of `model`'s body once: the input of layer `layers`.
+    Sequences of a group (`align.batching.flat_passes`) compute their common prefix once, and each keeps its own
+    copy of its states."""
     body = decoder_body(model)
     device = next(body.parameters()).device
     states = [None] * len(sequences)
     with only_layers(body, slice(0, layers), final_norm=False):
-        for flat in flat_passes(sequences, pack_length):
+        for flat in flat_passes(sequences, pack_length, groups):
             hidden = body(input_ids=flat.input_ids.to(device), position_ids=flat.position_ids.to(device),
                           segments=flat.segments, use_cache=False).last_hidden_state[0]  # [T, hidden]
             for k, i in enumerate(flat.sequences):
@@ -118,11 +122,13 @@ def frozen_trunk_layers(lora, model, values: bool = False) -> int | None:
 
 
 def _inputs(flat, device, trunk: Trunk | None) -> dict:
-    """Model inputs of one flat pass: token ids, or the trunk's hidden states of its sequences (laid out in order)."""
+    """Model inputs of one flat pass: token ids, or the trunk's hidden states of its sequences laid out as the pass
+    lays them out (a sequence that shares a prefix with its group's first contributes only the tokens after it)."""
     inputs = {"position_ids": flat.position_ids.to(device), "segments": flat.segments, "use_cache": False}
     if trunk is None:
         return {**inputs, "input_ids": flat.input_ids.to(device)}
-    return {**inputs, "inputs_embeds": torch.cat([trunk.states[i] for i in flat.sequences])[None]}
+    states = [trunk.states[i][shared:] for i, shared in zip(flat.sequences, flat.shared)]
+    return {**inputs, "inputs_embeds": torch.cat(states)[None]}
 
 
 def _top_layers(model, trunk: Trunk | None):
@@ -134,25 +140,26 @@ def _top_layers(model, trunk: Trunk | None):
 
 
 def response_logprobs(model, prompts, responses, pack_length: int, temperature: float = 1.0, with_entropy=False,
-                      pairs: list[tuple[int, int]] = (), trunk: Trunk | None = None):
+                      groups: list[tuple[int, ...]] = (), trunk: Trunk | None = None):
     """Per-token log-probs (and entropies) of each response under `model`: lists of [R_i] tensors.
-    `pairs` (index pairs, e.g. chosen and rejected of one prompt) share their common prefix; `trunk` (states of
-    these sequences from `trunk_states`) skips the layers below it."""
+    Each group of indices (chosen and rejected of one prompt; the completions of one prompt) computes its common
+    prefix once (`align.batching.flat_passes`); `trunk` (states of these sequences from `trunk_states`) skips the
+    layers below it."""
     require_segments(model)
-    if trunk is not None and pairs:
-        raise ValueError("response_logprobs: a trunk is kept per sequence, so pairs cannot share a prefix with it")
     device = next(model.parameters()).device
     sequences = [p + r for p, r in zip(prompts, responses)]
     logprobs, entropies = [None] * len(prompts), [None] * len(prompts)
-    for flat in flat_passes(sequences, pack_length, pairs):
+    for flat in flat_passes(sequences, pack_length, groups):
         # response token j of sequence i sits at token_index[P_i + j] and is predicted one position earlier
         predict_at = [flat.token_index[k][len(prompts[i]) - 1 : -1] for k, i in enumerate(flat.sequences)]
         keep, where = torch.unique(torch.cat(predict_at), return_inverse=True)  # [K] sorted positions
         with _top_layers(model, trunk):
             logits = model(**_inputs(flat, device, trunk), logits_to_keep=keep.to(device)).logits  # [1, K, V]
         targets = torch.cat([torch.tensor(responses[i]) for i in flat.sequences])
-        lp, ent = token_logprobs_and_entropy(logits[0, where.to(device)], targets.to(device), temperature,
-                                             with_entropy)
+        # index_select, not logits[0, where]: positions predicting several tokens (a shared prefix's last) repeat
+        # in `where`, and the backward of advanced indexing adds their gradients in a thread-dependent order
+        predicting = logits[0].index_select(0, where.to(device))  # [N, V]
+        lp, ent = token_logprobs_and_entropy(predicting, targets.to(device), temperature, with_entropy)
         sizes = [len(responses[i]) for i in flat.sequences]
         for i, value in zip(flat.sequences, lp.split(sizes)):
             logprobs[i] = value

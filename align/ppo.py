@@ -7,9 +7,10 @@ Each iteration, as numbered steps (Ouyang et al. 2022; Ziegler et al. 2019; Schu
 1. take the iteration's prompts; generate responses from the policy (batched, KV cache, rollout copy);
 2. score each response with the composite reward (reward model + reward functions) at its last token;
    responses that never emit EOS lose `missing_eos_penalty`;
-3. per-token log-probs of the policy and the frozen reference (with LoRA: the same model, adapters off; with
-   adapters on the top layers only, the frozen layers below run once per iteration for every pass) and
-   per-token values V(s_t) from the value model (a scalar head on a transformer, from the reward model);
+3. per-token log-probs of the policy (in fp32, the rollout's own) and the frozen reference (with LoRA: the same
+   model, adapters off; with adapters on the top layers only, the frozen layers below run once per iteration for
+   every pass) and per-token values V(s_t) from the value model (a scalar head on a transformer, from the reward
+   model);
 4. per-token KL with the selected estimator, the KL-shaped reward
        r_t = -beta * KL_t  (+ score at the final token),
    GAE advantages and returns (gamma, lambda), advantages whitened;
@@ -173,9 +174,10 @@ class PPOModels:
     """The models of a PPO run besides the trained policy and value model (which `Training` holds)."""
 
     reference: FrozenReference  # the SFT policy: with LoRA, the policy with its adapters off
-    generator: TextGenerator  # a bf16 copy of the policy that generates rollouts; refreshed every iteration
+    generator: TextGenerator  # a copy of the policy that generates rollouts; refreshed every iteration
     tokenizer: object
     trunk_layers: tuple[int, int] | None  # frozen layers run once per iteration (`shared_trunk_layers`)
+    rollout_logprobs: bool  # the copy computes in fp32: its log-probs of the sampled tokens are the old ones
 
 
 def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenValues, PPOModels, dict]:
@@ -191,7 +193,7 @@ def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenVa
     if trunk_layers:
         print(f"[align] ppo: the frozen layers below the adapters ({trunk_layers[0]} of the policy, {trunk_layers[1]} "
               f"of the value model) run once per iteration, shared by every pass")
-    models = PPOModels(reference, generator, tokenizer, trunk_layers)
+    models = PPOModels(reference, generator, tokenizer, trunk_layers, precision == "fp32")
     return policy, value_model, models, {"policy": policy_path, "reward_model": cfg.reward.reward_model,
                                          "value": value_path}
 
@@ -208,6 +210,7 @@ class Rollout:
     response_ids: list[list[int]]  # each response's tokens, EOS included when it stopped (never empty)
     texts: list[str]  # the responses as text
     finished: list[bool]  # emitted EOS before max_new_tokens
+    sampled_logprobs: list[list[float]]  # 1. the rollout copy's log-prob of each sampled token
     breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
     reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
@@ -228,16 +231,18 @@ class Rollout:
 
 def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig, seed: int,
                      first: int = 0) -> Rollout:
-    """1. Responses of the current policy: its weights (LoRA merged) are copied into the rollout copy, which
-    samples with `seed`, the rows as requests `first`, `first` + 1, ... of the iteration."""
+    """1. Responses of the current policy: its adapted layers (LoRA merged; every weight with full fine-tuning)
+    are copied into the rollout copy, which samples with `seed`, the rows as requests `first`, `first` + 1, ... of
+    the iteration."""
     tokenizer = models.tokenizer
-    models.generator.load_weights(merged_weights(training.raw["policy"]))
+    models.generator.load_weights(merged_weights(training.raw["policy"], adapted_layers_only=True))
     prompts = [row["prompt"] for row in rows]
     gens = models.generator.generate(prompts, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
                                      top_p=t.top_p, top_k=t.top_k, seed=seed, first_request=first)
     prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     response_ids = [ids or [tokenizer.eos_token_id] for ids in gens.token_ids]
-    return Rollout(rows, prompt_ids, response_ids, gens.texts, gens.finished)
+    sampled = [lp or [0.0] for lp in gens.logprobs]  # (as response_ids, never empty)
+    return Rollout(rows, prompt_ids, response_ids, gens.texts, gens.finished, sampled)
 
 
 def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
@@ -251,8 +256,9 @@ def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_p
 @torch.no_grad()
 def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t: PPOTrainConfig, device,
                      precision: str) -> None:
-    """3. Log-probs of the policy that generated and of the reference, and values, per response token (no
-    gradients); a frozen trunk runs once, here, for every later pass."""
+    """3. Log-probs of the policy that generated (the rollout's own in fp32, else recomputed) and of the
+    reference, and values, per response token (no gradients); a frozen trunk runs once, here, for every later
+    pass."""
     policy, value_model = training.raw["policy"], training.raw["value"]
     prompts, responses = rollout.prompt_ids, rollout.response_ids
     with autocast(device, precision):
@@ -261,7 +267,10 @@ def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t:
             rollout.trunks = (trunk_states(policy, sequences, models.trunk_layers[0], t.pack_length),
                               trunk_states(value_model, sequences, models.trunk_layers[1], t.pack_length))
         policy_trunk, value_trunk = rollout.trunks
-        old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, trunk=policy_trunk)
+        if models.rollout_logprobs:
+            old = [torch.tensor(lp) for lp in rollout.sampled_logprobs]
+        else:
+            old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, trunk=policy_trunk)
         ref = models.reference.logprobs(prompts, responses, t.pack_length, t.temperature, trunk=policy_trunk)
         values = response_values(value_model, prompts, responses, t.pack_length, trunk=value_trunk)
     rollout.old_logprobs, rollout.mask = pad_right(old)

@@ -164,11 +164,13 @@ class TextGenerator:
             self.engine = DecoderEngine(model, self.config.slots, release_model=release_model)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """New weights (transformers' names), e.g. the current policy's with LoRA merged."""
+        """New weights (transformers' names), e.g. the current policy's with LoRA merged; all of them or some."""
         if self.engine is not None:
             self.engine.load_weights(state_dict)
-        else:
-            self.model.load_state_dict(state_dict)
+            return
+        unexpected = self.model.load_state_dict(state_dict, strict=False).unexpected_keys
+        if unexpected:  # some of the weights (e.g. only the adapted layers) may come; none the model lacks
+            raise ValueError(f"load_weights: the model has no parameters named {unexpected[:3]}")
 
     @torch.no_grad()
     def generate(self, prompts: list, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,

@@ -147,7 +147,7 @@ def test_flat_passes_lay_out_every_sequence_and_share_pair_prefixes():
     """Five sequences, (0, 3) a pair with a 4-token common prefix: every sequence's tokens and positions are
     recovered through its token_index, and the pair costs 4 tokens less than laid out twice."""
     seqs = [[5, 6, 7, 8, 1, 2], [9, 9, 9], [4, 4], [5, 6, 7, 8, 3], [2, 2, 2, 2]]
-    passes = flat_passes(seqs, pack_length=8, pairs=[(0, 3)], rows_per_pass=2)
+    passes = flat_passes(seqs, pack_length=8, groups=[(0, 3)], rows_per_pass=2)
     seen = {}
     for flat in passes:
         assert flat.input_ids.shape == flat.position_ids.shape and flat.input_ids.shape[0] == 1
@@ -180,7 +180,7 @@ def test_response_logprobs_and_rewards_with_shared_prompts_equal_separate_passes
     responses = [sequence(6, 12), sequence(3, 13), sequence(7, 14), sequence(2, 15)]
     pairs = [(0, 2), (1, 3)]
     with torch.no_grad():
-        shared = response_logprobs(policy, prompts, responses, pack_length=16, pairs=pairs)
+        shared = response_logprobs(policy, prompts, responses, pack_length=16, groups=pairs)
         separate = response_logprobs(policy, prompts, responses, pack_length=16)
         for a, b in zip(shared, separate):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

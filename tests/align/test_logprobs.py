@@ -99,3 +99,57 @@ def test_a_trunk_run_on_the_wrong_layers_is_caught(tiny_model_dir):
     with torch.no_grad():
         assert not torch.allclose(response_logprobs(policy, prompts, responses, 64, trunk=wrong)[0],
                                   response_logprobs(policy, prompts, responses, 64)[0], atol=1e-4)
+
+
+def test_completions_sharing_their_prompt_give_the_log_probs_and_gradients_of_separate_sequences(tiny_model_dir):
+    """Two prompts x three completions (GRPO's layout), each prompt computed once (`groups`), through a trunk
+    computed the same way or through every layer: the log-probs and the adapters' gradients of laying every
+    sequence out whole, and fewer tokens in the passes. One completion starts like its first sibling beyond the
+    prompt, so its shared prefix reaches into the completions."""
+    from align.batching import flat_passes
+
+    policy = lora_policy(tiny_model_dir)
+    prompts = [[5, 6, 7, 8, 9]] * 3 + [[20, 21, 22]] * 3
+    responses = [[11, 12, 13], [11, 12, 30, 31], [14], [40, 41], [42, 43, 44, 45], [46]]
+    groups = [(0, 1, 2), (3, 4, 5)]
+    sequences = [p + r for p, r in zip(prompts, responses)]
+    laid_out = sum(f.input_ids.shape[1] for f in flat_passes(sequences, 64, groups))
+    assert laid_out == sum(map(len, sequences)) - (2 * 5 + 2) - 2 * 3  # prompts once; 2 more tokens of 0 and 1
+
+    def grads_and_logprobs(shared, trunk_groups):
+        policy.zero_grad()
+        trunk = None if trunk_groups is None else trunk_states(policy, sequences, 1, 64, trunk_groups)
+        lps = response_logprobs(policy, prompts, responses, 64, groups=shared, trunk=trunk)
+        torch.cat(lps).sum().backward()
+        return lps, {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    expected_lps, expected_grads = grads_and_logprobs((), None)
+    for shared, trunk_groups in [(groups, None), (groups, groups), ((), groups), (groups, ())]:
+        lps, grads = grads_and_logprobs(shared, trunk_groups)
+        for a, b in zip(lps, expected_lps):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        for name in grads:
+            torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_through_shared_prompts_are_the_same_bits_every_time(tiny_model_dir):
+    """Positions that predict several sequences' tokens (the last token of a shared prompt) must add their gradients
+    in a fixed order: resuming a run bit for bit depends on it. (Fresh adapters: lora_B is 0.)"""
+    torch.manual_seed(0)
+    policy, _ = load_model(ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1)))
+    g = torch.Generator().manual_seed(1)
+    prompts = [p for n in (12, 9) for p in [torch.randint(1, 90, (n,), generator=g).tolist()] * 4]
+    responses = [torch.randint(1, 90, (int(n),), generator=g).tolist() for n in torch.randint(1, 9, (8,), generator=g)]
+    groups = [(0, 1, 2, 3), (4, 5, 6, 7)]
+
+    def gradients() -> torch.Tensor:
+        policy.zero_grad()
+        trunk = trunk_states(policy, [p + r for p, r in zip(prompts, responses)], 1, 64, groups)
+        lps, entropies = response_logprobs(policy, prompts, responses, 64, 0.9, with_entropy=True, groups=groups,
+                                           trunk=trunk)
+        (torch.cat(lps).sum() + torch.cat(entropies).sum()).backward()
+        return torch.cat([p.grad.flatten() for p in policy.parameters() if p.requires_grad])
+
+    first = gradients()
+    for _ in range(10):
+        assert torch.equal(gradients(), first)

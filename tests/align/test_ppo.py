@@ -1,0 +1,50 @@
+"""PPO's first steps on `tiny-random` with LoRA on its top layer: the rollout copy is refreshed with the adapted
+layer only, and in fp32 the old log-probs are the rollout's own, which equal what the training forward computes
+for the same responses (so skipping that pass changes nothing but the time)."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from align.logprobs import FrozenReference
+from align.models import LoraConfig, ModelConfig, load_model
+from align.ppo import PPOModels, PPOTrainConfig, evaluate_rollout, generate_rollout
+from align.rl import rollout_generator
+from align.rollout import GenerationConfig
+from align.values import TokenValues, load_reward_backbone
+
+CPU = torch.device("cpu")
+ROWS = [{"prompt": "Write a short note."}, {"prompt": "List three colours."}, {"prompt": "Say hello in French."}]
+
+
+def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool):
+    """Steps 1 and 3 of an iteration from a policy whose adapters have moved off zero."""
+    torch.manual_seed(0)  # peft draws lora_A
+    cfg = ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1))
+    policy, tokenizer = load_model(cfg)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
+    value_model = TokenValues(load_reward_backbone(cfg, str(tiny_model_dir))[0])
+    generator = rollout_generator(str(tiny_model_dir), tokenizer, GenerationConfig(backend=backend), CPU, "fp32")
+    models = PPOModels(FrozenReference(policy, lora=True), generator, tokenizer, None, rollout_logprobs)
+    training = SimpleNamespace(raw={"policy": policy, "value": value_model})
+    t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8)
+    rollout = generate_rollout(training, models, ROWS, t, seed=3)
+    evaluate_rollout(rollout, training, models, t, CPU, "fp32")
+    return rollout
+
+
+@pytest.mark.parametrize("backend", ["engine", "hf"])
+def test_fp32_old_logprobs_from_the_rollout_equal_the_training_forwards(tiny_model_dir, backend):
+    from_rollout = first_steps(tiny_model_dir, backend, rollout_logprobs=True)
+    recomputed = first_steps(tiny_model_dir, backend, rollout_logprobs=False)
+    assert from_rollout.response_ids == recomputed.response_ids  # same seed, same merged weights
+    assert all(len(lp) == len(ids) for lp, ids in zip(from_rollout.sampled_logprobs, from_rollout.response_ids))
+    torch.testing.assert_close(from_rollout.mask, recomputed.mask)
+    torch.testing.assert_close(from_rollout.old_logprobs, recomputed.old_logprobs, rtol=0, atol=1e-4)
+    # the adapters moved the policy: the rollout sampled from it, not from the base weights it was loaded with
+    assert not torch.allclose(recomputed.old_logprobs, recomputed.ref_logprobs, atol=1e-3)
