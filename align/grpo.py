@@ -46,9 +46,9 @@ from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
-                      last_metrics, log_samples, merged_weights, minibatch_updates, pad_right, penalised_scores,
-                      read_logged, rollout_generator, window_means)
-from align.rollout import GenerationConfig, TextGenerator, render_prompt
+                      last_metrics, log_samples, minibatch_updates, pad_right, penalised_scores, read_logged,
+                      rollout_generator, sample_completions, window_means)
+from align.rollout import GenerationConfig, TextGenerator
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
 
@@ -163,21 +163,13 @@ class Groups:
 
 def sample_groups(training: Training, models: GRPOModels, rows: list[dict], t: GRPOTrainConfig, seed: int,
                   first: int = 0) -> Groups:
-    """1. k completions of each prompt from the current policy: its adapted layers (LoRA merged; every weight with
-    full fine-tuning) are copied into the rollout copy, which samples with `seed` (the rows are prompts `first`,
-    `first` + 1, ... of the iteration; completion j of prompt i is request i * k + j)."""
-    tokenizer, k = models.tokenizer, t.completions_per_prompt
-    models.generator.load_weights(merged_weights(training.raw["policy"], adapted_layers_only=True))
+    """1. k completions of each prompt from the current policy's rollout copy (`align.rl.sample_completions`); the
+    rows are prompts `first`, `first` + 1, ... of the iteration, completion j of prompt i is request i * k + j."""
+    k = t.completions_per_prompt
     repeated = [row for row in rows for _ in range(k)]
-    gens = models.generator.generate([row["prompt"] for row in repeated], max_new_tokens=t.max_new_tokens,
-                                     temperature=t.temperature, top_p=t.top_p, top_k=t.top_k, seed=seed,
-                                     first_request=first * k)
-    prompt_ids = [tokenizer(render_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
-                  for row in rows]
-    response_ids = [ids or [tokenizer.eos_token_id] for ids in gens.token_ids]
-    sampled = [lp or [0.0] for lp in gens.logprobs]  # (the engine always samples a token; as response_ids, never empty)
-    return Groups(repeated, k, [ids for ids in prompt_ids for _ in range(k)], response_ids, gens.texts,
-                  gens.finished, sampled)
+    sampled = sample_completions(training.raw["policy"], models.generator, [row["prompt"] for row in repeated], t,
+                                 seed, first * k)
+    return Groups(repeated, k, *sampled)
 
 
 def score_groups(groups: Groups, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:

@@ -41,9 +41,9 @@ from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.distributed import global_masked_mean, global_masked_whiten, global_mean, token_share
 from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
-                      last_metrics, log_samples, merged_weights, minibatch_updates, pad_right, penalised_scores,
-                      read_logged, rollout_generator, window_means)
-from align.rollout import GenerationConfig, TextGenerator, render_prompt
+                      last_metrics, log_samples, minibatch_updates, pad_right, penalised_scores, read_logged,
+                      rollout_generator, sample_completions, window_means)
+from align.rollout import GenerationConfig, TextGenerator
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
 from align.values import TokenValues, load_reward_backbone
@@ -231,18 +231,11 @@ class Rollout:
 
 def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig, seed: int,
                      first: int = 0) -> Rollout:
-    """1. Responses of the current policy: its adapted layers (LoRA merged; every weight with full fine-tuning)
-    are copied into the rollout copy, which samples with `seed`, the rows as requests `first`, `first` + 1, ... of
-    the iteration."""
-    tokenizer = models.tokenizer
-    models.generator.load_weights(merged_weights(training.raw["policy"], adapted_layers_only=True))
-    prompts = [row["prompt"] for row in rows]
-    gens = models.generator.generate(prompts, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
-                                     top_p=t.top_p, top_k=t.top_k, seed=seed, first_request=first)
-    prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
-    response_ids = [ids or [tokenizer.eos_token_id] for ids in gens.token_ids]
-    sampled = [lp or [0.0] for lp in gens.logprobs]  # (as response_ids, never empty)
-    return Rollout(rows, prompt_ids, response_ids, gens.texts, gens.finished, sampled)
+    """1. Responses of the current policy from its rollout copy (`align.rl.sample_completions`), the rows as requests
+    `first`, `first` + 1, ... of the iteration."""
+    sampled = sample_completions(training.raw["policy"], models.generator, [row["prompt"] for row in rows], t, seed,
+                                 first)
+    return Rollout(rows, *sampled)
 
 
 def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -202,6 +203,31 @@ def merged_weights(policy, adapted_layers_only: bool = False) -> dict[str, torch
 
 
 # ---- the steps both RL stages take ----------------------------------------------------------------------------
+
+
+class Completions(NamedTuple):
+    """What step 1 of PPO and GRPO samples: per completion its prompt's chat-template tokens, its own tokens (EOS
+    included when it stopped; never empty), its text, whether it stopped, and the rollout copy's log-prob of each
+    of its tokens."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    texts: list[str]
+    finished: list[bool]
+    sampled_logprobs: list[list[float]]
+
+
+def sample_completions(policy, generator, prompts: list, t, seed: int, first_request: int) -> Completions:
+    """The current policy's completions: its adapted layers (LoRA merged; every weight with full fine-tuning) are
+    copied into the rollout copy `generator`, which samples one completion per prompt with `t`'s settings and
+    `seed`, prompt i as request `first_request` + i (`align.rollout.Sampler`)."""
+    generator.load_weights(merged_weights(policy, adapted_layers_only=True))
+    gens = generator.generate(prompts, max_new_tokens=t.max_new_tokens, temperature=t.temperature, top_p=t.top_p,
+                              top_k=t.top_k, seed=seed, first_request=first_request)
+    # a completion without tokens reads as an immediate EOS, its log-prob 0
+    response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
+    sampled = [lp or [0.0] for lp in gens.logprobs]
+    return Completions(gens.prompt_ids, response_ids, gens.texts, gens.finished, sampled)
 
 
 def penalised_scores(reward_fn, rows: list[dict], texts: list[str], completion_ids: list[list[int]],

@@ -41,6 +41,7 @@ class Generations:
     finished: list[bool]  # True when the model emitted EOS before max_new_tokens
     new_tokens: int  # generated tokens in total (what throughput is measured in)
     logprobs: list[list[float]]  # per generated token: its log-prob at the sampling temperature (before top-k/p)
+    prompt_ids: list[list[int]]  # the rendered prompts' token ids, as generation read them
 
 
 def prompt_messages(prompt) -> list[dict]:
@@ -188,7 +189,7 @@ class TextGenerator:
         token_ids = [c.token_ids for c in completions]
         return Generations(rendered, [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids],
                            token_ids, [c.finished for c in completions], sum(map(len, token_ids)),
-                           [c.logprobs for c in completions])
+                           [c.logprobs for c in completions], encoded)
 
     def _reference(self, encoded: list[list[int]], max_new_tokens: int, sample: Sampler, eos: int):
         """The hf backend: length-sorted batches of `slots` prompts."""
