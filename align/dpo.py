@@ -180,7 +180,8 @@ def direct_preference_optimisation(stage: Stage) -> None:
     reference = CachedReference(frozen, t.pack_length, average, device, stage.precision)
     eval_reference = CachedReference(frozen, t.pack_length, average, device, stage.precision)
     if t.precompute_reference:
-        reference.precompute(pairs)
+        with training.gathered():  # FSDP2: the adapters-off policy's weights, gathered (align.sharding)
+            reference.precompute(pairs)
 
     @torch.no_grad()
     def held_out() -> dict[str, float]:
@@ -193,7 +194,7 @@ def direct_preference_optimisation(stage: Stage) -> None:
         return pair_stats(pol_c.float().cpu(), pol_r.float().cpu(), ref_c, ref_r, t.beta)
 
     evaluate = held_out if eval_pairs else None
-    if training.step == 0 and evaluate and stage.main:
+    if training.step == 0 and evaluate:
         training.evaluate(held_out)
     while training.step < total_steps:
         # 3. this process's share of the step's pairs: policy log-probs of chosen and rejected against the
@@ -201,7 +202,8 @@ def direct_preference_optimisation(stage: Stage) -> None:
         epoch, position = divmod(training.step, steps_per_epoch)
         ids = epoch_step(epoch_permutation(len(pairs), cfg.run.seed, epoch), per_step, position)
         share, real = step_share(ids, stage.accelerator.process_index, stage.processes)
-        ref_c, ref_r = reference(pairs, share)
+        with training.gathered():
+            ref_c, ref_r = reference(pairs, share)
         training.plan_learning_rate()
         with autocast(device, stage.precision):
             pol_c, pol_r = pair_logps(policy_logps(training.models["policy"]), [pairs[i] for i in share],

@@ -47,8 +47,9 @@ from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
                       last_metrics, log_samples, minibatch_updates, pad_right, penalised_scores, read_logged,
-                      rollout_generator, sample_completions, window_means)
+                      rollout_generator, same_prompt, sample_completions, window_means)
 from align.rollout import GenerationConfig, TextGenerator
+from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
 
@@ -187,7 +188,7 @@ def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: G
     per completion token (no gradients); a frozen trunk runs once, here, for every later pass."""
     policy, prompts, responses = training.raw["policy"], groups.prompt_ids, groups.response_ids
     shared = same_prompt(range(len(responses)), groups.k)  # each prompt computed once, not k times
-    with autocast(device, precision):
+    with gathered(policy), autocast(device, precision):  # FSDP2: shards gathered (align.sharding)
         if models.trunk_layers:
             groups.trunk = trunk_states(policy, [p + r for p, r in zip(prompts, responses)], models.trunk_layers,
                                         t.pack_length, shared)
@@ -201,15 +202,6 @@ def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: G
                                             trunk=groups.trunk)
             groups.ref_logprobs, _ = pad_right(ref)
     groups.old_logprobs, groups.mask = pad_right(old)
-
-
-def same_prompt(completions, k: int) -> list[tuple[int, ...]]:
-    """Positions in `completions` (indices of an iteration's completions, k per prompt in order) grouped by their
-    prompt, for the passes that compute a shared prompt once (`align.batching.flat_passes`)."""
-    by_prompt: dict[int, list[int]] = {}
-    for position, completion in enumerate(completions):
-        by_prompt.setdefault(int(completion) // k, []).append(position)
-    return [tuple(positions) for positions in by_prompt.values() if len(positions) > 1]
 
 
 def group_advantages(groups: Groups, t: GRPOTrainConfig) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from align.attention import require_segments
 from align.batching import flat_passes
+from align.sharding import pad_passes
 
 
 def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
@@ -149,7 +150,8 @@ def response_logprobs(model, prompts, responses, pack_length: int, temperature: 
     device = next(model.parameters()).device
     sequences = [p + r for p, r in zip(prompts, responses)]
     logprobs, entropies = [None] * len(prompts), [None] * len(prompts)
-    for flat in flat_passes(sequences, pack_length, groups):
+    passes = flat_passes(sequences, pack_length, groups)
+    for flat in passes:
         # response token j of sequence i sits at token_index[P_i + j] and is predicted one position earlier
         predict_at = [flat.token_index[k][len(prompts[i]) - 1 : -1] for k, i in enumerate(flat.sequences)]
         keep, where = torch.unique(torch.cat(predict_at), return_inverse=True)  # [K] sorted positions
@@ -166,22 +168,41 @@ def response_logprobs(model, prompts, responses, pack_length: int, temperature: 
         if with_entropy:
             for i, value in zip(flat.sequences, ent.split(sizes)):
                 entropies[i] = value
+
+    def forward(flat):
+        with _top_layers(model, trunk):
+            return model(**_inputs(flat, device, trunk), logits_to_keep=1).logits
+
+    padding = pad_passes(model, passes, forward)  # FSDP2: as many passes as every other process (align.sharding)
+    if padding is not None:
+        logprobs[passes[0].sequences[0]] = logprobs[passes[0].sequences[0]] + padding
     return (logprobs, entropies) if with_entropy else logprobs
 
 
-def response_values(value_model, prompts, responses, pack_length: int, trunk: Trunk | None = None):
-    """Per-token values V(s_t) of each response (the state before token t): lists of [R_i] tensors.
+def response_values(value_model, prompts, responses, pack_length: int, groups: list[tuple[int, ...]] = (),
+                    trunk: Trunk | None = None):
+    """Per-token values V(s_t) of each response (the state before token t): lists of [R_i] tensors. `groups` and
+    `trunk` as in `response_logprobs`.
 
     `value_model` is a `reward.model.TokenValues` (a transformer with a scalar head at every position).
     """
     require_segments(value_model)
     device = next(value_model.parameters()).device
     values = [None] * len(prompts)
-    for flat in flat_passes([p + r for p, r in zip(prompts, responses)], pack_length):
+    passes = flat_passes([p + r for p, r in zip(prompts, responses)], pack_length, groups)
+    for flat in passes:
         with _top_layers(value_model, trunk):
             per_position = value_model(**_inputs(flat, device, trunk))  # [1, T]
         for k, i in enumerate(flat.sequences):
             values[i] = per_position[0, flat.token_index[k][len(prompts[i]) - 1 : -1].to(device)]
+
+    def forward(flat):
+        with _top_layers(value_model, trunk):
+            return value_model(**_inputs(flat, device, trunk))
+
+    padding = pad_passes(value_model, passes, forward)  # FSDP2: as many passes as every other process
+    if padding is not None:
+        values[passes[0].sequences[0]] = values[passes[0].sequences[0]] + padding
     return values
 
 

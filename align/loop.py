@@ -11,13 +11,15 @@ the end-of-step duties (log, evaluate, save, stop on a signal, wait for the othe
         training.optimizer_step(loss.item())
         training.end_step(log=lambda: {"loss": ...}, evaluate=held_out)
 
-Precision (what `weights` are): align.precision. Checkpoints: align.checkpoint.
+Precision (what `weights` are): align.precision. Checkpoints: align.checkpoint. Several processes: DDP through
+accelerate, or FSDP2 (`run.data_parallel: fsdp2`, align.sharding).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -28,6 +30,8 @@ from align.checkpoint import save_checkpoint
 from align.config import ConfigError
 from align.distributed import global_sum
 from align.precision import AutocastPrecision, Precision, training_weights
+from align.sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard, shard_like,
+                            shard_optimizer_state, units)
 
 
 @dataclass
@@ -116,22 +120,29 @@ def check_finite(value: float, stage: str, step: int, what: str = "loss") -> Non
         raise FloatingPointError(f"{stage}: {what} is {value} at step {step}; stopped before saving anything")
 
 
-def check_finite_parameters(model, stage: str, step: int) -> None:
-    """Refuse to save weights that hold a NaN/inf (a loss can be finite one step before the weights blow up)."""
-    for name, p in model.named_parameters():
-        if p.requires_grad and not torch.isfinite(p).all():
+def check_finite_parameters(named, stage: str, step: int) -> None:
+    """Refuse to save weights that hold a NaN/inf (a loss can be finite one step before the weights blow up).
+    `named`: (name, tensor) pairs of the trained weights."""
+    for name, p in named:
+        if not torch.isfinite(p).all():
             raise FloatingPointError(f"{stage}: parameter {name} is not finite at step {step}; stopped before saving")
 
 
-def save_training_state(out: Path, step: int, weights, optimizer, state: dict, keep: int) -> Path:
+def save_training_state(out: Path, step: int, weights, optimizer, state: dict, keep: int,
+                        write: bool = True) -> Path | None:
     """Checkpoint the trainable parameters (LoRA adapters, or all weights), optimizer and RNG at `step`.
-    `weights`: the model, or align.precision's training weights (fp32 masters under `precision: bf16`)."""
-    check_finite_parameters(weights, out.name, step)
-    trainable = {name: p for name, p in weights.named_parameters() if p.requires_grad}
+    `weights`: the model, or align.precision's training weights (fp32 masters under `precision: bf16`). Sharded
+    weights and optimizer state (FSDP2) are gathered first, by every process (call it on every process): only
+    those with `write` write."""
+    trainable = full_tensors((name, p) for name, p in weights.named_parameters() if p.requires_grad)
+    optimizer_state = full_optimizer_state(optimizer)
+    if not write:
+        return None
+    check_finite_parameters(trainable.items(), out.name, step)
     return save_checkpoint(
         out / "checkpoints", step, trainable,
         state={"step": step, **state},
-        objects={"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()},
+        objects={"optimizer": optimizer_state, "rng": torch.get_rng_state()},
         keep_last=keep,
     )
 
@@ -141,12 +152,14 @@ def restore_training_state(checkpoint: Path, weights, optimizer) -> dict:
     from align.checkpoint import load_checkpoint
 
     tensors, state, objects = load_checkpoint(checkpoint)
-    missing = set(tensors) - {name for name, _ in weights.named_parameters()}
+    parameters = dict(weights.named_parameters())
+    missing = set(tensors) - set(parameters)
     if missing:
         raise ConfigError(f"checkpoint {checkpoint} has parameters this model does not train: {sorted(missing)[:5]}; "
                           "rerun with --restart to discard it")
-    weights.load_state_dict(tensors, strict=False)
-    optimizer.load_state_dict(objects["optimizer"])
+    # sharded parameters (FSDP2) take their part of the gathered tensors
+    weights.load_state_dict(shard_like(tensors, parameters), strict=False)
+    optimizer.load_state_dict(shard_optimizer_state(objects["optimizer"], optimizer))
     torch.set_rng_state(objects["rng"])
     return state
 
@@ -190,10 +203,13 @@ def install_stop_handlers() -> None:
 
 
 def stop_if_requested(save_checkpoint) -> None:
-    """At a step boundary: if a stop signal arrived, call `save_checkpoint()` and raise `Interrupted`."""
-    if _stop_signal:
+    """At a step boundary: if a stop signal arrived at any process, call `save_checkpoint()` and raise
+    `Interrupted` (on every process: call it on every process, it agrees through a collective)."""
+    import signal
+
+    if global_sum(float(bool(_stop_signal))) > 0:
         save_checkpoint()
-        raise Interrupted(_stop_signal[0])
+        raise Interrupted(_stop_signal[0] if _stop_signal else signal.SIGTERM)
 
 
 def exit_code_of(error: BaseException) -> int:
@@ -212,6 +228,17 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
 
 
+def shard_models(models: dict, precision: str) -> None:
+    """FSDP2 (align.sharding.shard) on every model, in place; bf16 masters are not implemented for it."""
+    from align.logprobs import decoder_body
+
+    if precision == "bf16":
+        raise ConfigError("run.data_parallel=fsdp2 does not keep fp32 master weights yet: set train.precision to "
+                          "fp32 or bf16-autocast, or run.data_parallel=ddp")
+    for model in models.values():
+        shard(model, decoder_body(model).layers)
+
+
 # ---- the shell --------------------------------------------------------------------------------------------------
 
 
@@ -222,23 +249,35 @@ class Training:
     policy and value model), `<name>.<parameter>`. `learning_rates`: a peak learning rate per model name where it
     differs from `cfg.learning_rate`. `state`: what else a checkpoint holds (a function returning a JSON-able dict,
     e.g. PPO's KL coefficient); after a resume, `resumed_state` is that dict as saved. `throughput`: the unit of
-    `<stage>/<unit>_per_s`, counted with `count()`."""
+    `<stage>/<unit>_per_s`, counted with `count()`.
+
+    With several processes and `run.data_parallel: fsdp2` the models are sharded here (align.sharding); the stage
+    then runs its passes without gradients inside `align.sharding.gathered`."""
 
     def __init__(self, stage, models: dict, cfg: TrainConfig, total_steps: int, *, learning_rates: dict = None,
                  state: Callable[[], dict] | None = None, throughput: str | None = None, manifest: dict = None):
         accelerator = stage.accelerator
         self.stage, self.cfg, self.total_steps = stage, cfg, total_steps
+        self.sharded = stage.data_parallel == "fsdp2"
+        if self.sharded:
+            shard_models(models, stage.precision)
+            print(f"[align] {stage.name}: FSDP2 over {stage.processes} processes: each holds 1/{stage.processes} of "
+                  f"every weight, gradient and optimiser state")
         self.weights = {name: training_weights(model, stage.precision, accelerator.num_processes)
                         for name, model in models.items()}
         self.peaks = [(learning_rates or {}).get(name, cfg.learning_rate) for name in models]
         self.optimizer = adamw([{"params": w.parameters(), "lr": peak} for w, peak in
                                 zip(self.weights.values(), self.peaks)], cfg.learning_rate, cfg.weight_decay)
-        *prepared, self.optimizer = accelerator.prepare(*models.values(), self.optimizer)
-        self.models = dict(zip(models, prepared))  # wrapped for the processes (DDP) where there are several
+        if self.sharded:  # fully_shard took the place of DDP
+            self.models = dict(models)
+        else:
+            *prepared, self.optimizer = accelerator.prepare(*models.values(), self.optimizer)
+            self.models = dict(zip(models, prepared))  # wrapped for the processes (DDP) where there are several
         for name, weights in self.weights.items():
             if weights.reduces_own_gradients:  # bf16 masters on several processes: they all-reduce in fp32, and
                 self.models[name].require_backward_grad_sync = False  # DDP does not (what its no_sync() sets)
         self.raw = {name: accelerator.unwrap_model(m) for name, m in self.models.items()}
+        self.finished = False  # after `finish`, sharded models stay gathered: later passes run on one process
         self.extra_state, self.throughput = state or dict, throughput
         self.step, self.resumed_state, resume_id = 0, {}, None
         if stage.resume_from:
@@ -296,7 +335,8 @@ class Training:
         check_finite(loss, name, self.step)
         for weights in self.weights.values():
             weights.reduce_gradients()
-        self.grad_norm = float(self.stage.accelerator.clip_grad_norm_(self.parameters(), self.cfg.max_grad_norm))
+        norm = self.stage.accelerator.clip_grad_norm_(self.parameters(), self.cfg.max_grad_norm)
+        self.grad_norm = float(full_tensor(norm))  # over every process's shards under FSDP2
         check_finite(self.grad_norm, name, self.step, "gradient norm")
         self.optimizer.step()
         for weights in self.weights.values():
@@ -329,17 +369,25 @@ class Training:
                 self.stage.log({f"{self.stage.name}/{k}": v for k, v in metrics.items()}, self.step)
             if "loss" in metrics:
                 self.progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if main and evaluate is not None and eval_every and (self.step % eval_every == 0 or last):
+        if evaluate is not None and eval_every and (self.step % eval_every == 0 or last):
             self.evaluate(evaluate)
-        if main and self.step % cfg.save_every == 0 and not last:
+        if self.step % cfg.save_every == 0 and not last:
             self.save()
-        if main:
-            stop_if_requested(self.save)
+        stop_if_requested(self.save)
         self.stage.accelerator.wait_for_everyone()
 
-    def evaluate(self, evaluate: Callable[[], dict]) -> dict:
-        """Run a held-out evaluation now and log its numbers as `<stage>/eval/<name>` at this step."""
-        result = evaluate()
+    def gathered(self):
+        """The context the passes of every process run in outside the update (align.sharding.gathered)."""
+        return nullcontext() if self.finished else gathered(*self.raw.values())
+
+    def evaluate(self, evaluate: Callable[[], dict]) -> dict | None:
+        """Run a held-out evaluation now, on the main process, and log its numbers as `<stage>/eval/<name>` at this
+        step; returns them there, None elsewhere. Call it on every process during training (sharded weights are
+        gathered for it); after `finish`, on the main process alone."""
+        with self.gathered():
+            result = evaluate() if self.stage.main else None
+        if result is None:
+            return None
         self.evaluated = (self.step, result)
         numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.stage.log({f"{self.stage.name}/eval/{k}": v for k, v in numbers.items()}, self.step)
@@ -351,18 +399,25 @@ class Training:
             return self.evaluate(evaluate)
         return self.evaluated[1]
 
-    def save(self) -> Path:
-        """Checkpoint the trainable weights, optimiser, RNG and the stage's own state at this step."""
-        state = {"wandb_id": self.stage.tracker.run_id, **self.extra_state()}
-        return save_training_state(self.stage.out, self.step, self, self.optimizer, state, self.cfg.keep_checkpoints)
+    def save(self) -> Path | None:
+        """Checkpoint the trainable weights, optimiser, RNG and the stage's own state at this step (call it on every
+        process: the main process writes what every process gathered)."""
+        main = self.stage.main
+        state = {"wandb_id": self.stage.tracker.run_id, **self.extra_state()} if main else {}
+        return save_training_state(self.stage.out, self.step, self, self.optimizer, state, self.cfg.keep_checkpoints,
+                                   write=main)
 
     def finish(self, tokenizer, model: str | None = None, output: Callable = lambda model: model) -> None:
         """The loop is done: save `output(<model with fp32 weights>)` (LoRA merged) as the stage's output, after
         checking that every trained weight is finite. `model`: which of `models` (default: the first)."""
         self.progress.close()
+        if self.sharded:  # gathered for good: what follows (saving, evaluations, checks) runs on one process
+            for unit in units(*self.raw.values()):
+                unit.unshard()
+            self.finished = True
         if self.stage.main:
             from align.models import save_model
 
-            check_finite_parameters(self, self.stage.name, self.step)
+            check_finite_parameters(self.named_parameters(), self.stage.name, self.step)
             weights = self.weights[model or next(iter(self.weights))]
             save_model(output(weights.fp32_model()), tokenizer, self.stage.out)

@@ -243,9 +243,12 @@ def save_model(model, tokenizer, out: Path) -> None:
     """Save a plain transformers model directory (LoRA adapters merged) that reloads with no extra arguments."""
     import peft
 
+    from align.sharding import state_of, units
+
     if isinstance(model, peft.PeftModel):
         model = model.merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
+    # a model sharded by FSDP2 (align.sharding) and gathered for good: its whole weights as the modules hold them
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_of(model) if units(model) else None)
     tokenizer.save_pretrained(out)
 
 

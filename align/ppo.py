@@ -4,7 +4,8 @@
 
 Each iteration, as numbered steps (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017), passing a
 `Rollout` from step to step:
-1. take the iteration's prompts; generate responses from the policy (batched, KV cache, rollout copy);
+1. take the iteration's prompts; generate `completions_per_prompt` responses to each from the policy (batched, KV
+   cache, rollout copy);
 2. score each response with the composite reward (reward model + reward functions) at its last token;
    responses that never emit EOS lose `missing_eos_penalty`;
 3. per-token log-probs of the policy (in fp32, the rollout's own) and the frozen reference (with LoRA: the same
@@ -42,8 +43,9 @@ from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns
 from align.distributed import global_masked_mean, global_masked_whiten, global_mean, token_share
 from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
                       last_metrics, log_samples, minibatch_updates, pad_right, penalised_scores, read_logged,
-                      rollout_generator, sample_completions, window_means)
+                      rollout_generator, same_prompt, sample_completions, window_means)
 from align.rollout import GenerationConfig, TextGenerator
+from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
 from align.tracking import TrackingConfig
 from align.values import TokenValues, load_reward_backbone
@@ -52,6 +54,8 @@ from align.values import TokenValues, load_reward_backbone
 @dataclass
 class PPOTrainConfig(RLTrainConfig):
     prompts_per_iteration: int = 16  # prompts generated for, scored and trained on per iteration (all processes)
+    completions_per_prompt: int = 1  # k responses sampled per prompt (OpenRLHF's n_samples_per_prompt): the value
+        # model sees k returns of each prompt, and the passes without gradients compute each prompt once
     ppo_epochs: int = 2  # passes over each iteration's responses
     minibatch_size: int = 8  # responses per optimiser step, drawn from those of every process
     policy_loss: PolicyLossName = "clipped"  # align.losses.POLICY_LOSSES
@@ -231,11 +235,14 @@ class Rollout:
 
 def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig, seed: int,
                      first: int = 0) -> Rollout:
-    """1. Responses of the current policy from its rollout copy (`align.rl.sample_completions`), the rows as requests
-    `first`, `first` + 1, ... of the iteration."""
-    sampled = sample_completions(training.raw["policy"], models.generator, [row["prompt"] for row in rows], t, seed,
-                                 first)
-    return Rollout(rows, *sampled)
+    """1. `completions_per_prompt` (k) responses of each prompt from the current policy's rollout copy
+    (`align.rl.sample_completions`): the rows are prompts `first`, `first` + 1, ... of the iteration, response j
+    of prompt i is request i * k + j."""
+    k = t.completions_per_prompt
+    repeated = [row for row in rows for _ in range(k)]
+    sampled = sample_completions(training.raw["policy"], models.generator, [row["prompt"] for row in repeated], t,
+                                 seed, first * k)
+    return Rollout(repeated, *sampled)
 
 
 def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
@@ -254,18 +261,21 @@ def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t:
     pass."""
     policy, value_model = training.raw["policy"], training.raw["value"]
     prompts, responses = rollout.prompt_ids, rollout.response_ids
-    with autocast(device, precision):
+    shared = same_prompt(range(len(responses)), t.completions_per_prompt)  # each prompt computed once, not k times
+    with gathered(policy, value_model), autocast(device, precision):  # FSDP2: shards gathered (align.sharding)
         if models.trunk_layers:
             sequences = [p + r for p, r in zip(prompts, responses)]
-            rollout.trunks = (trunk_states(policy, sequences, models.trunk_layers[0], t.pack_length),
-                              trunk_states(value_model, sequences, models.trunk_layers[1], t.pack_length))
+            rollout.trunks = (trunk_states(policy, sequences, models.trunk_layers[0], t.pack_length, shared),
+                              trunk_states(value_model, sequences, models.trunk_layers[1], t.pack_length, shared))
         policy_trunk, value_trunk = rollout.trunks
         if models.rollout_logprobs:
             old = [torch.tensor(lp) for lp in rollout.sampled_logprobs]
         else:
-            old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, trunk=policy_trunk)
-        ref = models.reference.logprobs(prompts, responses, t.pack_length, t.temperature, trunk=policy_trunk)
-        values = response_values(value_model, prompts, responses, t.pack_length, trunk=value_trunk)
+            old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, groups=shared,
+                                    trunk=policy_trunk)
+        ref = models.reference.logprobs(prompts, responses, t.pack_length, t.temperature, groups=shared,
+                                        trunk=policy_trunk)
+        values = response_values(value_model, prompts, responses, t.pack_length, groups=shared, trunk=value_trunk)
     rollout.old_logprobs, rollout.mask = pad_right(old)
     rollout.ref_logprobs, _ = pad_right(ref)
     rollout.values, _ = pad_right(values)
@@ -344,12 +354,16 @@ def train(cfg: PPOConfig, *, restart: bool = False) -> Path:
 
 
 def check_batch(t: PPOTrainConfig, processes: int) -> None:
-    """The prompts of an iteration split evenly between the processes, and an iteration holds at least one
-    minibatch (both sizes count the responses of every process)."""
+    """The prompts of an iteration split evenly between the processes, at least one response per prompt, and an
+    iteration holds at least one minibatch (both sizes count the responses of every process)."""
     check_prompt_split(t.prompts_per_iteration, processes)
-    if t.minibatch_size > t.prompts_per_iteration:
-        raise ConfigError(f"train.minibatch_size={t.minibatch_size} is larger than "
-                          f"train.prompts_per_iteration={t.prompts_per_iteration}: no minibatch is ever full")
+    if t.completions_per_prompt < 1:
+        raise ConfigError(f"train.completions_per_prompt={t.completions_per_prompt}: at least 1 response per prompt")
+    responses = t.prompts_per_iteration * t.completions_per_prompt
+    if t.minibatch_size > responses:
+        raise ConfigError(f"train.minibatch_size={t.minibatch_size} is larger than the {responses} responses of an "
+                          f"iteration (train.prompts_per_iteration x train.completions_per_prompt): no minibatch is "
+                          f"ever full")
 
 
 def proximal_policy_optimisation(stage: Stage) -> None:
@@ -394,7 +408,7 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         # 6. adapt beta; log, checkpoint
         if t.adaptive_kl:  # the KL of every process's responses, so every process keeps the same beta
             kl["coef"] = adaptive_kl_coef(kl["coef"], global_mean(rollout.kl.sum(1)), t.kl_target, t.kl_horizon,
-                                          t.prompts_per_iteration)
+                                          t.prompts_per_iteration * t.completions_per_prompt)
 
         def log() -> dict:
             log_samples(stage.tracker, "ppo/samples", iteration + 1, rollout.prompts, rollout.texts,

@@ -13,6 +13,7 @@ import torch
 
 from align.config import ConfigError
 from align.loop import epoch_permutation
+from align.sharding import gathered, state_of
 
 
 def iteration_rows(rows: list[dict], iteration: int, per_iteration: int, seed: int, process: int = 0,
@@ -184,7 +185,7 @@ def merged_weights(policy, adapted_layers_only: bool = False) -> dict[str, torch
     import peft
 
     if not isinstance(policy, peft.PeftModel):
-        return policy.state_dict()
+        return state_of(policy)
     base = policy.get_base_model()
     adapted = {name: module for name, module in base.named_modules()
                if isinstance(module, peft.tuners.lora.LoraLayer) and "default" in module.lora_A}
@@ -195,7 +196,7 @@ def merged_weights(policy, adapted_layers_only: bool = False) -> dict[str, torch
         names = {id(module): name for name, module in base.named_modules()}
         layers = [names[id(layer)] + "." for layer in decoder_body(base).layers]
         prefixes = tuple(layer for layer in layers if any(name.startswith(layer) for name in adapted))
-    weights = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items()
+    weights = {k.replace(".base_layer.", "."): v for k, v in state_of(base).items()
                if "lora_" not in k and k.startswith(prefixes)}
     for name, module in adapted.items():
         weights[f"{name}.weight"] = module.get_base_layer().weight + module.get_delta_weight("default")
@@ -221,13 +222,23 @@ def sample_completions(policy, generator, prompts: list, t, seed: int, first_req
     """The current policy's completions: its adapted layers (LoRA merged; every weight with full fine-tuning) are
     copied into the rollout copy `generator`, which samples one completion per prompt with `t`'s settings and
     `seed`, prompt i as request `first_request` + i (`align.rollout.Sampler`)."""
-    generator.load_weights(merged_weights(policy, adapted_layers_only=True))
+    with gathered(policy):  # FSDP2: every process gathers the policy's shards (align.sharding)
+        generator.load_weights(merged_weights(policy, adapted_layers_only=True))
     gens = generator.generate(prompts, max_new_tokens=t.max_new_tokens, temperature=t.temperature, top_p=t.top_p,
                               top_k=t.top_k, seed=seed, first_request=first_request)
     # a completion without tokens reads as an immediate EOS, its log-prob 0
     response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
     sampled = [lp or [0.0] for lp in gens.logprobs]
     return Completions(gens.prompt_ids, response_ids, gens.texts, gens.finished, sampled)
+
+
+def same_prompt(completions, k: int) -> list[tuple[int, ...]]:
+    """Positions in `completions` (indices of an iteration's completions, k per prompt in order) grouped by their
+    prompt, for the passes that compute a shared prompt once (`align.batching.flat_passes`)."""
+    by_prompt: dict[int, list[int]] = {}
+    for position, completion in enumerate(completions):
+        by_prompt.setdefault(int(completion) // k, []).append(position)
+    return [tuple(positions) for positions in by_prompt.values() if len(positions) > 1]
 
 
 def penalised_scores(reward_fn, rows: list[dict], texts: list[str], completion_ids: list[list[int]],

@@ -156,7 +156,7 @@ def reward_modelling(stage: Stage) -> None:
         return heldout_metrics(training.raw["model"], eval_pairs, t.pack_length, device, stage.precision)
 
     evaluate = held_out if eval_pairs else None
-    before = training.evaluate(held_out) if training.step == 0 and evaluate and stage.main else None
+    before = training.evaluate(held_out) if training.step == 0 and evaluate else None
     training.models["model"].train()
     while training.step < total_steps:
         # 3. this process's share of the step's pairs -> Bradley-Terry loss on their rewards, as a part of the mean

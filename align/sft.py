@@ -195,7 +195,7 @@ def supervised_fine_tuning(stage: Stage) -> None:
         return {"loss": heldout_loss(training.raw["model"], eval_batches, device, stage.precision)}
 
     evaluate = held_out if eval_batches else None
-    before = training.evaluate(held_out) if training.step == 0 and evaluate and stage.main else None
+    before = training.evaluate(held_out) if training.step == 0 and evaluate else None
     training.models["model"].train()
     step_loss, batches_epoch, batches = float("nan"), -1, []
     while training.step < total_steps:

@@ -13,6 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -26,6 +27,9 @@ class RunConfig:
     root: str = "runs"  # the folder that holds every run
     seed: int = 0  # seeds Python, NumPy and torch at the start, every epoch's shuffle and every rollout's sampling
     threads: int | None = None  # intra-op threads per process; default: available cores / local processes
+    data_parallel: Literal["ddp", "fsdp2"] = "ddp"  # with several processes: ddp (each holds every weight, the
+        # gradients all-reduced) or fsdp2 (torch's fully_shard: weights, gradients and optimiser state split
+        # between the processes; checkpoints hold the gathered weights). README "More than one machine"
 
 
 def stage_dir(cfg) -> Path:
@@ -33,8 +37,9 @@ def stage_dir(cfg) -> Path:
 
 
 # Keys that can change without changing what a stage computes, so changing them never refuses a rerun:
-# reward.config_dir is the config file's folder, an absolute path that changes with the checkout's location.
-VOLATILE_KEYS = ("tracking", "reward.config_dir")
+# reward.config_dir is the config file's folder, an absolute path that changes with the checkout's location;
+# run.data_parallel splits the same computation another way, and checkpoints hold the gathered weights.
+VOLATILE_KEYS = ("tracking", "reward.config_dir", "run.data_parallel")
 
 
 def changed_keys(old: dict, cfg) -> list[str]:
@@ -184,6 +189,8 @@ class Stage:
         self.name: str = cfg.stage
         self.main: bool = accelerator.is_main_process
         self.processes: int = accelerator.num_processes
+        # how several processes split the training (align.sharding); none with one
+        self.data_parallel: str = cfg.run.data_parallel if self.processes > 1 else "none"
         self.tracker = None
         self.steps = 0  # completed steps (iterations), for the manifest of a stage that stops early
         self.precision = stage_precision(cfg, accelerator.device)  # train.precision with `auto` resolved
@@ -199,7 +206,8 @@ class Stage:
         run = self.cfg.run.name
         self.tracker = start_tracker(self.cfg.tracking, out_dir=self.out, run_name=f"{run}-{self.name}", group=run,
                                      job_type=self.name, config=to_dict(self.cfg), resume_id=resume_id)
-        finish_stage(self.out, "running", processes=self.processes, precision=self.precision, **manifest)
+        finish_stage(self.out, "running", processes=self.processes, data_parallel=self.data_parallel,
+                     precision=self.precision, **manifest)
 
     def log(self, metrics: dict, step: int) -> None:
         if self.tracker is not None:

@@ -14,6 +14,7 @@ import torch
 
 from align.attention import attend_by_segments, require_segments
 from align.batching import flat_passes
+from align.sharding import pad_passes
 from reward.model import RewardModel
 
 
@@ -49,11 +50,19 @@ def packed_rewards(values: TokenValues, sequences: list[list[int]], pack_length:
     require_segments(values)
     rewards = [None] * len(sequences)
     device = next(values.parameters()).device
-    for flat in flat_passes(sequences, pack_length, pairs):
-        per_position = values(flat.input_ids.to(device), flat.position_ids.to(device), flat.segments)  # [1, T]
+    passes = flat_passes(sequences, pack_length, pairs)
+
+    def forward(flat):
+        return values(flat.input_ids.to(device), flat.position_ids.to(device), flat.segments)  # [1, T]
+
+    for flat in passes:
+        per_position = forward(flat)
         ends = torch.stack([index[-1] for index in flat.token_index])
         for i, value in zip(flat.sequences, per_position[0, ends.to(device)]):
             rewards[i] = value
+    padding = pad_passes(values, passes, forward)  # FSDP2: as many passes as every other process (align.sharding)
+    if padding is not None:
+        rewards[passes[0].sequences[0]] = rewards[passes[0].sequences[0]] + padding
     return torch.stack(rewards)
 
 

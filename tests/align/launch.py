@@ -20,12 +20,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "ALIGN_TEST_LAUNCH"
+LAUNCHED: list[str] = []  # the token of every launch of this test session (checked at its end: tests/align/conftest)
 
 
 def launch(args: list[str], env: dict | None = None) -> subprocess.Popen:
     """Start `args` in the repository, in a new session, its environment marked with a token of its own (the
     returned process's `.token`); stdout and stderr are read together."""
     token = uuid.uuid4().hex
+    LAUNCHED.append(token)
     output = tempfile.TemporaryFile("w+")  # a file, not a pipe: a launch nobody reads yet never blocks on a full pipe
     process = subprocess.Popen(args, cwd=REPO, env={**os.environ, **(env or {}), MARKER: token},
                                stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)

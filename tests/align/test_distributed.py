@@ -1,5 +1,6 @@
 """Data parallelism that is right, not only running: 2 processes (torchrun, gloo, CPU) train the tiny model to the
-weights 1 process gets with the same global batch, log the same numbers, and leave no process behind.
+weights 1 process gets with the same global batch, log the same numbers, and leave no process behind; with DDP and
+with FSDP2 (`run.data_parallel`, align.sharding).
 
 Equivalence: fp32, the same seeds and data order; the 2-process run takes half the per-process batch of the
 1-process run (SFT grad_accum, RM/DPO pairs_per_batch), so both take the same optimiser steps over the same rows.
@@ -104,10 +105,12 @@ def run_two(stage: str, root: Path, *overrides: str) -> Path:
 
 
 def assert_same_training(one: Path, two: Path, base: dict[str, torch.Tensor] | None = None,
-                         logged: tuple[str, ...] = ()) -> None:
-    """Same weights (ATOL), same steps, the same logged numbers at every step; the 2-process run says it had 2."""
+                         logged: tuple[str, ...] = (), data_parallel: str = "ddp") -> None:
+    """Same weights (ATOL), same steps, the same logged numbers at every step; the 2-process run says it had 2,
+    split as `data_parallel` says."""
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (one, two)]
     assert [m["status"] for m in manifests] == ["complete"] * 2 and manifests[1]["processes"] == 2
+    assert [m["data_parallel"] for m in manifests] == ["none", data_parallel]
     assert manifests[0]["steps"] == manifests[1]["steps"]
     a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert a.keys() == b.keys()
@@ -124,18 +127,6 @@ def assert_same_training(one: Path, two: Path, base: dict[str, torch.Tensor] | N
 
 
 @pytest.fixture(scope="module")
-def run_root(tmp_path_factory) -> Path:
-    """A tiny SFT stage (1 process) for the other stages to start from."""
-    from align.sft import SFTConfig
-    from align.sft import train as train_sft
-
-    root = tmp_path_factory.mktemp("distributed")
-    train_sft(load_config(SFTConfig, REPO / "configs" / "sft-tiny.yaml", [
-        f"run.root={root}", "train.max_steps=2", "train.eos_check_prompts=0", "train.precision=fp32"]))
-    return root
-
-
-@pytest.fixture(scope="module")
 def sft_one(tmp_path_factory) -> tuple[Path, list[str]]:
     """SFT on 1 process over 7 conversations, one per packed row: steps of 4 micro-batches (grad_accum 4), the
     last of 3. Returns its directory and the settings the multi-process runs share with it."""
@@ -148,12 +139,15 @@ def sft_one(tmp_path_factory) -> tuple[Path, list[str]]:
     return out, common
 
 
-def test_sft_on_two_processes_equals_one(sft_one, tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("data_parallel", ["ddp", "fsdp2"])
+def test_sft_on_two_processes_equals_one(sft_one, tmp_path, tiny_model_dir, data_parallel):
     """grad_accum 2 on each of 2 processes; in the last step one process has 2 micro-batches of its own, the other
-    1 and a padding copy. The loss is normalised by the step's assistant tokens on both processes together."""
+    1 and a padding copy. The loss is normalised by the step's assistant tokens on both processes together. With
+    FSDP2 each process holds half of every weight, gradient and optimiser state."""
     one, common = sft_one
-    two = run_two("sft", tmp_path, *common, "train.grad_accum=2")
-    assert_same_training(one, two, load_file(tiny_model_dir / "model.safetensors"), logged=("sft/loss",))
+    two = run_two("sft", tmp_path, *common, "train.grad_accum=2", f"run.data_parallel={data_parallel}")
+    assert_same_training(one, two, load_file(tiny_model_dir / "model.safetensors"), logged=("sft/loss",),
+                         data_parallel=data_parallel)
 
 
 def test_sft_in_bf16_on_two_processes_equals_one(sft_one, tmp_path, tiny_model_dir):
@@ -168,28 +162,31 @@ def test_sft_in_bf16_on_two_processes_equals_one(sft_one, tmp_path, tiny_model_d
     assert_same_training(one, two, load_file(tiny_model_dir / "model.safetensors"), logged=("sft/loss",))
 
 
-def test_sft_on_two_nodes_over_loopback_equals_one_process(sft_one, tmp_path):
+@pytest.mark.parametrize("data_parallel", ["ddp", "fsdp2"])
+def test_sft_on_two_nodes_over_loopback_equals_one_process(sft_one, tmp_path, data_parallel):
     """Two torchrun launches, --nnodes 2 --node_rank 0/1, one process each, meeting at 127.0.0.1: as one
     machine's launch with 2 processes, they train the weights of 1 process."""
     one, common = sft_one
-    config, settings = stage_settings("sft", tmp_path, "two", *common, "train.grad_accum=2", "run.threads=1")
+    config, settings = stage_settings("sft", tmp_path, "two", *common, "train.grad_accum=2", "run.threads=1",
+                                      f"run.data_parallel={data_parallel}")
     port = free_port()
     nodes = [torchrun("-m", "align", "sft", str(config), *settings, nproc=1, node=(rank, 2, port)) for rank in (0, 1)]
     for result in finish_all(nodes, TIMEOUT):
         assert result.returncode == 0, result.stdout[-4000:]
-    assert_same_training(one, tmp_path / "two" / "sft", logged=("sft/loss",))
+    assert_same_training(one, tmp_path / "two" / "sft", logged=("sft/loss",), data_parallel=data_parallel)
 
 
-@pytest.mark.parametrize("stage", ["rm", "dpo"])
-def test_preference_stages_on_two_processes_equal_one(run_root, tmp_path, stage):
+@pytest.mark.parametrize("stage, data_parallel", [("rm", "ddp"), ("dpo", "ddp"), ("rm", "fsdp2"), ("dpo", "fsdp2")])
+def test_preference_stages_on_two_processes_equal_one(run_root, tmp_path, stage, data_parallel):
     """13 pairs: steps of 4 (pairs_per_batch 4 on 1 process, 2 on each of 2), the last of 1 pair, which one
-    process takes while the other runs a padding copy at weight 0."""
+    process takes while the other runs a padding copy at weight 0. pack_length 64 puts a process's pairs in one
+    or two forward passes: under FSDP2 a process with fewer passes repeats one at weight 0."""
     common = [f"model.name={run_root / 'tiny' / 'sft'}", "data.max_rows=13", "data.eval=null",
               "train.learning_rate=1e-3", "train.warmup_ratio=0", "train.save_every=1000"]
     one = run_one(stage, tmp_path, *common, "train.pairs_per_batch=4")
-    two = run_two(stage, tmp_path, *common, "train.pairs_per_batch=2")
+    two = run_two(stage, tmp_path, *common, "train.pairs_per_batch=2", f"run.data_parallel={data_parallel}")
     metric = {"rm": "rm/accuracy", "dpo": "dpo/rewards/margin"}[stage]
-    assert_same_training(one, two, logged=(f"{stage}/loss", metric))
+    assert_same_training(one, two, logged=(f"{stage}/loss", metric), data_parallel=data_parallel)
     assert json.loads((one / "manifest.json").read_text())["steps"] == 4
 
 
@@ -199,7 +196,8 @@ PPO_LOGGED = ("reward/total", "reward/score", "reward/length_in_range", "respons
               "value_explained_variance", "policy_loss", "value_loss", "entropy", "approx_kl")
 
 
-def test_ppo_on_two_processes_equals_one(run_root, tmp_path):
+@pytest.mark.parametrize("data_parallel", ["ddp", "fsdp2"])
+def test_ppo_on_two_processes_equals_one(run_root, tmp_path, data_parallel):
     """8 prompts an iteration (4 per process), minibatches of 3, 3 and 2 drawn from both processes' responses (a
     process may hold all, some or none of a minibatch), 2 passes, 2 iterations.
     Sampling at temperature 1: each prompt draws from its own stream, so both runs sample the same responses;
@@ -209,16 +207,16 @@ def test_ppo_on_two_processes_equals_one(run_root, tmp_path):
               "reward.normalize=running", "data.eval=null", "train.iterations=2", "train.prompts_per_iteration=8",
               "train.minibatch_size=3", "train.temperature=1.0", "train.adaptive_kl=true", "train.kl_horizon=100",
               "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000"]
-    one, two = run_one("ppo", tmp_path, *common), run_two("ppo", tmp_path, *common)
-    assert_same_training(one, two, logged=tuple(f"ppo/{name}" for name in PPO_LOGGED))
+    one, two = run_one("ppo", tmp_path, *common), run_two("ppo", tmp_path, *common, f"run.data_parallel={data_parallel}")
+    assert_same_training(one, two, logged=tuple(f"ppo/{name}" for name in PPO_LOGGED), data_parallel=data_parallel)
 
 
 GRPO_LOGGED = ("reward/total", "reward/score", "response_length", "eos_rate", "equal_group_fraction",
                "advantage_abs_mean", "kl", "policy_loss", "entropy")
 
 
-@pytest.mark.parametrize("loss", ["grpo", "dapo"])
-def test_grpo_on_two_processes_equals_one(run_root, tmp_path, loss):
+@pytest.mark.parametrize("loss, data_parallel", [("grpo", "ddp"), ("dapo", "ddp"), ("dapo", "fsdp2")])
+def test_grpo_on_two_processes_equals_one(run_root, tmp_path, loss, data_parallel):
     """4 prompts an iteration (2 per process), k 3 real samples each (temperature 1: every prompt draws from its
     own stream, so each process samples its prompts' completions as the 1-process run does), minibatches of 5
     drawn from both processes' completions, 2 iterations; with dapo, groups whose rewards are all equal are left
@@ -229,5 +227,7 @@ def test_grpo_on_two_processes_equals_one(run_root, tmp_path, loss):
               "train.prompts_per_iteration=4", "train.completions_per_prompt=3", "train.minibatch_size=5",
               "train.temperature=1.0", f"train.loss={loss}", "train.save_every=1000",
               f"train.skip_equal_groups={str(loss == 'dapo').lower()}"]
-    one, two = run_one("grpo", tmp_path, *common), run_two("grpo", tmp_path, *common)
-    assert_same_training(one, two, logged=tuple(f"grpo/{name}" for name in GRPO_LOGGED))
+    one = run_one("grpo", tmp_path, *common)
+    two = run_two("grpo", tmp_path, *common, f"run.data_parallel={data_parallel}")
+    assert_same_training(one, two, logged=tuple(f"grpo/{name}" for name in GRPO_LOGGED),
+                         data_parallel=data_parallel)

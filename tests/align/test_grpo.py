@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from align.config import ConfigError, load_config
-from align.grpo import GRPOConfig, GRPOTrainConfig, Groups, group_advantages, same_prompt, train
+from align.grpo import GRPOConfig, GRPOTrainConfig, Groups, group_advantages, train
 from tests.align.test_pipeline import align, finish, wait_for, weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,15 +181,6 @@ def test_one_completion_per_prompt_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"configs/grpo-tiny.yaml: train: train.completions_per_prompt is 1; a "
                                           r"group needs at least 2 completions per prompt"):
         load_config(GRPOConfig, CONFIG, ["train.completions_per_prompt=1"])
-
-
-def test_a_minibatchs_completions_are_grouped_by_their_prompt():
-    """k = 3: completions 0-2 belong to prompt 0, 3-5 to prompt 1, 6-8 to prompt 2. A shuffled minibatch
-    [7, 1, 6, 2, 4] holds two of prompt 2's (positions 0 and 2), two of prompt 0's (1 and 3) and one of prompt 1's,
-    which has no sibling to share with."""
-    assert same_prompt([7, 1, 6, 2, 4], 3) == [(0, 2), (1, 3)]
-    assert same_prompt(range(6), 3) == [(0, 1, 2), (3, 4, 5)]
-    assert same_prompt(torch.tensor([0, 3]), 3) == []
 
 
 # ---- group advantages at their edges (no model: step 4 on hand-made groups) ---------------------------------------

@@ -1,6 +1,7 @@
 """PPO's first steps on `tiny-random` with LoRA on its top layer: the rollout copy is refreshed with the adapted
 layer only, and in fp32 the old log-probs are the rollout's own, which equal what the training forward computes
-for the same responses (so skipping that pass changes nothing but the time)."""
+for the same responses (so skipping that pass changes nothing but the time); with k responses per prompt, the
+passes that compute each prompt once give what separate sequences give."""
 
 import dataclasses
 from types import SimpleNamespace
@@ -8,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from align.logprobs import FrozenReference
+from align.logprobs import FrozenReference, response_logprobs, response_values
 from align.models import LoraConfig, ModelConfig, load_model
-from align.ppo import PPOModels, PPOTrainConfig, evaluate_rollout, generate_rollout
+from align.ppo import PPOModels, PPOTrainConfig, evaluate_rollout, generate_rollout, shared_trunk_layers
 from align.rl import rollout_generator
 from align.rollout import GenerationConfig
 from align.values import TokenValues, load_reward_backbone
@@ -19,8 +20,8 @@ CPU = torch.device("cpu")
 ROWS = [{"prompt": "Write a short note."}, {"prompt": "List three colours."}, {"prompt": "Say hello in French."}]
 
 
-def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool):
-    """Steps 1 and 3 of an iteration from a policy whose adapters have moved off zero."""
+def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1, trunk: bool = False):
+    """Steps 1 and 3 of an iteration from a policy whose adapters have moved off zero: (rollout, training)."""
     torch.manual_seed(0)  # peft draws lora_A
     cfg = ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1))
     policy, tokenizer = load_model(cfg)
@@ -30,21 +31,45 @@ def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool):
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
     value_model = TokenValues(load_reward_backbone(cfg, str(tiny_model_dir))[0])
     generator = rollout_generator(str(tiny_model_dir), tokenizer, GenerationConfig(backend=backend), CPU, "fp32")
-    models = PPOModels(FrozenReference(policy, lora=True), generator, tokenizer, None, rollout_logprobs)
+    trunk_layers = shared_trunk_layers(cfg.lora, policy, value_model) if trunk else None
+    models = PPOModels(FrozenReference(policy, lora=True), generator, tokenizer, trunk_layers, rollout_logprobs)
     training = SimpleNamespace(raw={"policy": policy, "value": value_model})
-    t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8)
+    t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8, completions_per_prompt=k)
     rollout = generate_rollout(training, models, ROWS, t, seed=3)
     evaluate_rollout(rollout, training, models, t, CPU, "fp32")
-    return rollout
+    return rollout, training
 
 
 @pytest.mark.parametrize("backend", ["engine", "hf"])
 def test_fp32_old_logprobs_from_the_rollout_equal_the_training_forwards(tiny_model_dir, backend):
-    from_rollout = first_steps(tiny_model_dir, backend, rollout_logprobs=True)
-    recomputed = first_steps(tiny_model_dir, backend, rollout_logprobs=False)
+    from_rollout, _ = first_steps(tiny_model_dir, backend, rollout_logprobs=True)
+    recomputed, _ = first_steps(tiny_model_dir, backend, rollout_logprobs=False)
     assert from_rollout.response_ids == recomputed.response_ids  # same seed, same merged weights
     assert all(len(lp) == len(ids) for lp, ids in zip(from_rollout.sampled_logprobs, from_rollout.response_ids))
     torch.testing.assert_close(from_rollout.mask, recomputed.mask)
     torch.testing.assert_close(from_rollout.old_logprobs, recomputed.old_logprobs, rtol=0, atol=1e-4)
     # the adapters moved the policy: the rollout sampled from it, not from the base weights it was loaded with
     assert not torch.allclose(recomputed.old_logprobs, recomputed.ref_logprobs, atol=1e-3)
+
+
+@pytest.mark.parametrize("trunk", [False, True])
+def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_model_dir, trunk):
+    """k = 2: each prompt's row twice in a row, two different samples of it, and the values, old and reference
+    log-probs of the passes that compute each prompt once (through the frozen trunk or every layer) equal those of
+    laying every sequence out whole."""
+    rollout, training = first_steps(tiny_model_dir, "engine", rollout_logprobs=False, k=2, trunk=trunk)
+    assert rollout.rows == [row for row in ROWS for _ in range(2)]
+    assert any(rollout.response_ids[2 * i] != rollout.response_ids[2 * i + 1] for i in range(len(ROWS)))
+    assert rollout.trunks[0] is not None if trunk else rollout.trunks == (None, None)
+    policy, value_model = training.raw["policy"], training.raw["value"]
+    prompts, responses = rollout.prompt_ids, rollout.response_ids
+    with torch.no_grad():
+        old = response_logprobs(policy, prompts, responses, 1024, 0.8)
+        values = response_values(value_model, prompts, responses, 1024)
+        with policy.disable_adapter():
+            ref = response_logprobs(policy, prompts, responses, 1024, 0.8)
+    for i in range(len(responses)):
+        n = len(responses[i])
+        torch.testing.assert_close(rollout.old_logprobs[i, :n], old[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rollout.ref_logprobs[i, :n], ref[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rollout.values[i, :n], values[i], rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from align.rl import iteration_rows, pairwise_disagreement, pearson, read_logged, window_means
+from align.rl import iteration_rows, pairwise_disagreement, pearson, read_logged, same_prompt, window_means
 
 
 def test_pearson_by_hand():
@@ -94,3 +94,12 @@ def test_merged_weights_of_the_adapted_layers_refresh_the_rollout_copy_to_the_me
     expected._ensure_cache(16)
     torch.testing.assert_close(refreshed._prefill([0, 1], prompts), expected._prefill([0, 1], prompts),
                                rtol=0, atol=1e-5)
+
+
+def test_a_minibatchs_completions_are_grouped_by_their_prompt():
+    """k = 3: completions 0-2 belong to prompt 0, 3-5 to prompt 1, 6-8 to prompt 2. A shuffled minibatch
+    [7, 1, 6, 2, 4] holds two of prompt 2's (positions 0 and 2), two of prompt 0's (1 and 3) and one of prompt 1's,
+    which has no sibling to share with."""
+    assert same_prompt([7, 1, 6, 2, 4], 3) == [(0, 2), (1, 3)]
+    assert same_prompt(range(6), 3) == [(0, 1, 2), (3, 4, 5)]
+    assert same_prompt(torch.tensor([0, 3]), 3) == []
