@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -202,7 +203,8 @@ def direct_preference_optimisation(stage: Stage) -> None:
         epoch, position = divmod(training.step, steps_per_epoch)
         ids = epoch_step(epoch_permutation(len(pairs), cfg.run.seed, epoch), per_step, position)
         share, real = step_share(ids, stage.accelerator.process_index, stage.processes)
-        with training.gathered():
+        # FSDP2: the adapters-off policy gathered, unless every pair's reference log-probs are cached already
+        with nullcontext() if t.precompute_reference else training.gathered():
             ref_c, ref_r = reference(pairs, share)
         training.plan_learning_rate()
         with autocast(device, stage.precision):

@@ -164,12 +164,10 @@ class Groups:
 
 def sample_groups(training: Training, models: GRPOModels, rows: list[dict], t: GRPOTrainConfig, seed: int,
                   first: int = 0) -> Groups:
-    """1. k completions of each prompt from the current policy's rollout copy (`align.rl.sample_completions`); the
-    rows are prompts `first`, `first` + 1, ... of the iteration, completion j of prompt i is request i * k + j."""
+    """1. k completions of each prompt from the current policy's rollout copy (`align.rl.sample_completions`; the
+    rows are prompts `first`, `first` + 1, ... of the iteration)."""
     k = t.completions_per_prompt
-    repeated = [row for row in rows for _ in range(k)]
-    sampled = sample_completions(training.raw["policy"], models.generator, [row["prompt"] for row in repeated], t,
-                                 seed, first * k)
+    repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, k, t, seed, first)
     return Groups(repeated, k, *sampled)
 
 

@@ -150,13 +150,17 @@ def response_logprobs(model, prompts, responses, pack_length: int, temperature: 
     device = next(model.parameters()).device
     sequences = [p + r for p, r in zip(prompts, responses)]
     logprobs, entropies = [None] * len(prompts), [None] * len(prompts)
+
+    def forward(flat, keep=1):  # keep: the positions whose logits the LM head computes (a padding pass: one)
+        with _top_layers(model, trunk):
+            return model(**_inputs(flat, device, trunk), logits_to_keep=keep).logits
+
     passes = flat_passes(sequences, pack_length, groups)
     for flat in passes:
         # response token j of sequence i sits at token_index[P_i + j] and is predicted one position earlier
         predict_at = [flat.token_index[k][len(prompts[i]) - 1 : -1] for k, i in enumerate(flat.sequences)]
         keep, where = torch.unique(torch.cat(predict_at), return_inverse=True)  # [K] sorted positions
-        with _top_layers(model, trunk):
-            logits = model(**_inputs(flat, device, trunk), logits_to_keep=keep.to(device)).logits  # [1, K, V]
+        logits = forward(flat, keep.to(device))  # [1, K, V]
         targets = torch.cat([torch.tensor(responses[i]) for i in flat.sequences])
         # index_select, not logits[0, where]: positions predicting several tokens (a shared prefix's last) repeat
         # in `where`, and the backward of advanced indexing adds their gradients in a thread-dependent order
@@ -168,14 +172,7 @@ def response_logprobs(model, prompts, responses, pack_length: int, temperature: 
         if with_entropy:
             for i, value in zip(flat.sequences, ent.split(sizes)):
                 entropies[i] = value
-
-    def forward(flat):
-        with _top_layers(model, trunk):
-            return model(**_inputs(flat, device, trunk), logits_to_keep=1).logits
-
-    padding = pad_passes(model, passes, forward)  # FSDP2: as many passes as every other process (align.sharding)
-    if padding is not None:
-        logprobs[passes[0].sequences[0]] = logprobs[passes[0].sequences[0]] + padding
+    pad_passes(model, passes, forward, logprobs)  # FSDP2: as many passes as every other process (align.sharding)
     return (logprobs, entropies) if with_entropy else logprobs
 
 
@@ -189,20 +186,17 @@ def response_values(value_model, prompts, responses, pack_length: int, groups: l
     require_segments(value_model)
     device = next(value_model.parameters()).device
     values = [None] * len(prompts)
-    passes = flat_passes([p + r for p, r in zip(prompts, responses)], pack_length, groups)
-    for flat in passes:
-        with _top_layers(value_model, trunk):
-            per_position = value_model(**_inputs(flat, device, trunk))  # [1, T]
-        for k, i in enumerate(flat.sequences):
-            values[i] = per_position[0, flat.token_index[k][len(prompts[i]) - 1 : -1].to(device)]
 
     def forward(flat):
         with _top_layers(value_model, trunk):
-            return value_model(**_inputs(flat, device, trunk))
+            return value_model(**_inputs(flat, device, trunk))  # [1, T]
 
-    padding = pad_passes(value_model, passes, forward)  # FSDP2: as many passes as every other process
-    if padding is not None:
-        values[passes[0].sequences[0]] = values[passes[0].sequences[0]] + padding
+    passes = flat_passes([p + r for p, r in zip(prompts, responses)], pack_length, groups)
+    for flat in passes:
+        per_position = forward(flat)
+        for k, i in enumerate(flat.sequences):
+            values[i] = per_position[0, flat.token_index[k][len(prompts[i]) - 1 : -1].to(device)]
+    pad_passes(value_model, passes, forward, values)  # FSDP2: as many passes as every other process
     return values
 
 

@@ -403,6 +403,8 @@ class Training:
         """Checkpoint the trainable weights, optimiser, RNG and the stage's own state at this step (call it on every
         process: the main process writes what every process gathered)."""
         main = self.stage.main
+        if not (main or self.sharded):  # with DDP the main process holds every weight itself
+            return None
         state = {"wandb_id": self.stage.tracker.run_id, **self.extra_state()} if main else {}
         return save_training_state(self.stage.out, self.step, self, self.optimizer, state, self.cfg.keep_checkpoints,
                                    write=main)

@@ -235,13 +235,10 @@ class Rollout:
 
 def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig, seed: int,
                      first: int = 0) -> Rollout:
-    """1. `completions_per_prompt` (k) responses of each prompt from the current policy's rollout copy
-    (`align.rl.sample_completions`): the rows are prompts `first`, `first` + 1, ... of the iteration, response j
-    of prompt i is request i * k + j."""
-    k = t.completions_per_prompt
-    repeated = [row for row in rows for _ in range(k)]
-    sampled = sample_completions(training.raw["policy"], models.generator, [row["prompt"] for row in repeated], t,
-                                 seed, first * k)
+    """1. `completions_per_prompt` responses of each prompt from the current policy's rollout copy
+    (`align.rl.sample_completions`; the rows are prompts `first`, `first` + 1, ... of the iteration)."""
+    repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, t.completions_per_prompt,
+                                           t, seed, first)
     return Rollout(repeated, *sampled)
 
 

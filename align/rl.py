@@ -218,18 +218,23 @@ class Completions(NamedTuple):
     sampled_logprobs: list[list[float]]
 
 
-def sample_completions(policy, generator, prompts: list, t, seed: int, first_request: int) -> Completions:
-    """The current policy's completions: its adapted layers (LoRA merged; every weight with full fine-tuning) are
-    copied into the rollout copy `generator`, which samples one completion per prompt with `t`'s settings and
-    `seed`, prompt i as request `first_request` + i (`align.rollout.Sampler`)."""
+def sample_completions(policy, generator, rows: list[dict], k: int, t, seed: int,
+                       first: int) -> tuple[list[dict], Completions]:
+    """k completions of each of `rows` from the current policy: its adapted layers (LoRA merged; every weight with
+    full fine-tuning) are copied into the rollout copy `generator`, which samples with `t`'s settings and `seed`.
+    The rows are prompts `first`, `first` + 1, ... of the iteration; completion j of prompt i is request
+    (first + i) * k + j (`align.rollout.Sampler`). Returns each completion's row (every row k times in a row) and
+    the completions."""
     with gathered(policy):  # FSDP2: every process gathers the policy's shards (align.sharding)
         generator.load_weights(merged_weights(policy, adapted_layers_only=True))
-    gens = generator.generate(prompts, max_new_tokens=t.max_new_tokens, temperature=t.temperature, top_p=t.top_p,
-                              top_k=t.top_k, seed=seed, first_request=first_request)
+    repeated = [row for row in rows for _ in range(k)]
+    gens = generator.generate([row["prompt"] for row in repeated], max_new_tokens=t.max_new_tokens,
+                              temperature=t.temperature, top_p=t.top_p, top_k=t.top_k, seed=seed,
+                              first_request=first * k)
     # a completion without tokens reads as an immediate EOS, its log-prob 0
     response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
     sampled = [lp or [0.0] for lp in gens.logprobs]
-    return Completions(gens.prompt_ids, response_ids, gens.texts, gens.finished, sampled)
+    return repeated, Completions(gens.prompt_ids, response_ids, gens.texts, gens.finished, sampled)
 
 
 def same_prompt(completions, k: int) -> list[tuple[int, ...]]:

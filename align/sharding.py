@@ -27,9 +27,6 @@ from itertools import cycle, islice
 
 import torch
 
-DATA_PARALLEL = ("ddp", "fsdp2")
-
-
 def shard(model, layers) -> None:
     """Split `model` (in place) between every process: each of its decoder `layers` a unit, then the rest
     (embeddings, final norm, heads). Call before building the optimiser: the parameters become DTensors."""
@@ -85,14 +82,15 @@ def padding_passes(model, passes: int) -> int:
     return int(most) - passes
 
 
-def pad_passes(model, passes: list, forward) -> torch.Tensor | None:
-    """Under FSDP2 with gradients, the forward passes this process lacks (`padding_passes`): `forward(pass)` on its
-    own passes again, in turn. Returns 0 x their outputs' sum, to add to one of this process's outputs so that the
-    backward pass reaches them, or None when no pass is lacking."""
+def pad_passes(model, passes: list, forward, outputs: list) -> None:
+    """Under FSDP2 with gradients, run the forward passes this process lacks (`padding_passes`): `forward(pass)` on
+    its own passes again, in turn, their outputs' sum joined at weight 0 to the output (in `outputs`, by sequence
+    index) of the first sequence of its first pass, so that the backward pass reaches them."""
     missing = padding_passes(model, len(passes))
-    if not missing:
-        return None
-    return sum(forward(flat).float().sum() for flat in islice(cycle(passes), missing)) * 0.0
+    if missing:
+        first = passes[0].sequences[0]
+        outputs[first] = outputs[first] + sum(forward(flat).float().sum()
+                                              for flat in islice(cycle(passes), missing)) * 0.0
 
 
 def state_of(model) -> dict[str, torch.Tensor]:

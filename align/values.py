@@ -60,9 +60,7 @@ def packed_rewards(values: TokenValues, sequences: list[list[int]], pack_length:
         ends = torch.stack([index[-1] for index in flat.token_index])
         for i, value in zip(flat.sequences, per_position[0, ends.to(device)]):
             rewards[i] = value
-    padding = pad_passes(values, passes, forward)  # FSDP2: as many passes as every other process (align.sharding)
-    if padding is not None:
-        rewards[passes[0].sequences[0]] = rewards[passes[0].sequences[0]] + padding
+    pad_passes(values, passes, forward, rewards)  # FSDP2: as many passes as every other process (align.sharding)
     return torch.stack(rewards)
 
 
