@@ -91,19 +91,31 @@ def resolve_model_path(name: str) -> str:
 
 
 def _cached(alias: str, build) -> Path:
+    """The cached directory of `alias`, built by `build(directory)` on first use. Several processes may start on
+    an empty cache at once (the workers of one launch): each builds into a directory of its own, and a finished
+    cache entry is never removed or replaced."""
     target = cache_dir() / "models" / alias
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
     try:
         build(tmp)
-        if target.exists():  # a previous, incomplete attempt
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if not _complete(target):
+            if target.exists():  # a previous, incomplete attempt
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process put its finished build there first
+                if not _complete(target):
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _complete(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
 
 
 def smollm2_gguf_path() -> Path:

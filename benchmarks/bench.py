@@ -1,7 +1,7 @@
 """The benchmark: every stage of `align` next to its comparators, on the same model, data, seed, threads and
 precision, each measured run in its own process. It is not part of the installed package.
 
-    python benchmarks/bench.py --quick              # tiny-random, every case, < 2 minutes: checks the harness
+    python benchmarks/bench.py --quick              # tiny-random, every case, a few steps: checks the harness
     python benchmarks/bench.py                      # --full: smollm2-135m-instruct, realistic sizes
     python benchmarks/bench.py --cases sft,dpo --out bench/out
 
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,18 +270,25 @@ def environment(settings: BenchSettings) -> dict:
     }
 
 
-def run_benchmark(settings: BenchSettings, cases: list[str], out: Path, timeout_s: float) -> dict:
+def run_benchmark(settings: BenchSettings, cases: list[str], out: Path, timeout_s: float,
+                  jobs: int = 1) -> dict:
+    """Run `cases`, `jobs` at a time: 1 for measurements; more only to check the harness (`--quick`), since runs
+    side by side slow each other."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": dataclasses.asdict(settings),
-              "environment": environment(settings), "assumptions": ASSUMPTIONS, "runs": {}}
+              "environment": {**environment(settings), "jobs": jobs}, "assumptions": ASSUMPTIONS, "runs": {}}
     started = time.perf_counter()
-    for case in cases:
+
+    def measured(case: str) -> dict:
         print(f"[bench] {case}: {CASES[case]} ...", flush=True)
         load_before = os.getloadavg()[0]  # other work on the machine makes timings noisy: recorded per run
         result = run_case(case, settings, out, timeout_s)
         result["load_average_1min_before"] = load_before
-        report["runs"][case] = result
         print(f"[bench] {case}: " + (result["error"] if "error" in result else _one_line(result)), flush=True)
+        return result
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each case is a process of its own: threads only wait
+        report["runs"] = dict(zip(cases, pool.map(measured, cases)))
     report["machine"] = report["runs"].pop("machine", None)
     rescale_raw_ppo(report["runs"])
     report["comparisons"] = compare(report["runs"])
@@ -331,6 +339,10 @@ def parameterisation(settings: dict) -> str:
     return f"LoRA r=16 on the last {layers} layers" if layers else "LoRA r=16"
 
 
+def _side_by_side(jobs: int) -> str:
+    return f"; {jobs} runs at a time: these timings check the harness, they measure nothing" if jobs > 1 else ""
+
+
 def markdown(report: dict) -> str:
     s, env, machine = report["settings"], report["environment"], report.get("machine") or {}
     lines = [
@@ -342,7 +354,7 @@ def markdown(report: dict) -> str:
         f"fp32 {_gflops(machine.get('matmul_fp32_flop_per_s'))}, bf16 {_gflops(machine.get('matmul_bf16_flop_per_s'))} "
         f"(n={machine.get('matmul_size', '?')}). Load average (1, 5, 15 min) at start "
         f"{_loads(env['load_average_at_start'])}, at end {_loads(env.get('load_average_at_end'))}; "
-        f"{report['total_s']} s in all.",
+        f"{report['total_s']} s in all{_side_by_side(env.get('jobs', 1))}.",
         "",
         "| case | ours | comparator | ratio | target | met? |",
         "|---|---|---|---|---|---|",
@@ -410,7 +422,7 @@ def _gflops(value) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="tiny-random, every case, a few steps (< 2 minutes)")
+    size.add_argument("--quick", action="store_true", help="tiny-random, every case, a few steps")
     size.add_argument("--full", action="store_true", help="smollm2-135m-instruct, realistic sizes (default)")
     parser.add_argument("--cases", default=",".join(STAGES), help=f"comma-separated stages ({','.join(STAGES)})")
     parser.add_argument("--model", help="override the model (an alias or a model directory)")
@@ -420,6 +432,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --lora: adapters on the last N layers only, on every side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/out", help="output folder (default bench/out)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1; more only to check the "
+                                                            "harness quickly: side by side they slow each other)")
     parser.add_argument("--timeout", type=float, help="seconds per run before it is stopped (default 300 quick, "
                                                        "1800 full)")
     # internal: run one case in this process (the parent starts these)
@@ -451,7 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    report = run_benchmark(settings, cases, out, args.timeout or (300 if args.quick else 1800))
+    if args.jobs < 1:
+        print(f"bench: error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    report = run_benchmark(settings, cases, out, args.timeout or (300 if args.quick else 1800), args.jobs)
     print(f"[bench] {len(report['runs'])} runs in {report['total_s']}s -> {out / 'bench.json'}, {out / 'bench.md'}")
     print((out / "bench.md").read_text())
     if report["failed"]:

@@ -27,6 +27,8 @@ def test_unknown_stage_is_refused_naming_the_valid_ones(capsys):
         selected_cases(["sfft"])
     assert main(["--quick", "--cases", "sft,sfft"]) == 2
     assert "sfft" in capsys.readouterr().err
+    assert main(["--quick", "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_ratios_and_verdicts_follow_each_targets_direction():
@@ -69,7 +71,9 @@ def test_raw_ppo_time_is_rescaled_to_aligns_tokens_per_iteration():
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--out", str(out)],
+    # Two runs at a time: this run checks the harness, its timings are not read.
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--jobs", "2",
+                           "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), out
@@ -86,6 +90,8 @@ def test_quick_run_measures_every_case_in_its_own_process(quick_run):
     assert report["settings"]["mode"] == "quick" and report["settings"]["model"] == "tiny-random"
     assert set(report["runs"]) == set(CASES) - {"machine"}
     threads = report["settings"]["threads"]
+    assert report["environment"]["jobs"] == 2  # side by side, and the table says its timings measure nothing
+    assert "2 runs at a time: these timings check the harness" in quick_run[1]
     assert report["environment"]["child_env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert report["environment"]["child_env"]["OMP_NUM_THREADS"] == str(threads)
     for case, run in report["runs"].items():

@@ -16,6 +16,26 @@ def test_tiny_random_alias_is_a_cached_safetensors_llama_with_the_chat_template(
     assert resolve_model_path("tiny-random") == str(tiny_model_dir)  # second call: the cache, no rebuild
 
 
+def test_a_cache_entry_another_process_finished_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two processes on an empty cache (the workers of one torchrun launch) both build an alias; the one that
+    finishes second must leave the first one's directory, which the first may already be reading, untouched."""
+    from align import models
+
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path))
+
+    def build(name: str):
+        def write(directory):
+            (directory / "config.json").write_text(json.dumps({"built_by": name}))
+            (directory / "model.safetensors").write_bytes(b"")
+            if name == "slow":  # the other process finishes while this one is still building
+                models._cached("alias", build("fast"))
+        return write
+
+    target = models._cached("alias", build("slow"))
+    assert json.loads((target / "config.json").read_text()) == {"built_by": "fast"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["alias"]  # no build directory left behind
+
+
 def test_smollm2_alias_converts_the_gguf_once_to_safetensors():
     path = resolve_model_path("smollm2-135m-instruct")
     config = json.loads(open(f"{path}/config.json").read())
