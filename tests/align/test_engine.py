@@ -58,7 +58,7 @@ def test_greedy_tokens_in_fp32_are_transformers_generate_tokens(model, tokenizer
     eos = an_eos_some_rows_reach(model, tokenizer, PROMPTS, 24)
     expected = transformers_greedy(model, tokenizer, PROMPTS, 24, eos)
     assert any(len(r) < 24 for r in expected) and any(len(r) == 24 for r in expected)  # both kinds of row
-    tok = copy.copy(tokenizer)
+    tok = copy.deepcopy(tokenizer)  # a shallow copy shares the special tokens with the session's tokenizer
     tok.eos_token = tok.convert_ids_to_tokens(eos)
     generator = TextGenerator(model, tok, GenerationConfig(backend="engine", slots=4))  # 10 prompts, 4 rows
     got = generator.generate(PROMPTS, max_new_tokens=24)
