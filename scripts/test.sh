@@ -11,7 +11,8 @@ fi
 # threads slowed a decode step 10x under load here (see align/runtime.py).
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
-# Two test modules at a time (pytest-xdist; a module's tests and fixtures stay in one worker): most of the
-# suite's time is spent starting Python processes (imports, one core each), which two workers overlap.
-# `-n 0` runs it in this process. The benchmark's own quick run (-m bench) is a separate CI step (.ci/run).
+# Two test modules at a time (pytest-xdist; a module's tests and fixtures stay in one worker): tiny models and
+# the start of many Python processes keep one core busy at a time, and two workers overlap them.
+# `-n 0` runs it in this process, ALIGN_TEST_WORKERS=N with N workers. The benchmark's own quick run
+# (-m bench) is a separate CI step (.ci/run).
 exec "${PYTHON:-python3}" -m pytest -q -m "not bench" -n "${ALIGN_TEST_WORKERS:-2}" --dist loadscope "$@"
