@@ -7,13 +7,14 @@ when asked; a reward function that returns None for some samples; KL in the rewa
 import json
 import signal
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
 from align.config import ConfigError, load_config
 from align.grpo import GRPOConfig, GRPOTrainConfig, Groups, group_advantages, train
-from align.precision import fast_bf16
+from align.precision import AutocastPrecision, fast_bf16, resolve_precision
 from tests.align.test_pipeline import align, finish, wait_for, weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,8 +71,8 @@ def test_stage_directory_holds_merged_model_manifest_and_aligns_own_checkpoints(
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "grpo" and manifest["status"] == "complete" and manifest["steps"] == ITERATIONS
-    # precision auto: bf16 autocast where this CPU multiplies bf16 natively (align.precision.fast_bf16), else fp32
-    auto = "bf16-autocast" if fast_bf16(torch.device("cpu")) else "fp32"
+    # precision auto: what it resolves to on this CPU for a stage without fp32 masters (test_precision checks the rule)
+    auto = resolve_precision("auto", fast_bf16(torch.device("cpu")), get_args(AutocastPrecision))
     assert manifest["base_model"] == str(tiny_model_dir) and manifest["precision"] == auto
     assert manifest["parents"] == {"policy": str(tiny_model_dir), "reward_model": None}
     assert manifest["data"]["prompts"] == 16 and len(manifest["data_fingerprint"]) == 16
