@@ -14,6 +14,9 @@ overhead and small matrix products dominate:
   the longest live row needs (rounded up to 32), with the rows' own lengths masked.
 Prefill runs whole prompts through the same weights with causal attention, several prompts at once.
 
+The engine runs on the device that holds the model's weights (a CPU, or a GPU where one is present: the same
+code, with plain products there instead of oneDNN's packed layout); the rows' bookkeeping stays on the CPU.
+
 Numerics follow transformers' Llama implementation (RMSNorm in fp32, rotary tables from the model's own rotary
 module, the residual stream in the weights' dtype, softmax in fp32): with fp32 weights greedy decoding gives
 transformers' tokens (tests/align/test_engine.py); with bf16 weights the log-probs it reports for sampled tokens
@@ -116,10 +119,10 @@ LAYER_PARAMETERS = {
 QKV_BIASES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")
 
 
-def _layer(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> LayerWeights:
+def _layer(weights: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device) -> LayerWeights:
     """A layer from its parameters (`LAYER_PARAMETERS` roles, plus `q_bias`/`k_bias`/`v_bias` if it has them)."""
-    w = {role: tensor.detach().to(dtype) for role, tensor in weights.items()}  # views where the dtype is the same,
-    # so the norms are copied and the products make their own (`Projection`)
+    w = {role: tensor.detach().to(device, dtype) for role, tensor in weights.items()}  # views where dtype and
+    # device are the same, so the norms are copied and the products make their own (`Projection`)
     bias = torch.cat([w["q_bias"], w["k_bias"], w["v_bias"]]) if "q_bias" in w else None
     return LayerWeights(input_norm=w["input_norm"].clone(), post_norm=w["post_norm"].clone(),
                         qkv=Projection(torch.cat([w["q"], w["k"], w["v"]]), bias, owned=True),
@@ -152,7 +155,8 @@ class DecoderEngine:
         if reason:
             raise ValueError(f"the generation engine cannot run {type(model).__name__}: {reason}")
         config, body = model.config, model.model
-        self.dtype = dtype or next(model.parameters()).dtype
+        first = next(model.parameters())
+        self.dtype, self.device = dtype or first.dtype, first.device  # the engine runs where the model's weights are
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps, self.slots = config.rms_norm_eps, slots
@@ -187,7 +191,7 @@ class DecoderEngine:
         out for its products. Only the layers named are rebuilt (PPO passes the layers its adapters change), but a
         layer must come whole; the vocabulary projection follows a tied embedding. `release`: empty each layer's
         given tensors once its copy is made."""
-        names, dtype = self.names, self.dtype
+        names, dtype, device = self.names, self.dtype, self.device
         for index, roles in enumerate(names["layers"]):
             present = [name for name in roles.values() if name in state_dict]
             if not present:
@@ -197,20 +201,21 @@ class DecoderEngine:
             if len(present) < len(roles):
                 missing = sorted(set(roles.values()) - set(present))
                 raise ValueError(f"load_weights: layer {index} comes in part; it lacks {missing[:3]}")
-            layer = _layer({role: state_dict[name] for role, name in roles.items()}, dtype)
+            layer = _layer({role: state_dict[name] for role, name in roles.items()}, dtype, self.device)
             self.layers[index:index + 1] = [layer]
             if release:
                 for name in roles.values():
-                    state_dict[name].data = torch.empty(0, dtype=state_dict[name].dtype)
+                    tensor = state_dict[name]
+                    tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
         # copies, never views (as `Projection` keeps its own)
         if names["final_norm"] in state_dict:
-            self.final_norm = state_dict[names["final_norm"]].detach().to(dtype, copy=True)
+            self.final_norm = state_dict[names["final_norm"]].detach().to(device, dtype, copy=True)
         if names["embed"] in state_dict:
-            self.embed = state_dict[names["embed"]].detach().to(dtype, copy=True)
+            self.embed = state_dict[names["embed"]].detach().to(device, dtype, copy=True)
         head = state_dict.get(names["lm_head"])
         if head is not None or names["embed"] in state_dict:
             tied = head is None  # the vocabulary projection is the engine's own copy of the embedding
-            self.lm_head = Projection(self.embed, owned=True) if tied else Projection(head.detach().to(dtype))
+            self.lm_head = Projection(self.embed, owned=True) if tied else Projection(head.detach().to(device, dtype))
         if not hasattr(self, "embed") or not hasattr(self, "final_norm"):
             raise ValueError(f"load_weights: the state dict lacks {names['embed']} or {names['final_norm']}")
 
@@ -222,8 +227,9 @@ class DecoderEngine:
             return
         shape = (len(self.layers), self.slots, self.kv_heads, length, self.head_dim)
         # zeros, not empty: masked positions still enter the products, and garbage there could be inf or NaN
-        self.keys, self.values = torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)
-        cos, sin = self.rotary(self.embed[:1], torch.arange(length)[None])  # transformers' own tables
+        self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        cos, sin = self.rotary(self.embed[:1], torch.arange(length, device=self.device)[None])  # transformers' own
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [length, head_dim]
         self.cache_length = length
 
@@ -244,7 +250,8 @@ class DecoderEngine:
         qkv = weights.qkv(self._norm(x, weights.input_norm))
         d = self.head_dim
         q, k, v = qkv.split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
-        q, k, v = q.unflatten(-1, (self.heads, d)), k.unflatten(-1, (self.kv_heads, d)), v.unflatten(-1, (self.kv_heads, d))
+        q = q.unflatten(-1, (self.heads, d))
+        k, v = k.unflatten(-1, (self.kv_heads, d)), v.unflatten(-1, (self.kv_heads, d))
         return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
     def _mlp(self, weights: LayerWeights, x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +267,7 @@ class DecoderEngine:
         ids = torch.zeros(n, width, dtype=torch.long)
         for i, prompt in enumerate(prompts):
             ids[i, : len(prompt)] = torch.tensor(prompt)
-        index = torch.tensor(rows)
+        ids, index = ids.to(self.device), torch.tensor(rows, device=self.device)
         cos, sin = self.cos[:width, None], self.sin[:width, None]  # [P, 1, D]
         x = self.embed[ids]  # [n, P, hidden]
         for layer, weights in enumerate(self.layers):
@@ -271,18 +278,19 @@ class DecoderEngine:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True, enable_gqa=True)
             x = x + weights.out(out.transpose(1, 2).flatten(2))
             x = self._mlp(weights, x)
-        last = x[torch.arange(n), torch.tensor([len(p) - 1 for p in prompts])]  # [n, hidden]
+        ends = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        last = x[torch.arange(n, device=self.device), ends]  # [n, hidden]
         return self.lm_head(self._norm(last, self.final_norm))
 
     @torch.no_grad()
     def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """One step for cache rows [0, W): token t of row b goes to position positions[b] and attends to positions
         [0, positions[b]]; `length` >= every attended position + 1. Returns the next-token logits [W, vocab]."""
-        width, groups = len(tokens), self.heads // self.kv_heads
-        rows = torch.arange(width)
+        width, groups, device = len(tokens), self.heads // self.kv_heads, self.device
+        tokens, positions, rows = tokens.to(device), positions.to(device), torch.arange(width, device=device)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [W, 1, D]
-        hidden_mask = torch.arange(length)[None] > positions[:, None]  # [W, L]: beyond each row's end
-        mask = torch.zeros(width, 1, 1, length).masked_fill_(hidden_mask[:, None, None], float("-inf"))
+        hidden_mask = torch.arange(length, device=device)[None] > positions[:, None]  # [W, L]: beyond each row's end
+        mask = torch.zeros(width, 1, 1, length, device=device).masked_fill_(hidden_mask[:, None, None], float("-inf"))
         scale = 1.0 / math.sqrt(self.head_dim)
         x = self.embed[tokens]  # [W, hidden]
         for layer, weights in enumerate(self.layers):

@@ -94,7 +94,8 @@ class Sampler:
             tokens = logits.argmax(-1)
         else:  # inverse-CDF sampling: the first token whose cumulative probability exceeds the row's uniform draw
             cumulative = torch.softmax(self.warpers(None, logits), dim=-1).cumsum(-1)  # [n, vocab]
-            draws = torch.tensor([[self._uniform(r)] for r in requests], dtype=cumulative.dtype)  # [n, 1]
+            draws = torch.tensor([[self._uniform(r)] for r in requests], dtype=cumulative.dtype,
+                                 device=cumulative.device)  # [n, 1]; the generators stay on the CPU
             tokens = torch.searchsorted(cumulative, draws * cumulative[:, -1:], right=True).squeeze(1)
             tokens = tokens.clamp(max=logits.shape[-1] - 1)
         return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(1)
@@ -211,7 +212,8 @@ class TextGenerator:
 def load_generator(model: str, precision: str = "auto", config: GenerationConfig | None = None) -> TextGenerator:
     """A TextGenerator for a model named as `align eval` and `align chat` name it (an alias, a model directory such
     as a stage's output, or a hub id): its tokenizer (a chat template is required) and its weights, from
-    safetensors, in bf16 or fp32 while generating (`auto`: bf16 where bf16 products are native)."""
+    safetensors, in bf16 or fp32 while generating (`auto`: bf16 where bf16 products are native), on the GPU
+    where one is present."""
     from transformers import AutoModelForCausalLM
 
     from align.models import from_pretrained, load_tokenizer, resolve_model_path
@@ -222,7 +224,7 @@ def load_generator(model: str, precision: str = "auto", config: GenerationConfig
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_precision(precision, fast_bf16(device), ("bf16",))
     dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
-    weights = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True)
+    weights = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True).to(device)
     return TextGenerator(weights, tokenizer, config, release_model=True)  # only the engine's copy stays
 
 

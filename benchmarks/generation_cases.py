@@ -37,6 +37,7 @@ def raw_generate(model, tokenizer, encoded: list[list[int]], batch_size: int, ma
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, ids in enumerate(batch):
                 input_ids[row, width - len(ids) :], mask[row, width - len(ids) :] = torch.tensor(ids), 1
+            input_ids, mask = input_ids.to(model.device), mask.to(model.device)
             output = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                     eos_token_id=eos, pad_token_id=pad, **sampling)
             for row in output[:, width:].tolist():

@@ -1,6 +1,7 @@
 """align's generation engine against transformers on `tiny-random`: the same greedy tokens in fp32 (with more
 prompts than rows, so rows are refilled and the width shrinks), log-probs of sampled tokens equal to a training
-forward's, weights refreshed by name, and the backend choice."""
+forward's, weights refreshed by name, and the backend choice. The tests marked with `DEVICES` also run on a GPU
+where one is present (never required)."""
 
 import copy
 
@@ -9,6 +10,8 @@ import torch
 
 from align.engine import DecoderEngine, unsupported_reason
 from align.rollout import GenerationConfig, Sampler, TextGenerator, left_padded
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 PROMPTS = ["Say hello.", "Name three colours in a list.", "Why is the sky blue?", "Count to five.",
            "Write a haiku about tea, in lowercase.", "What is 2 plus 2?", "Describe a cat.", "Give one tip.",
@@ -28,13 +31,18 @@ def model(tiny_model_dir):
     return model
 
 
+def on(model, device: str):
+    """The fixture's model itself on the CPU, a copy of it on another device."""
+    return model if device == "cpu" else copy.deepcopy(model).to(device)
+
+
 def transformers_greedy(model, tokenizer, prompts, max_new_tokens, eos):
     """transformers' own greedy `generate`, one prompt at a time, cut after EOS."""
     out = []
     for prompt in prompts:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
-        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=model.device)
         with torch.no_grad():
             row = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
@@ -54,7 +62,9 @@ def an_eos_some_rows_reach(model, tokenizer, prompts, max_new_tokens):
     return max((t for t in rows_with if rows_with[t] < len(prompts)), key=lambda t: rows_with[t])
 
 
-def test_greedy_tokens_in_fp32_are_transformers_generate_tokens(model, tokenizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_tokens_in_fp32_are_transformers_generate_tokens(model, tokenizer, device):
+    model = on(model, device)
     eos = an_eos_some_rows_reach(model, tokenizer, PROMPTS, 24)
     expected = transformers_greedy(model, tokenizer, PROMPTS, 24, eos)
     assert any(len(r) < 24 for r in expected) and any(len(r) == 24 for r in expected)  # both kinds of row
@@ -68,7 +78,8 @@ def test_greedy_tokens_in_fp32_are_transformers_generate_tokens(model, tokenizer
     assert reference.token_ids == expected
 
 
-def test_sampled_tokens_log_probs_equal_a_training_forward_in_bf16(model, tokenizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampled_tokens_log_probs_equal_a_training_forward_in_bf16(model, tokenizer, device):
     """The engine's bf16 log-probs of its sampled tokens against align.logprobs.response_logprobs (the training
     forward pass, packed, bf16 weights): equal within bf16 precision, so PPO may take its behaviour log-probs from
     the rollout."""
@@ -76,32 +87,35 @@ def test_sampled_tokens_log_probs_equal_a_training_forward_in_bf16(model, tokeni
     from align.logprobs import response_logprobs
     from align.rollout import render_prompt
 
-    bf16 = attend_by_segments(copy.deepcopy(model).to(torch.bfloat16))
+    bf16 = attend_by_segments(copy.deepcopy(model).to(device, torch.bfloat16))
     out = TextGenerator(bf16, tokenizer, GenerationConfig(backend="engine", slots=3)).generate(
         PROMPTS[:6], max_new_tokens=16, temperature=0.9, seed=1)
     prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:6]]
     with torch.no_grad():
         trained = response_logprobs(bf16, prompts, out.token_ids, 1024, temperature=0.9)
     for engine_lp, forward_lp in zip(out.logprobs, trained):
-        torch.testing.assert_close(torch.tensor(engine_lp), forward_lp.float(), atol=0.05, rtol=0.02)
+        torch.testing.assert_close(torch.tensor(engine_lp), forward_lp.float().cpu(), atol=0.05, rtol=0.02)
 
 
-def test_fp32_log_probs_equal_the_training_forward_to_float_precision(model, tokenizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp32_log_probs_equal_the_training_forward_to_float_precision(model, tokenizer, device):
     from align.attention import attend_by_segments
     from align.logprobs import response_logprobs
     from align.rollout import render_prompt
 
-    fp32 = attend_by_segments(copy.deepcopy(model))
+    fp32 = attend_by_segments(copy.deepcopy(model).to(device))
     out = TextGenerator(fp32, tokenizer, GenerationConfig(slots=2)).generate(PROMPTS[:4], max_new_tokens=12,
                                                                                 temperature=1.0, seed=5)
     prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:4]]
     with torch.no_grad():
         trained = response_logprobs(fp32, prompts, out.token_ids, 1024)
     for engine_lp, forward_lp in zip(out.logprobs, trained):
-        torch.testing.assert_close(torch.tensor(engine_lp), forward_lp, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(engine_lp), forward_lp.cpu(), atol=1e-4, rtol=1e-4)
 
 
-def test_load_weights_by_name_equals_an_engine_built_from_those_weights(model, tokenizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_load_weights_by_name_equals_an_engine_built_from_those_weights(model, tokenizer, device):
+    model = on(model, device)
     moved = copy.deepcopy(model)
     with torch.no_grad():
         for p in moved.parameters():
@@ -154,7 +168,9 @@ def test_the_engine_shares_no_storage_with_the_model(model, tokenizer, dtype):
     assert not model_storages & {t.untyped_storage().data_ptr() for t in kept}
 
 
-def test_sampling_is_reproducible_from_the_seed_and_top_k_1_is_greedy(model, tokenizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_is_reproducible_from_the_seed_and_top_k_1_is_greedy(model, tokenizer, device):
+    model = on(model, device)
     for backend in ("engine", "hf"):
         generator = TextGenerator(model, tokenizer, GenerationConfig(backend=backend, slots=2))
         greedy = generator.generate(PROMPTS[:3], max_new_tokens=10)
@@ -178,10 +194,12 @@ def test_sampled_tokens_follow_the_distribution():
     assert ((counts - expected).abs() <= 4 * (expected * (1 - probs)).sqrt()).all() and counts[3] == 0
 
 
-def test_a_request_samples_the_same_tokens_whatever_it_shares_its_batch_with(model, tokenizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_request_samples_the_same_tokens_whatever_it_shares_its_batch_with(model, tokenizer, device):
     """Each prompt samples from its own stream (seed, request index): the second half of a batch generated on
     its own with `first_request` set (what one of two processes does with its shard), with fewer rows, or on the
     other backend, samples exactly what it sampled inside the whole batch."""
+    model = on(model, device)
     whole = TextGenerator(model, tokenizer, GenerationConfig(slots=8))
     sampling = dict(max_new_tokens=10, temperature=1.0, top_k=20, seed=11)
     together = whole.generate(PROMPTS[:8], **sampling).token_ids
@@ -219,3 +237,15 @@ def test_reference_decode_rows_left_padded_match_one_at_a_time(model, tokenizer)
     together = reference_decode(model, ids, mask, 8, -1, Sampler())
     alone = [reference_decode(model, *left_padded([p], tokenizer.pad_token_id), 8, -1, Sampler())[0] for p in prompts]
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+
+
+def test_load_generator_runs_the_engine_where_the_weights_are_fastest(tiny_model_dir):
+    """`align eval`'s generator: the engine, on the GPU where one is present, else on the CPU; the model it loaded
+    only to copy from is emptied."""
+    from align.rollout import load_generator
+
+    generator = load_generator(str(tiny_model_dir), precision="fp32")
+    assert generator.backend == "engine" and generator.engine.dtype == torch.float32
+    assert generator.engine.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    out = generator.generate(PROMPTS[:3], max_new_tokens=6, temperature=1.0, seed=2)
+    assert [len(t) for t in out.token_ids] == [len(t) for t in out.logprobs] and out.new_tokens > 0
