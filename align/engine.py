@@ -5,13 +5,15 @@ Why it is faster than transformers' `generate` on a CPU, where a decode step's w
 overhead and small matrix products dominate:
 - **Slots, continuously refilled.** The cache has a fixed number of rows; a row that finishes hands its slot to the
   next waiting prompt (its prompt is prefilled into the slot), so every step decodes a full batch instead of a batch
-  that empties as its answers end. When no prompt waits and half the rows are idle, the live rows move to the front
-  and the step runs on half the width, so finished rows never cost full steps.
+  that empties as its answers end. When no prompt waits, the live rows move to the front and the step runs on
+  just them, so finished rows cost no steps.
 - **Fewer, larger matrix products.** The query, key and value projections are one matrix, the gate and up
   projections another: each layer runs four products instead of seven.
 - **Attention for one query over a preallocated cache.** New keys and values are written in place (no growing
-  `cat`); scores are one batched product per key head for the query heads that share it, over the cache length
-  the longest live row needs (rounded up to 32), with the rows' own lengths masked.
+  `cat`); the query heads that share a key head attend together, through PyTorch's fused attention over the
+  cache length the longest live row needs (rounded up to 32), with the rows' own lengths masked. A decode step
+  is bound by reading the cache: the fused kernel reads the cache slice in place, where batched products copied
+  it first.
 Prefill runs whole prompts through the same weights with causal attention, several prompts at once.
 
 The engine runs on the device that holds the model's weights (a CPU, or a GPU where one is present: the same
@@ -25,7 +27,6 @@ match a training forward pass within bf16 precision.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -222,7 +223,10 @@ class DecoderEngine:
     # -- the cache ---------------------------------------------------------------------------------------------------
 
     def _ensure_cache(self, length: int) -> None:
-        """Keys and values for `slots` rows of `length` positions, and the rotary tables for them."""
+        """Keys and values for `slots` rows of at least `length` positions (a whole number of attention buckets, so
+        a step's attention length never depends on how large an earlier call made the cache: the fused kernel's
+        sums depend on it, and a resumed run must sample what the uninterrupted run did), and the rotary tables."""
+        length = -(-length // ATTENTION_BUCKET) * ATTENTION_BUCKET
         if length <= self.cache_length:
             return
         shape = (len(self.layers), self.slots, self.kv_heads, length, self.head_dim)
@@ -290,17 +294,17 @@ class DecoderEngine:
         tokens, positions, rows = tokens.to(device), positions.to(device), torch.arange(width, device=device)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [W, 1, D]
         hidden_mask = torch.arange(length, device=device)[None] > positions[:, None]  # [W, L]: beyond each row's end
-        mask = torch.zeros(width, 1, 1, length, device=device).masked_fill_(hidden_mask[:, None, None], float("-inf"))
-        scale = 1.0 / math.sqrt(self.head_dim)
+        mask = torch.zeros(width, 1, 1, length, dtype=self.dtype, device=device)
+        mask.masked_fill_(hidden_mask[:, None, None], float("-inf"))
         x = self.embed[tokens]  # [W, hidden]
         for layer, weights in enumerate(self.layers):
             q, k, v = self._qkv(weights, x, cos, sin)  # [W, heads, D], [W, kv_heads, D]
             self.keys[layer, rows, :, positions], self.values[layer, rows, :, positions] = k, v
             keys, values = self.keys[layer, :width, :, :length], self.values[layer, :width, :, :length]
-            # The query heads that share a key head are one [groups, D] x [D, L] product per row and key head.
-            scores = torch.matmul(q.view(width, self.kv_heads, groups, self.head_dim), keys.transpose(-1, -2))
-            probs = torch.softmax(scores.float() * scale + mask, dim=-1).to(self.dtype)
-            out = torch.matmul(probs, values)  # [W, kv_heads, groups, D]
+            # The query heads that share a key head are that head's `groups` queries: fused attention reads each
+            # row's keys and values once, in place (a product over the cache slice would copy it first).
+            out = F.scaled_dot_product_attention(q.view(width, self.kv_heads, groups, self.head_dim), keys, values,
+                                                 attn_mask=mask)  # [W, kv_heads, groups, D]
             x = x + weights.out(out.reshape(width, -1))
             x = self._mlp(weights, x)
         return self.lm_head(self._norm(x, self.final_norm))
@@ -332,7 +336,7 @@ class DecoderEngine:
                 state.shrink(self._move_row)
             width = state.width
             positions = state.positions[:width]
-            length = min(self.cache_length, -(-int(positions.max() + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET)
+            length = -(-int(positions.max() + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET  # <= the cache's
             logits = self._decode(state.tokens[:width], positions, length)
             live = sorted(state.live)
             tokens, logprobs = sample(logits[live], [state.live[row] for row in live])
@@ -376,17 +380,19 @@ class _Rows:
             self.positions[row] = self.tokens[row] = 0
 
     def shrink(self, move_row) -> None:
-        """While at most half of the width is live, move live rows into the lower half and halve the width."""
-        while self.width > MIN_WIDTH and len(self.live) <= self.width // 2:
-            half = self.width // 2
-            free = [row for row in range(half) if row not in self.live]
-            for row in [row for row in self.live if row >= half]:
-                target = free.pop(0)
-                move_row(row, target, int(self.positions[row]))
-                self.live[target], self.generated[target] = self.live.pop(row), self.generated.pop(row)
-                self.positions[target], self.tokens[target] = self.positions[row], self.tokens[row]
-                self.positions[row] = self.tokens[row] = 0
-            self.width = half
+        """Move the live rows above the live count into free rows below it and narrow the width to that count (at
+        least MIN_WIDTH): a finished row costs no further step."""
+        width = max(MIN_WIDTH, len(self.live))
+        if width >= self.width:
+            return
+        free = [row for row in range(width) if row not in self.live]
+        for row in [row for row in self.live if row >= width]:
+            target = free.pop(0)
+            move_row(row, target, int(self.positions[row]))
+            self.live[target], self.generated[target] = self.live.pop(row), self.generated.pop(row)
+            self.positions[target], self.tokens[target] = self.positions[row], self.tokens[row]
+            self.positions[row] = self.tokens[row] = 0
+        self.width = width
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

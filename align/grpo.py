@@ -13,7 +13,8 @@ a `Groups` from step to step:
    align.rewards.score_completions, TRL's calling convention; one that never emitted EOS loses
    `missing_eos_penalty`;
 3. old log-probs: the rollout's own when it computes in fp32, the policy's precision, since they equal the training
-   forward's to float precision (tests/align/test_engine.py); otherwise recomputed. Reference log-probs (with LoRA:
+   forward's to float precision (tests/align/test_engine.py); none when the update is one optimiser step on every
+   completion (`one_step_on_policy`: the loss's own, detached, are the old ones); otherwise recomputed. Reference log-probs (with LoRA:
    the policy with its adapters off); with adapters on the top layers only, the frozen layers below run once per
    iteration, shared by every pass. These passes compute each prompt once for its k completions (`same_prompt`);
 4. the per-token KL to the reference (`kl_estimator`); with `kl_in: reward`, r <- r - beta * sum_t KL_t; then the
@@ -148,7 +149,7 @@ class Groups:
     reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
     trunk: object = None  # 3. the policy's frozen-trunk states, or None
-    old_logprobs: torch.Tensor = None  # 3. [B, R] of the policy that sampled
+    old_logprobs: torch.Tensor = None  # 3. [B, R] of the policy that sampled (None: the loss's own, detached)
     ref_logprobs: torch.Tensor = None  # 3. [B, R] of the reference (None with kl_in none)
     mask: torch.Tensor = None  # 3. [B, R] 1 on completion tokens
     kl: torch.Tensor = None  # 4. [B, R] per-token KL estimate (0 on padding; None with kl_in none)
@@ -192,6 +193,8 @@ def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: G
                                         t.pack_length, shared)
         if models.rollout_logprobs:
             old = [torch.tensor(lp) for lp in groups.sampled_logprobs]
+        elif one_step_on_policy(t):
+            old = None
         else:
             old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, groups=shared,
                                     trunk=groups.trunk)
@@ -199,7 +202,19 @@ def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: G
             ref = models.reference.logprobs(prompts, responses, t.pack_length, t.temperature, groups=shared,
                                             trunk=groups.trunk)
             groups.ref_logprobs, _ = pad_right(ref)
-    groups.old_logprobs, groups.mask = pad_right(old)
+    if old is None:
+        groups.mask = pad_right([torch.zeros(len(r)) for r in responses])[1]
+    else:
+        groups.old_logprobs, groups.mask = pad_right(old)
+
+
+def one_step_on_policy(t: GRPOTrainConfig) -> bool:
+    """Whether the update is a single optimiser step on every completion of the iteration, with the KL in the loss
+    (or none): then the policy the loss sees is the policy that sampled, its old log-probs are the loss's own
+    (detached; the ratio is 1 and its gradient the policy gradient), and they need no pass of their own. TRL's
+    GRPOTrainer does the same when num_iterations is 1."""
+    return (t.updates_per_batch == 1 and t.minibatch_size >= t.prompts_per_iteration * t.completions_per_prompt
+            and t.kl_in != "reward" and not t.skip_equal_groups)  # (every completion's KL is then logged)
 
 
 def group_advantages(groups: Groups, t: GRPOTrainConfig) -> None:
@@ -207,7 +222,9 @@ def group_advantages(groups: Groups, t: GRPOTrainConfig) -> None:
     each completion's group-relative advantage; the completions the update trains on (every one, or those of
     groups whose rewards differ with skip_equal_groups)."""
     rewards = groups.scores
-    if groups.ref_logprobs is not None:
+    if groups.ref_logprobs is not None and groups.old_logprobs is None:
+        groups.kl = torch.zeros_like(groups.mask)  # filled in by the update (`minibatch_loss`)
+    elif groups.ref_logprobs is not None:
         groups.kl = kl_per_token(groups.old_logprobs, groups.ref_logprobs, t.kl_estimator) * groups.mask
         if t.kl_in == "reward":
             rewards = rewards - t.kl_coef * groups.kl.sum(1)
@@ -232,10 +249,13 @@ def minibatch_loss(training: Training, groups: Groups, idx: torch.Tensor, t: GRP
                                             t.temperature, with_entropy=True,
                                             trunk=groups.trunk and groups.trunk.subset(idx))
     new_lp, entropy = pad_sequence(new_lp, batch_first=True).cpu(), pad_sequence(entropy, batch_first=True).cpu()
+    old = new_lp.detach() if groups.old_logprobs is None else groups.old_logprobs[idx, :width]
+    if groups.old_logprobs is None and groups.ref_logprobs is not None and real:  # the iteration's KL, logged
+        groups.kl[idx, :width] = kl_per_token(old, groups.ref_logprobs[idx, :width], t.kl_estimator) * mask
     penalty = None
     if t.kl_in == "loss" and t.kl_coef:
         penalty = t.kl_coef * kl_per_token(new_lp, groups.ref_logprobs[idx, :width], t.kl_estimator)
-    loss, stats = group_policy_loss(new_lp, groups.old_logprobs[idx, :width], groups.advantages[idx], mask, t.loss,
+    loss, stats = group_policy_loss(new_lp, old, groups.advantages[idx], mask, t.loss,
                                     t.clip_range, t.clip_range_high, t.max_new_tokens, penalty)
     # The processes hold different numbers of the minibatch's completions (and tokens): a mean over this
     # process's completions or tokens, times its share of them, is its part of the minibatch's mean
@@ -262,7 +282,7 @@ def iteration_metrics(groups: Groups, stats: dict[str, float], t: GRPOTrainConfi
         **stats, **{f"time/{k}": v for k, v in groups.timings.items()},
     }
     if groups.kl is not None:
-        metrics["kl"] = global_mean(groups.kl.sum(1))  # nats per completion, from the old log-probs
+        metrics["kl"] = global_mean(groups.kl.sum(1))  # nats per completion, from the old log-probs (the loss's)
     return metrics
 
 

@@ -249,3 +249,15 @@ def test_load_generator_runs_the_engine_where_the_weights_are_fastest(tiny_model
     assert generator.engine.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     out = generator.generate(PROMPTS[:3], max_new_tokens=6, temperature=1.0, seed=2)
     assert [len(t) for t in out.token_ids] == [len(t) for t in out.logprobs] and out.new_tokens > 0
+
+
+def test_what_a_request_samples_does_not_depend_on_an_earlier_call_growing_the_cache(model):
+    """A resumed run must sample what the uninterrupted run sampled, although the uninterrupted run's engine may
+    have grown its cache for longer prompts before: in bf16 the attention's sums depend on the attention length,
+    so that length must not depend on the cache's size."""
+    bf16, ids, sample = copy.deepcopy(model).to(torch.bfloat16), [[5, 6, 7, 8, 9], [10, 11, 12]], Sampler
+    fresh = DecoderEngine(bf16, slots=4).generate(ids, 40, sample(1.0, seed=3), eos_token_id=-1)
+    grown = DecoderEngine(bf16, slots=4)
+    grown.generate([[1] * 200], 10, sample(), eos_token_id=-1)
+    assert [c.logprobs for c in grown.generate(ids, 40, sample(1.0, seed=3), eos_token_id=-1)] == \
+        [c.logprobs for c in fresh]

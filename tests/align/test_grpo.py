@@ -284,3 +284,35 @@ def test_the_variants_run_and_log(tmp_path, loss, advantages, kl_in, precision):
     for row in rows.values():
         assert ("grpo/kl" in row) == (kl_in != "none")
         assert row["grpo/entropy"] > 0 and "grpo/policy_loss" in row
+
+
+def test_one_step_on_every_completion_takes_the_old_log_probs_from_the_loss_itself(tmp_path, monkeypatch):
+    """One optimiser step on all of an iteration's completions (minibatch = prompts x k, one pass, KL in the loss):
+    the policy the loss sees is the one that sampled, so the old log-probs are the loss's own, detached, and their
+    pass is skipped. The run ends where the run that computes them in a pass of their own ends, and logs the same
+    KL, within bf16 autocast's precision (the two passes pack the sequences differently)."""
+    import align.grpo
+    from safetensors.torch import load_file
+
+    from align.models import resolve_model_path
+
+    def run(root: Path, skip_old_pass: bool) -> tuple[dict, dict]:
+        monkeypatch.setattr(align.grpo, "one_step_on_policy", lambda t: skip_old_pass)
+        cfg = load_config(GRPOConfig, CONFIG, [
+            f"run.root={root}", "model.name=tiny-random", "data.max_rows=8", "train.iterations=3",
+            "train.max_new_tokens=8", "train.minibatch_size=8", "train.precision=bf16-autocast",
+            "train.kl_coef=0.1", "reward.functions=[{name: length_in_range, kwargs: {min_words: 1, max_words: 3}}]"])
+        out = train(cfg)
+        return load_file(out / "model.safetensors"), logged(out)
+
+    assert align.grpo.one_step_on_policy(load_config(GRPOConfig, CONFIG, ["train.minibatch_size=8"]).train)
+    assert not align.grpo.one_step_on_policy(load_config(GRPOConfig, CONFIG, []).train)  # two steps (minibatch 4)
+    skipped, skipped_log = run(tmp_path / "skipped", True)
+    computed, computed_log = run(tmp_path / "computed", False)
+    start = load_file(Path(resolve_model_path("tiny-random")) / "model.safetensors")
+    moved = {name: computed[name] - start[name] for name in start}
+    assert max(float(update.abs().max()) for update in moved.values()) > 1e-3
+    for name in start:  # the same update, to bf16 autocast's precision
+        torch.testing.assert_close(skipped[name] - start[name], moved[name], atol=1e-4, rtol=0.02)
+    assert skipped_log[3]["grpo/kl"] > 0 and all(row["grpo/clip_fraction"] == 0 for row in skipped_log.values())
+    assert skipped_log[3]["grpo/kl"] == pytest.approx(computed_log[3]["grpo/kl"], rel=0.01)
