@@ -1,8 +1,12 @@
 """Process-wide settings that must be chosen deliberately on CPU: threads, OpenMP waiting, seeds.
 
-torch's OpenMP worker threads spin while they wait; with another process busy (a second rank, a data loader,
-the test runner) spinning made a 2-thread decode step 10x slower here. `OMP_WAIT_POLICY=PASSIVE` must be in the
-environment before torch is imported, so the CLI calls `configure_environment()` first thing.
+torch's OpenMP worker threads spin for a while after each parallel region before they sleep; with another process
+busy on the same cores (a second rank, the test runner's other worker) spinning made a 2-thread decode step 10x
+slower here, so the ranks of a launch wait passively (`OMP_WAIT_POLICY=PASSIVE`: sleep at once). A process alone
+keeps OpenMP's default, brief spinning: between the many small operations of a decode or training step a sleeping
+thread has to be woken again each time, which made single-process stages markedly slower (README, Speed). The
+policy must be in the environment before torch is imported, so the CLI calls `configure_environment()` first
+thing; a user's own setting wins.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import random
 
 def configure_environment(threads: int | None = None) -> None:
     """Set OpenMP/tokenizer environment defaults (before importing torch). The user's own settings win."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:  # ranks of one launch share the machine's cores
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork-safety warnings otherwise
     if threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -18,7 +18,7 @@ import time
 
 from align.runtime import configure_environment, set_threads
 
-configure_environment()  # OMP_WAIT_POLICY=PASSIVE before torch is imported
+configure_environment()  # OpenMP's waiting chosen before torch is imported (align.runtime)
 
 import torch  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
     from align.loop import adamw
     from align import attention
     from align.models import LoraConfig, ModelConfig, load_model
-    from align.precision import PRECISIONS, autocast, training_weights
+    from align.precision import PRECISIONS, autocast, fast_bf16, resolve_precision, training_weights
     from align.sft import SFTTrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,10 +48,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="warm-up steps before the profiled one")
     parser.add_argument("--rows", type=int, default=20, help="operators to list")
     parser.add_argument("--timed", type=int, default=6, help="unprofiled steps timed after the warm-up")
-    parser.add_argument("--precision", default=SFTTrainConfig.precision, choices=PRECISIONS)
+    parser.add_argument("--precision", default=SFTTrainConfig.precision, choices=("auto", *PRECISIONS))
     parser.add_argument("--lora", action="store_true", help="LoRA r=16 on every layer (configs/sft.yaml)")
     parser.add_argument("--scores-max-keys", type=int, default=attention.SCORES_MAX_KEYS)
     args = parser.parse_args()
+    args.precision = resolve_precision(args.precision, fast_bf16(torch.device("cpu")))  # as the stage resolves it
 
     set_threads(None)
     attention.SCORES_MAX_KEYS = args.scores_max_keys
