@@ -202,7 +202,7 @@ class DecoderEngine:
             if len(present) < len(roles):
                 missing = sorted(set(roles.values()) - set(present))
                 raise ValueError(f"load_weights: layer {index} comes in part; it lacks {missing[:3]}")
-            layer = _layer({role: state_dict[name] for role, name in roles.items()}, dtype, self.device)
+            layer = _layer({role: state_dict[name] for role, name in roles.items()}, dtype, device)
             self.layers[index:index + 1] = [layer]
             if release:
                 for name in roles.values():
@@ -226,7 +226,7 @@ class DecoderEngine:
         """Keys and values for `slots` rows of at least `length` positions (a whole number of attention buckets, so
         a step's attention length never depends on how large an earlier call made the cache: the fused kernel's
         sums depend on it, and a resumed run must sample what the uninterrupted run did), and the rotary tables."""
-        length = -(-length // ATTENTION_BUCKET) * ATTENTION_BUCKET
+        length = _bucketed(length)
         if length <= self.cache_length:
             return
         shape = (len(self.layers), self.slots, self.kv_heads, length, self.head_dim)
@@ -336,7 +336,7 @@ class DecoderEngine:
                 state.shrink(self._move_row)
             width = state.width
             positions = state.positions[:width]
-            length = -(-int(positions.max() + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET  # <= the cache's
+            length = _bucketed(int(positions.max() + 1))  # <= the cache's
             logits = self._decode(state.tokens[:width], positions, length)
             live = sorted(state.live)
             tokens, logprobs = sample(logits[live], [state.live[row] for row in live])
@@ -393,6 +393,11 @@ class _Rows:
             self.positions[target], self.tokens[target] = self.positions[row], self.tokens[row]
             self.positions[row] = self.tokens[row] = 0
         self.width = width
+
+
+def _bucketed(length: int) -> int:
+    """`length` rounded up to a whole number of ATTENTION_BUCKETs."""
+    return -(-length // ATTENTION_BUCKET) * ATTENTION_BUCKET
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,10 @@ a `Groups` from step to step:
    `missing_eos_penalty`;
 3. old log-probs: the rollout's own when it computes in fp32, the policy's precision, since they equal the training
    forward's to float precision (tests/align/test_engine.py); none when the update is one optimiser step on every
-   completion (`one_step_on_policy`: the loss's own, detached, are the old ones); otherwise recomputed. Reference log-probs (with LoRA:
-   the policy with its adapters off); with adapters on the top layers only, the frozen layers below run once per
-   iteration, shared by every pass. These passes compute each prompt once for its k completions (`same_prompt`);
+   completion (`one_step_on_policy`: the loss's own, detached, are the old ones); otherwise recomputed. Reference
+   log-probs (with LoRA: the policy with its adapters off); with adapters on the top layers only, the frozen
+   layers below run once per iteration, shared by every pass. These passes compute each prompt once for its k
+   completions (`same_prompt`);
 4. the per-token KL to the reference (`kl_estimator`); with `kl_in: reward`, r <- r - beta * sum_t KL_t; then the
    group-relative advantages (`advantages`, align.losses.ADVANTAGES). A group whose rewards are all equal has
    advantages 0; `skip_equal_groups` leaves it out of the update (DAPO's dynamic-sampling filter);

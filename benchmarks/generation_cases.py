@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from align.rollout import left_padded
 from benchmarks.measure import matmul_parameters, model_path, rows_of
 
 GENERATION_PRECISION = "bf16 weights"
@@ -32,12 +33,8 @@ def raw_generate(model, tokenizer, encoded: list[list[int]], batch_size: int, ma
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                input_ids[row, width - len(ids) :], mask[row, width - len(ids) :] = torch.tensor(ids), 1
-            input_ids, mask = input_ids.to(model.device), mask.to(model.device)
+            input_ids, mask = (t.to(model.device) for t in left_padded(batch, pad))
+            width = input_ids.shape[1]
             output = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                     eos_token_id=eos, pad_token_id=pad, **sampling)
             for row in output[:, width:].tolist():
