@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -178,11 +179,15 @@ def selected_cases(stages: list[str]) -> list[str]:
     return ["machine"] + [case for case in CASES if case.split("/")[0] in stages]
 
 
-def child_environment(threads: int) -> dict[str, str]:
-    """The same thread and logging settings for every run (recorded in bench.json)."""
+def child_environment(threads: int, jobs: int = 1) -> dict[str, str]:
+    """The same thread and logging settings for every run (recorded in bench.json). OpenMP's threads wait
+    passively only when runs share the cores (`jobs` > 1), as align does for the ranks of a multi-process launch
+    (align.runtime): a run alone keeps OpenMP's default, or the caller's own OMP_WAIT_POLICY."""
     env = dict(os.environ)
+    if jobs > 1:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     env.update({
-        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
         "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1",
@@ -192,7 +197,7 @@ def child_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def run_case(case: str, settings: BenchSettings, out: Path, timeout_s: float) -> dict:
+def run_case(case: str, settings: BenchSettings, out: Path, timeout_s: float, jobs: int = 1) -> dict:
     """Run one case in a fresh process; return its measurement, or {"error": ...} when it failed."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -206,7 +211,7 @@ def run_case(case: str, settings: BenchSettings, out: Path, timeout_s: float) ->
         with open(log_path, "w") as log:
             try:
                 code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(
-                    settings.threads), timeout=timeout_s).returncode
+                    settings.threads, jobs), timeout=timeout_s).returncode
             except subprocess.TimeoutExpired:
                 code = None
         process_s = time.perf_counter() - started
@@ -228,7 +233,8 @@ def compare(runs: dict[str, dict]) -> list[dict]:
         ours, other = runs[ours_case], runs.get(other_case) if other_case else None
         row = {"target_name": name, "ours_case": ours_case, "ours_metric": ours_metric,
                "comparator_case": other_case, "comparator_metric": other_metric, "direction": direction,
-               "target": target, "ours": ours.get(ours_metric), "comparator": other.get(other_metric) if other else None,
+               "target": target, "ours": ours.get(ours_metric),
+               "comparator": other.get(other_metric) if other else None,
                "ratio": None, "met": None}
         if other is None:
             row["ratio"] = row["ours"]
@@ -250,7 +256,7 @@ def rescale_raw_ppo(runs: dict[str, dict]) -> None:
                               + raw["train_s_per_token"] * ours["update_tokens_per_iteration"])
 
 
-def environment(settings: BenchSettings) -> dict:
+def environment(settings: BenchSettings, jobs: int) -> dict:
     import importlib.metadata as md
 
     def version(name: str) -> str | None:
@@ -259,7 +265,7 @@ def environment(settings: BenchSettings) -> dict:
         except md.PackageNotFoundError:
             return None
 
-    env = child_environment(settings.threads)
+    env = {"OMP_WAIT_POLICY": "default", **child_environment(settings.threads, jobs)}
     return {
         "python": platform.python_version(), "platform": platform.platform(),
         "cores_visible": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
@@ -270,25 +276,50 @@ def environment(settings: BenchSettings) -> dict:
     }
 
 
+def median_of_repeats(results: list[dict]) -> dict:
+    """One case's repeated runs as one: every numeric field is the median over the runs (the fields of the first
+    run otherwise), and `repeats` keeps each run's value of every field that differs between runs. A failed run
+    makes the case failed: a median over the runs that happened to finish would hide it."""
+    failed = [r for r in results if "error" in r]
+    if failed or len(results) == 1:
+        return failed[0] if failed else results[0]
+    combined = dict(results[0])
+    combined["repeats"] = {}
+    for key, value in results[0].items():
+        values = [r.get(key) for r in results]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and all(
+                isinstance(v, (int, float)) for v in values):
+            combined[key] = statistics.median(values)
+            if len(set(values)) > 1:
+                combined["repeats"][key] = values
+    return combined
+
+
 def run_benchmark(settings: BenchSettings, cases: list[str], out: Path, timeout_s: float,
-                  jobs: int = 1) -> dict:
+                  jobs: int = 1, repeats: int = 1) -> dict:
     """Run `cases`, `jobs` at a time: 1 for measurements; more only to check the harness (`--quick`), since runs
-    side by side slow each other."""
+    side by side slow each other. With `repeats` > 1 every case runs that many times, the cases taking turns (so a
+    slow spell of the machine falls on all of them), and each reports its median run."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": dataclasses.asdict(settings),
-              "environment": {**environment(settings), "jobs": jobs}, "assumptions": ASSUMPTIONS, "runs": {}}
+              "environment": {**environment(settings, jobs), "jobs": jobs, "repeats": repeats},
+              "assumptions": ASSUMPTIONS, "runs": {}}
     started = time.perf_counter()
 
     def measured(case: str) -> dict:
         print(f"[bench] {case}: {CASES[case]} ...", flush=True)
         load_before = os.getloadavg()[0]  # other work on the machine makes timings noisy: recorded per run
-        result = run_case(case, settings, out, timeout_s)
+        result = run_case(case, settings, out, timeout_s, jobs)
         result["load_average_1min_before"] = load_before
         print(f"[bench] {case}: " + (result["error"] if "error" in result else _one_line(result)), flush=True)
         return result
 
+    results: dict[str, list[dict]] = {case: [] for case in cases}
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each case is a process of its own: threads only wait
-        report["runs"] = dict(zip(cases, pool.map(measured, cases)))
+        for _ in range(repeats):
+            for case, result in zip(cases, pool.map(measured, cases)):
+                results[case].append(result)
+    report["runs"] = {case: median_of_repeats(runs) for case, runs in results.items()}
     report["machine"] = report["runs"].pop("machine", None)
     rescale_raw_ppo(report["runs"])
     report["comparisons"] = compare(report["runs"])
@@ -343,6 +374,10 @@ def _side_by_side(jobs: int) -> str:
     return f"; {jobs} runs at a time: these timings check the harness, they measure nothing" if jobs > 1 else ""
 
 
+def _repeated(repeats: int) -> str:
+    return f"; every case ran {repeats} times, taking turns, and shows its median run" if repeats > 1 else ""
+
+
 def markdown(report: dict) -> str:
     s, env, machine = report["settings"], report["environment"], report.get("machine") or {}
     lines = [
@@ -354,7 +389,7 @@ def markdown(report: dict) -> str:
         f"fp32 {_gflops(machine.get('matmul_fp32_flop_per_s'))}, bf16 {_gflops(machine.get('matmul_bf16_flop_per_s'))} "
         f"(n={machine.get('matmul_size', '?')}). Load average (1, 5, 15 min) at start "
         f"{_loads(env['load_average_at_start'])}, at end {_loads(env.get('load_average_at_end'))}; "
-        f"{report['total_s']} s in all{_side_by_side(env.get('jobs', 1))}.",
+        f"{report['total_s']} s in all{_side_by_side(env.get('jobs', 1))}{_repeated(env.get('repeats', 1))}.",
         "",
         "| case | ours | comparator | ratio | target | met? |",
         "|---|---|---|---|---|---|",
@@ -365,7 +400,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['target_name']} | {_fmt(row['ours'])} ({row['ours_case']}) | {other} | "
                      f"{_fmt(row['ratio'])} | {target} | {_fmt(row['met'])} |")
     lines += ["", "| run | what | precision | measured s | real tokens | tokens/s | pairs/s | padding | "
-                  "peak RSS MiB | model GFLOP/s | % of peak | notes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "peak RSS MiB | model GFLOP/s | % of peak | notes |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, run in report["runs"].items():
         if "error" in run:
             lines.append(f"| {case} | FAILED: {run['error']} | | | | | | | | | | |")
@@ -434,6 +470,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench/out", help="output folder (default bench/out)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1; more only to check the "
                                                             "harness quickly: side by side they slow each other)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every case, taking turns; each case "
+                                                                  "reports its median (default 1)")
     parser.add_argument("--timeout", type=float, help="seconds per run before it is stopped (default 300 quick, "
                                                        "1800 full)")
     # internal: run one case in this process (the parent starts these)
@@ -468,7 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"bench: error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
-    report = run_benchmark(settings, cases, out, args.timeout or (300 if args.quick else 1800), args.jobs)
+    if args.repeats < 1:
+        print(f"bench: error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
+        return 2
+    report = run_benchmark(settings, cases, out, args.timeout or (300 if args.quick else 1800), args.jobs,
+                           args.repeats)
     print(f"[bench] {len(report['runs'])} runs in {report['total_s']}s -> {out / 'bench.json'}, {out / 'bench.md'}")
     print((out / "bench.md").read_text())
     if report["failed"]:

@@ -1,5 +1,5 @@
-"""The benchmark (benchmarks/bench.py): the comparison logic on hand-made measurements (fast), and one real `--quick` run on tiny-random
-whose JSON and markdown are checked for structure and internal consistency (never for speed)."""
+"""The benchmark (benchmarks/bench.py): the comparison logic on hand-made measurements (fast), and one real `--quick`
+run on tiny-random whose JSON and markdown are checked for structure and internal consistency (never for speed)."""
 
 import json
 import os
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import CASES, STAGES, TARGETS, compare, main, markdown, rescale_raw_ppo, selected_cases
+from benchmarks.bench import (CASES, STAGES, TARGETS, child_environment, compare, main, markdown, median_of_repeats,
+                              rescale_raw_ppo, selected_cases)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,8 @@ def test_unknown_stage_is_refused_naming_the_valid_ones(capsys):
     assert "sfft" in capsys.readouterr().err
     assert main(["--quick", "--jobs", "0"]) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["--quick", "--repeats", "0"]) == 2
+    assert "--repeats must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_ratios_and_verdicts_follow_each_targets_direction():
@@ -62,6 +65,31 @@ def test_raw_ppo_time_is_rescaled_to_aligns_tokens_per_iteration():
     assert runs["ppo/raw"]["raw_iteration_s"] == pytest.approx(0.05 * 200 + 0.01 * 1000)
     row = next(r for r in compare(runs) if r["ours_metric"] == "iteration_s")
     assert row["ratio"] == pytest.approx(1.5) and row["met"] is False  # target <= 1.25
+
+
+def test_runs_wait_passively_only_when_they_share_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert "OMP_WAIT_POLICY" not in child_environment(2, jobs=1)  # alone: OpenMP's default, as align runs
+    assert child_environment(2, jobs=2)["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the caller's own setting is kept for runs alone
+    assert child_environment(2, jobs=1)["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert child_environment(2, jobs=1)["OMP_NUM_THREADS"] == "2"
+
+
+def test_repeated_runs_report_each_fields_median_and_keep_what_varied():
+    runs = [{"case": "eval/align", "seconds": 12.0, "new_tokens": 5000, "new_tokens_per_s": 416.7, "exact": True},
+            {"case": "eval/align", "seconds": 20.0, "new_tokens": 5000, "new_tokens_per_s": 250.0, "exact": True},
+            {"case": "eval/align", "seconds": 14.0, "new_tokens": 5000, "new_tokens_per_s": 357.1, "exact": True}]
+    combined = median_of_repeats(runs)
+    assert combined["seconds"] == 14.0 and combined["new_tokens_per_s"] == 357.1 and combined["new_tokens"] == 5000
+    assert combined["exact"] is True and combined["case"] == "eval/align"
+    assert combined["repeats"] == {"seconds": [12.0, 20.0, 14.0], "new_tokens_per_s": [416.7, 250.0, 357.1]}
+    assert median_of_repeats(runs[:1]) == runs[0]  # one run: reported as it is
+
+
+def test_a_case_that_failed_in_any_repeat_is_reported_failed():
+    runs = [{"seconds": 12.0}, {"error": "exited with code 1"}, {"seconds": 14.0}]
+    assert median_of_repeats(runs) == {"error": "exited with code 1"}
 
 
 # ---- slow: one real --quick run ------------------------------------------------------------------------------------
