@@ -20,6 +20,7 @@ import torch
 
 from align.attention import require_segments
 from align.batching import flat_passes
+from align.losses import token_unlikelihood
 from align.sharding import pad_passes
 
 
@@ -141,15 +142,17 @@ def _top_layers(model, trunk: Trunk | None):
 
 
 def response_logprobs(model, prompts, responses, pack_length: int, temperature: float = 1.0, with_entropy=False,
-                      groups: list[tuple[int, ...]] = (), trunk: Trunk | None = None):
-    """Per-token log-probs (and entropies) of each response under `model`: lists of [R_i] tensors.
+                      groups: list[tuple[int, ...]] = (), trunk: Trunk | None = None, with_unlikelihood=False):
+    """Per-token log-probs (and entropies) of each response under `model`: lists of [R_i] tensors; with
+    `with_unlikelihood`, also each response's token-level unlikelihood (a scalar tensor each, at temperature 1:
+    align.losses.token_unlikelihood), after the entropies where those are asked for.
     Each group of indices (chosen and rejected of one prompt; the completions of one prompt) computes its common
     prefix once (`align.batching.flat_passes`); `trunk` (states of these sequences from `trunk_states`) skips the
     layers below it."""
     require_segments(model)
     device = next(model.parameters()).device
     sequences = [p + r for p, r in zip(prompts, responses)]
-    logprobs, entropies = [None] * len(prompts), [None] * len(prompts)
+    logprobs, entropies, unlikelihoods = [None] * len(prompts), [None] * len(prompts), [None] * len(prompts)
 
     def forward(flat, keep=1):  # keep: the positions whose logits the LM head computes (a padding pass: one)
         with _top_layers(model, trunk):
@@ -172,8 +175,12 @@ def response_logprobs(model, prompts, responses, pack_length: int, temperature: 
         if with_entropy:
             for i, value in zip(flat.sequences, ent.split(sizes)):
                 entropies[i] = value
+        if with_unlikelihood:
+            for i, answer in zip(flat.sequences, predicting.float().log_softmax(-1).split(sizes)):
+                unlikelihoods[i] = token_unlikelihood(answer, torch.tensor(responses[i], device=device))
     pad_passes(model, passes, forward, logprobs)  # FSDP2: as many passes as every other process (align.sharding)
-    return (logprobs, entropies) if with_entropy else logprobs
+    extras = [entropies] * with_entropy + [unlikelihoods] * with_unlikelihood
+    return (logprobs, *extras) if extras else logprobs
 
 
 def response_values(value_model, prompts, responses, pack_length: int, groups: list[tuple[int, ...]] = (),

@@ -66,6 +66,9 @@ class PPOTrainConfig(RLTrainConfig):
     value_warmup_iterations: int = 0  # the first N iterations train the value model only (no policy loss): GAE's
         # advantages are only as good as the values, and a value head starts far from the returns
     entropy_coef: float = 0.0  # weight of the entropy bonus (subtracted from the loss)
+    unlikelihood: float = 0.0  # weight of the token-level unlikelihood of the sampled responses (Welleck et al.
+        # 2020, as SFT's train.unlikelihood), per response token, added to the policy loss: keeps pushing down the
+        # tokens a response already used while the policy moves, against the repetition loops of greedy decoding
     gamma: float = 1.0  # discount of GAE
     lam: float = 0.95  # lambda of GAE: bias (0) against variance (1) of the advantages
     whiten_advantages: bool = True  # normalise advantages to mean 0, variance 1 over the batch
@@ -290,16 +293,17 @@ def compute_advantages(rollout: Rollout, kl_coef: float, t: PPOTrainConfig) -> N
 
 def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: PPOTrainConfig, device,
                    precision: str, real: bool = True):
-    """The PPO loss of the responses `idx` (with gradients): policy loss + c_v * value loss - c_e * entropy;
-    returns (loss, stats), this process's part of the minibatch's; with `real` False, weight 0
-    (align.rl.minibatch_updates)."""
+    """The PPO loss of the responses `idx` (with gradients): policy loss + c_v * value loss - c_e * entropy
+    (+ c_ul * the responses' token-level unlikelihood per token); returns (loss, stats), this process's part of
+    the minibatch's; with `real` False, weight 0 (align.rl.minibatch_updates)."""
     prompts, responses = [rollout.prompt_ids[i] for i in idx], [rollout.response_ids[i] for i in idx]
     width = max(len(r) for r in responses)
     mask = rollout.mask[idx, :width] * float(real)
     policy_trunk, value_trunk = (trunk and trunk.subset(idx) for trunk in rollout.trunks)
     with autocast(device, precision):
-        new_lp, entropy = response_logprobs(training.models["policy"], prompts, responses, t.pack_length,
-                                            t.temperature, with_entropy=True, trunk=policy_trunk)
+        new_lp, entropy, *unlikelihoods = response_logprobs(
+            training.models["policy"], prompts, responses, t.pack_length, t.temperature, with_entropy=True,
+            trunk=policy_trunk, with_unlikelihood=t.unlikelihood > 0)
         new_values = response_values(training.models["value"], prompts, responses, t.pack_length, trunk=value_trunk)
     new_lp, entropy = pad_sequence(new_lp, batch_first=True), pad_sequence(entropy, batch_first=True)
     new_values = pad_sequence(new_values, batch_first=True)
@@ -308,13 +312,17 @@ def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: P
     vf_loss, vf_stats = value_loss(new_values.cpu(), rollout.values[idx, :width], rollout.returns[idx, :width], mask,
                                    t.value_clip_range)
     mean_entropy = masked_mean(entropy.cpu(), mask)
+    # summed over the responses, per response token (as SFT's term); 0 when not asked for
+    unlikelihood = (torch.stack(unlikelihoods[0]).sum().cpu() * float(real) / mask.sum().clamp(min=1)
+                    if unlikelihoods else torch.zeros(()))
     # during the value warm-up the policy's gradients are 0, so AdamW (without weight decay) leaves it as it is
     policy_weight = 0.0 if training.step < t.value_warmup_iterations else 1.0
     # token means over the minibatch's tokens on every process: this process's part (align.distributed)
     share = token_share(mask)
-    loss = (policy_weight * (pg_loss - t.entropy_coef * mean_entropy) + t.value_loss_coef * vf_loss) * share
+    policy_terms = pg_loss - t.entropy_coef * mean_entropy + t.unlikelihood * unlikelihood
+    loss = (policy_weight * policy_terms + t.value_loss_coef * vf_loss) * share
     stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": mean_entropy.item(),
-             **pg_stats, **vf_stats}
+             "unlikelihood": unlikelihood.item(), **pg_stats, **vf_stats}
     return loss, {name: value * share for name, value in stats.items()}
 
 

@@ -81,9 +81,9 @@ class BenchSettings:
     ppo_iterations: int = 3
     ppo_minibatch: int = 8
     ppo_max_new_tokens: int = 128
-    eval_prompts: int = 32
+    eval_prompts: int = 128  # twice the engine's rows, so rows are refilled as answers end, as `align eval` runs
     eval_batch_size: int = 16  # raw generate's batch (the generation issue's comparator)
-    eval_slots: int = 32  # the engine's rows (align's default, generation.slots)
+    eval_slots: int = 64  # the engine's rows: align's default (GenerationConfig.slots)
     eval_max_new_tokens: int = 256
     exact_prompts: int = 20  # prompts whose fp32 greedy tokens are compared with transformers'
     exact_max_new_tokens: int = 128
@@ -172,11 +172,13 @@ ASSUMPTIONS = [
 # ---- the parent: run every case in its own process -----------------------------------------------------------------
 
 
-def selected_cases(stages: list[str]) -> list[str]:
-    unknown = [s for s in stages if s not in STAGES]
+def selected_cases(names: list[str]) -> list[str]:
+    """Stages (every case of each) or single cases ("eval/align"), in CASES order; the machine's peak first."""
+    unknown = [n for n in names if n not in STAGES and (n not in CASES or n == "machine")]
     if unknown:
-        raise ValueError(f"--cases: unknown stage(s) {', '.join(unknown)}; valid: {', '.join(STAGES)}")
-    return ["machine"] + [case for case in CASES if case.split("/")[0] in stages]
+        raise ValueError(f"--cases: unknown stage(s) or case(s) {', '.join(unknown)}; valid: {', '.join(STAGES)}, "
+                         "or a single case such as eval/align")
+    return ["machine"] + [case for case in CASES if case.split("/")[0] in names or case in names]
 
 
 def child_environment(threads: int, jobs: int = 1) -> dict[str, str]:
@@ -460,7 +462,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny-random, every case, a few steps")
     size.add_argument("--full", action="store_true", help="smollm2-135m-instruct, realistic sizes (default)")
-    parser.add_argument("--cases", default=",".join(STAGES), help=f"comma-separated stages ({','.join(STAGES)})")
+    parser.add_argument("--cases", default=",".join(STAGES),
+                        help=f"comma-separated stages ({','.join(STAGES)}) or single cases (eval/align, eval/raw, ...)")
     parser.add_argument("--model", help="override the model (an alias or a model directory)")
     parser.add_argument("--threads", type=int, help="intra-op threads for every run (default: usable cores)")
     parser.add_argument("--lora", action="store_true", help="LoRA r=16 on every side instead of full fine-tuning")

@@ -21,11 +21,23 @@ REPO = Path(__file__).resolve().parents[1]
 def test_cases_select_by_stage_and_the_machine_peak_always_runs():
     assert selected_cases(["dpo"]) == ["machine", "dpo/align", "dpo/trl", "dpo/hand"]
     assert selected_cases(list(STAGES)) == list(CASES)
+    assert selected_cases(["eval/raw", "eval/align"]) == ["machine", "eval/align", "eval/raw"]  # CASES order
+
+
+def test_the_eval_case_runs_the_engine_with_aligns_default_rows():
+    from align.rollout import GenerationConfig
+    from benchmarks.bench import full_settings
+
+    settings = full_settings(2)
+    assert settings.eval_slots == GenerationConfig().slots
+    assert settings.eval_prompts > settings.eval_slots  # rows are refilled as answers end
 
 
 def test_unknown_stage_is_refused_naming_the_valid_ones(capsys):
     with pytest.raises(ValueError, match="unknown stage.*sfft.*valid: sft, rm, dpo, ppo, eval"):
         selected_cases(["sfft"])
+    with pytest.raises(ValueError, match="eval/fast"):
+        selected_cases(["eval/fast"])
     assert main(["--quick", "--cases", "sft,sfft"]) == 2
     assert "sfft" in capsys.readouterr().err
     assert main(["--quick", "--jobs", "0"]) == 2

@@ -34,6 +34,26 @@ def test_response_logprobs_equal_a_plain_forward(tiny_model_dir):
             torch.testing.assert_close(lp, expected.squeeze(-1), rtol=1e-5, atol=1e-5)
 
 
+def test_response_unlikelihood_is_each_responses_token_unlikelihood_under_a_plain_forward(tiny_model_dir):
+    """with_unlikelihood: per response, align.losses.token_unlikelihood of a lone forward's log-probs at its steps
+    (a response that repeats a token has candidates; one of distinct tokens too, from its earlier tokens)."""
+    from align.losses import token_unlikelihood
+
+    policy, _ = load_model(ModelConfig(name=str(tiny_model_dir)))
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11, 10, 11], [12, 13, 14]]
+    with torch.no_grad():
+        logprobs, entropies, unlikelihoods = response_logprobs(policy, prompts, responses, pack_length=64,
+                                                               with_entropy=True, with_unlikelihood=True)
+        assert len(entropies) == 2 and len(unlikelihoods) == 2
+        only_ul = response_logprobs(policy, prompts, responses, pack_length=64, with_unlikelihood=True)[1]
+        for p, r, ul, alone in zip(prompts, responses, unlikelihoods, only_ul):
+            logits = policy(input_ids=torch.tensor([p + r])).logits[0]
+            expected = token_unlikelihood(torch.log_softmax(logits.float(), -1)[len(p) - 1 : -1], torch.tensor(r))
+            assert expected > 0
+            torch.testing.assert_close(ul, expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-5)
+
+
 def lora_policy(tiny_model_dir):
     """tiny-random (2 layers) with adapters on its last layer only; adapters nudged off zero so they matter."""
     policy, _ = load_model(ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1)))
@@ -75,8 +95,9 @@ def test_a_frozen_trunk_gives_the_same_log_probs_values_and_gradients(tiny_model
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # a subset of the sequences (a PPO minibatch) reads its own states
     with torch.no_grad():
-        torch.testing.assert_close(response_logprobs(policy, prompts[1:], responses[1:], 64, trunk=trunk.subset([1]))[0],
-                                   response_logprobs(policy, prompts[1:], responses[1:], 64)[0], rtol=1e-5, atol=1e-5)
+        subset = response_logprobs(policy, prompts[1:], responses[1:], 64, trunk=trunk.subset([1]))[0]
+        torch.testing.assert_close(subset, response_logprobs(policy, prompts[1:], responses[1:], 64)[0],
+                                   rtol=1e-5, atol=1e-5)
 
     scorer = attend_by_segments(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1))
     values = TokenValues(attach_lora(scorer, LoraConfig(enabled=True, last_layers=1), task_type="SEQ_CLS"))

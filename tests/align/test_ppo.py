@@ -73,3 +73,29 @@ def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_mode
         torch.testing.assert_close(rollout.old_logprobs[i, :n], old[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(rollout.ref_logprobs[i, :n], ref[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(rollout.values[i, :n], values[i], rtol=1e-5, atol=1e-5)
+
+
+def test_unlikelihood_adds_its_weight_times_the_responses_unlikelihood_per_token_to_the_loss(tiny_model_dir):
+    """train.unlikelihood c: the minibatch loss grows by c * (sum of the responses' token unlikelihood) / (their
+    response tokens), and the statistic reports that per-token unlikelihood; at 0 the loss is PPO's alone."""
+    from align.losses import token_unlikelihood
+    from align.ppo import compute_advantages, minibatch_loss
+
+    rollout, training = first_steps(tiny_model_dir, "engine", rollout_logprobs=False)
+    t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8)
+    rollout.scores = torch.tensor([1.0, 0.0, 0.5])  # step 2's scores: any will do
+    compute_advantages(rollout, t.kl_coef, t)
+    state = SimpleNamespace(models=training.raw, step=t.value_warmup_iterations)  # past the value warm-up
+    idx = torch.arange(len(ROWS))
+    plain, plain_stats = minibatch_loss(state, rollout, idx, t, CPU, "fp32")
+    weighted, stats = minibatch_loss(state, rollout, idx, dataclasses.replace(t, unlikelihood=0.5), CPU, "fp32")
+    policy = training.raw["policy"]
+    with torch.no_grad():
+        total = 0.0
+        for prompt, response in zip(rollout.prompt_ids, rollout.response_ids):
+            logits = policy(input_ids=torch.tensor([prompt + response])).logits[0].float()
+            total += token_unlikelihood(logits.log_softmax(-1)[len(prompt) - 1 : -1], torch.tensor(response))
+    per_token = total / sum(len(r) for r in rollout.response_ids)
+    assert plain_stats["unlikelihood"] == 0.0 and per_token > 0
+    assert stats["unlikelihood"] == pytest.approx(float(per_token), rel=1e-4)
+    torch.testing.assert_close(weighted - plain, 0.5 * per_token, rtol=1e-4, atol=1e-5)
