@@ -1,8 +1,8 @@
 """Process-wide settings that must be chosen deliberately on CPU: threads, OpenMP waiting, seeds.
 
 torch's OpenMP worker threads spin for a while after each parallel region before they sleep; with another process
-busy on the same cores (a second rank, the test runner's other worker) spinning made a 2-thread decode step 10x
-slower here, so the ranks of a launch wait passively (`OMP_WAIT_POLICY=PASSIVE`: sleep at once). A process alone
+busy on the same cores (a second rank, the test runner's other worker) spinning slows both many times over, so
+the ranks of a launch wait passively (`OMP_WAIT_POLICY=PASSIVE`: sleep at once). A process alone
 keeps OpenMP's default, brief spinning: between the many small operations of a decode or training step a sleeping
 thread has to be woken again each time, which made single-process stages markedly slower (README, Speed). The
 policy must be in the environment before torch is imported, so the CLI calls `configure_environment()` first
