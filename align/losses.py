@@ -38,6 +38,29 @@ def token_unlikelihood(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.T
     return -torch.where(candidates, torch.log1p(-p.clamp(max=1.0 - 1e-6)), 0.0).sum()
 
 
+def repeated_ngram_tokens(tokens: list[int], n: int = 4) -> list[bool]:
+    """The candidates of sequence-level unlikelihood (Welleck et al. 2020, section 5.2, eq. 7 with "repeat-n"):
+    True at every token of an n-gram of `tokens` that already occurred earlier in `tokens` (occurrences may
+    overlap), False elsewhere. [0, 1, 2, 3, 0, 1, 2, 3] with n=4 -> the second 0 1 2 3 is True."""
+    flagged, seen = [False] * len(tokens), set()
+    for start in range(len(tokens) - n + 1):
+        ngram = tuple(tokens[start : start + n])
+        if ngram in seen:
+            flagged[start : start + n] = [True] * n
+        seen.add(ngram)
+    return flagged
+
+
+def sequence_unlikelihood(logprobs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Sequence-level unlikelihood (Welleck et al. 2020, eq. 7) of the model's own continuations: push down the
+    probability of each token that repeats an earlier n-gram (`repeated_ngram_tokens`),
+        L_ULS = - sum_t [y_t is a candidate] log(1 - p(y_t | y_<t, x)),
+    averaged over the candidates. logprobs: [N] the model's log-probs of the continuations' tokens (with
+    gradients); candidates: [N] bool. 0 without candidates."""
+    p = logprobs.exp().clamp(max=1.0 - 1e-6)
+    return -torch.where(candidates, torch.log1p(-p), 0.0).sum() / candidates.sum().clamp(min=1)
+
+
 # ---- reward model -------------------------------------------------------------------------------------------------
 
 

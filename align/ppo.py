@@ -5,7 +5,8 @@
 Each iteration, as numbered steps (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017), passing a
 `Rollout` from step to step:
 1. take the iteration's prompts; generate `completions_per_prompt` responses to each from the policy (batched, KV
-   cache, rollout copy);
+   cache, rollout copy); with `loop_unlikelihood`, also decode each prompt greedily and keep the continuations
+   that loop;
 2. score each response with the composite reward (reward model + reward functions) at its last token;
    responses that never emit EOS lose `missing_eos_penalty`;
 3. per-token log-probs of the policy (in fp32, the rollout's own) and the frozen reference (with LoRA: the same
@@ -16,7 +17,8 @@ Each iteration, as numbered steps (Ouyang et al. 2022; Ziegler et al. 2019; Schu
        r_t = -beta * KL_t  (+ score at the final token),
    GAE advantages and returns (gamma, lambda), advantages whitened;
 5. `ppo_epochs` passes over minibatches: the policy loss (`train.policy_loss`, align.losses.POLICY_LOSSES),
-   clipped value loss, entropy bonus;
+   clipped value loss, entropy bonus; the first step also pushes down the greedy loops' repeated tokens
+   (sequence-level unlikelihood);
 6. adapt beta; log, checkpoint, repeat.
 The maths lives in the pure functions below and in align.losses; `tests/align/test_ppo_math.py` and
 `tests/align/test_losses.py` check them against hand-derived values and plain-loop references.
@@ -35,15 +37,17 @@ from torch.nn.utils.rnn import pad_sequence
 from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, response_values, trunk_states
-from align.losses import POLICY_LOSSES, PolicyLossName, kl_per_token, masked_mean, value_loss
+from align.losses import POLICY_LOSSES, PolicyLossName, kl_per_token, masked_mean, sequence_unlikelihood, value_loss
 from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
-from align.distributed import global_masked_mean, global_masked_whiten, global_mean, token_share
-from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
-                      last_metrics, log_samples, minibatch_updates, pad_right, penalised_scores, read_logged,
-                      rollout_generator, same_prompt, sample_completions, window_means)
+from align.distributed import (count_share, global_masked_mean, global_masked_whiten, global_mean, global_sum,
+                               global_sums, token_share)
+from align.rl import (GreedyLoops, StepTimer, check_prompt_split, completion_metrics, global_completions,
+                      greedy_loops, iteration_prompts, last_metrics, log_samples, minibatch_updates, pad_right,
+                      penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
+                      window_means)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -69,6 +73,9 @@ class PPOTrainConfig(RLTrainConfig):
     unlikelihood: float = 0.0  # weight of the token-level unlikelihood of the sampled responses (Welleck et al.
         # 2020, as SFT's train.unlikelihood), per response token, added to the policy loss: keeps pushing down the
         # tokens a response already used while the policy moves, against the repetition loops of greedy decoding
+    loop_unlikelihood: float = 0.0  # weight of the sequence-level unlikelihood (Welleck et al. 2020) of the policy's
+        # own loops: each iteration also decodes its prompts greedily, as evaluation does, and pushes down every
+        # token of a repeated 4-gram in the continuations that loop (reward.degeneration); 0: no greedy decode
     gamma: float = 1.0  # discount of GAE
     lam: float = 0.95  # lambda of GAE: bias (0) against variance (1) of the advantages
     whiten_advantages: bool = True  # normalise advantages to mean 0, variance 1 over the batch
@@ -326,6 +333,26 @@ def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: P
     return loss, {name: value * share for name, value in stats.items()}
 
 
+def push_down_loops(training: Training, loops: GreedyLoops, t: PPOTrainConfig, device, precision: str) -> dict:
+    """5, first: the gradient of c_loop x the sequence-level unlikelihood of this process's greedy continuations
+    that loop (`align.losses.sequence_unlikelihood`, a mean over every process's candidate tokens), left in the
+    gradients for the first PPO step to add to. Returns the logged statistics."""
+    stats = {"greedy_loop_share": global_mean(torch.tensor(loops.looping, dtype=torch.float32))}
+    looping = [i for i, loop in enumerate(loops.looping) if loop]
+    if not global_sum(len(looping)) or training.step < t.value_warmup_iterations:
+        return stats
+    # a process without loops still runs a backward, weighted 0 (DDP's all-reduce waits for every process)
+    real, idx = bool(looping), looping or [0]
+    candidates = torch.tensor([c and real for i in idx for c in loops.candidates[i]])
+    with autocast(device, precision):
+        logprobs = response_logprobs(training.models["policy"], [loops.prompt_ids[i] for i in idx],
+                                     [loops.response_ids[i] for i in idx], t.pack_length)
+    loss, count = sequence_unlikelihood(torch.cat(logprobs).float().cpu(), candidates), float(candidates.sum())
+    training.backward(t.loop_unlikelihood * loss * count_share(count))
+    total, counted = global_sums(loss.detach() * count, count)  # the mean over every process's candidates
+    return {**stats, "loop_unlikelihood": total / counted if counted else 0.0}
+
+
 def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, seed: int,
                precision: str) -> dict[str, float]:
     """5. `ppo_epochs` passes over the responses in shuffled minibatches, an optimiser step each; returns the mean
@@ -398,6 +425,10 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         batch, seed, first = iteration_prompts(rows, iteration, t.prompts_per_iteration, cfg.run.seed, accelerator)
         rollout = generate_rollout(training, models, batch, t, seed, first)
         timer.lap("generate")
+        loops = None
+        if t.loop_unlikelihood:  # 1b. greedy continuations of the same prompts: the loops evaluation will see
+            loops = greedy_loops(models.generator, batch, t.max_new_tokens)
+            timer.lap("greedy")
         # 2. composite reward at the end of each response
         score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))
         timer.lap("score")
@@ -407,7 +438,9 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         timer.lap("logprobs")
         # 5. PPO epochs over minibatches
         training.plan_learning_rate()
+        loop_stats = push_down_loops(training, loops, t, device, stage.precision) if loops else {}
         stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
+        stats.update(loop_stats)
         timer.lap("update")
         rollout.timings = timer.seconds
         # 6. adapt beta; log, checkpoint

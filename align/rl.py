@@ -237,6 +237,31 @@ def sample_completions(policy, generator, rows: list[dict], k: int, t, seed: int
     return repeated, Completions(gens.prompt_ids, response_ids, gens.texts, gens.finished, sampled)
 
 
+class GreedyLoops(NamedTuple):
+    """The greedy continuations of an iteration's prompts from the rollout copy, and which of them loop."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]  # never empty
+    looping: list[bool]  # a repetition loop (reward.degeneration.repetition_loop)
+    candidates: list[list[bool]]  # per token: part of a repeated 4-gram (align.losses.repeated_ngram_tokens)
+
+    @property
+    def loop_share(self) -> float:
+        return sum(self.looping) / max(1, len(self.looping))
+
+
+def greedy_loops(generator, rows: list[dict], max_new_tokens: int) -> GreedyLoops:
+    """Decode `rows`' prompts greedily with the rollout copy (its weights already the current policy's, as after
+    `sample_completions`): the loops evaluation will see, which sampled rollouts rarely show."""
+    from align.losses import repeated_ngram_tokens
+    from reward.degeneration import repetition_loop
+
+    gens = generator.generate([row["prompt"] for row in rows], max_new_tokens=max_new_tokens, temperature=0.0)
+    response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
+    return GreedyLoops(gens.prompt_ids, response_ids, [repetition_loop(text) for text in gens.texts],
+                       [repeated_ngram_tokens(ids, n=4) for ids in response_ids])
+
+
 def same_prompt(completions, k: int) -> list[tuple[int, ...]]:
     """Positions in `completions` (indices of an iteration's completions, k per prompt in order) grouped by their
     prompt, for the passes that compute a shared prompt once (`align.batching.flat_passes`)."""

@@ -193,7 +193,7 @@ def test_preference_stages_on_two_processes_equal_one(run_root, tmp_path, stage,
 PPO_REWARD = ("[{name: instruction_following}, "
               "{name: length_in_range, weight: 0.5, kwargs: {min_words: 1, max_words: 8}}]")
 PPO_LOGGED = ("reward/total", "reward/score", "reward/length_in_range", "response_length", "kl", "kl_coef",
-              "value_explained_variance", "policy_loss", "value_loss", "entropy", "approx_kl")
+              "value_explained_variance", "policy_loss", "value_loss", "entropy", "approx_kl", "greedy_loop_share")
 
 
 @pytest.mark.parametrize("data_parallel", ["ddp", "fsdp2"])
@@ -206,7 +206,8 @@ def test_ppo_on_two_processes_equals_one(run_root, tmp_path, data_parallel):
     common = [f"model.name={run_root / 'tiny' / 'sft'}", "reward.reward_model=null", f"reward.functions={PPO_REWARD}",
               "reward.normalize=running", "data.eval=null", "train.iterations=2", "train.prompts_per_iteration=8",
               "train.minibatch_size=3", "train.temperature=1.0", "train.adaptive_kl=true", "train.kl_horizon=100",
-              "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000"]
+              "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000",
+              "train.loop_unlikelihood=1.0"]  # the greedy decodes too (the tiny model's never loop: nothing to push)
     one, two = run_one("ppo", tmp_path, *common), run_two("ppo", tmp_path, *common, f"run.data_parallel={data_parallel}")
     assert_same_training(one, two, logged=tuple(f"ppo/{name}" for name in PPO_LOGGED), data_parallel=data_parallel)
 

@@ -26,7 +26,9 @@ from align.losses import (
     ipo_loss,
     masked_mean,
     ppo_policy_loss as policy_loss,
+    repeated_ngram_tokens,
     rloo_advantages,
+    sequence_unlikelihood,
     token_unlikelihood,
     value_loss,
 )
@@ -78,6 +80,27 @@ def test_token_unlikelihood_by_hand():
     logits = torch.zeros(2, 3, requires_grad=True)
     token_unlikelihood(logits.log_softmax(-1), torch.tensor([2, 0])).backward()
     assert logits.grad[1, 2] > 0 and logits.grad[1, 0] < 0 and logits.grad[0].abs().sum() == 0
+
+
+def test_repeated_ngram_tokens_flags_every_token_of_a_repeated_ngram():
+    """n = 2 over [5, 6, 5, 6, 7, 5, 6]: the bigram (5, 6) at 0 recurs at 2 and 5, so tokens 2, 3, 5, 6 are
+    candidates; (6, 5), (6, 7) and (7, 5) occur once."""
+    assert repeated_ngram_tokens([5, 6, 5, 6, 7, 5, 6], n=2) == [False, False, True, True, False, True, True]
+    # overlapping occurrences: 1 1 1 1 holds (1, 1, 1) twice, at 0 and 1 -> tokens 1..3
+    assert repeated_ngram_tokens([1, 1, 1, 1], n=3) == [False, True, True, True]
+    assert repeated_ngram_tokens([1, 2, 3], n=4) == [False, False, False]
+
+
+def test_sequence_unlikelihood_by_hand():
+    """Candidates at tokens 1 and 2 with p = 0.5 and 0.9: L = -(log 0.5 + log 0.1) / 2; token 0 (p = 0.2) is not a
+    candidate; no candidates -> 0; the gradient lowers the candidates' log-probs only."""
+    logprobs = torch.tensor([0.2, 0.5, 0.9]).log().requires_grad_()
+    candidates = torch.tensor([False, True, True])
+    loss = sequence_unlikelihood(logprobs, candidates)
+    assert_close(loss, torch.tensor(-(math.log(0.5) + math.log(0.1)) / 2))
+    loss.backward()
+    assert logprobs.grad[0] == 0 and (logprobs.grad[1:] > 0).all()  # descending the loss lowers them
+    assert_close(sequence_unlikelihood(logprobs, torch.zeros(3, dtype=torch.bool)), torch.tensor(0.0))
 
 
 def test_bradley_terry_loss_by_hand():

@@ -99,3 +99,38 @@ def test_unlikelihood_adds_its_weight_times_the_responses_unlikelihood_per_token
     assert plain_stats["unlikelihood"] == 0.0 and per_token > 0
     assert stats["unlikelihood"] == pytest.approx(float(per_token), rel=1e-4)
     torch.testing.assert_close(weighted - plain, 0.5 * per_token, rtol=1e-4, atol=1e-5)
+
+
+def test_push_down_loops_backpropagates_its_weight_times_the_loops_sequence_unlikelihood(tiny_model_dir):
+    """train.loop_unlikelihood c: of the greedy continuations, only those that loop count; their repeated 4-grams'
+    tokens are pushed down with c x align.losses.sequence_unlikelihood under a plain forward; nothing is
+    backpropagated without loops or during the value warm-up, and the greedy loop share is logged either way."""
+    from align.losses import repeated_ngram_tokens, sequence_unlikelihood
+    from align.ppo import push_down_loops
+    from align.rl import GreedyLoops
+
+    rollout, training = first_steps(tiny_model_dir, "engine", rollout_logprobs=False)
+    policy, prompt = training.raw["policy"], rollout.prompt_ids[0]
+    looping, fine = [7, 8, 9, 10] * 3, [11, 12, 13, 14, 15]
+    loops = GreedyLoops([prompt, prompt], [looping, fine], [True, False], [repeated_ngram_tokens(ids) for ids in
+                                                                          (looping, fine)])
+    t = dataclasses.replace(PPOTrainConfig(), loop_unlikelihood=0.5)
+    losses = []
+    state = SimpleNamespace(models=training.raw, step=t.value_warmup_iterations, backward=losses.append)
+    stats = push_down_loops(state, loops, t, CPU, "fp32")
+    with torch.no_grad():
+        logits = policy(input_ids=torch.tensor([prompt + looping])).logits[0, len(prompt) - 1 : -1].float()
+    logprobs = logits.log_softmax(-1).gather(1, torch.tensor(looping)[:, None])[:, 0]
+    expected = sequence_unlikelihood(logprobs, torch.tensor(repeated_ngram_tokens(looping)))
+    assert stats["greedy_loop_share"] == 0.5 and expected > 0
+    assert stats["loop_unlikelihood"] == pytest.approx(float(expected), rel=1e-4)
+    torch.testing.assert_close(losses[0].detach(), 0.5 * expected, rtol=1e-4, atol=1e-6)
+    losses[0].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters() if p.requires_grad)
+
+    no_loops = loops._replace(looping=[False, False])
+    assert push_down_loops(state, no_loops, t, CPU, "fp32") == {"greedy_loop_share": 0.0}
+    warming_up = SimpleNamespace(models=training.raw, step=0, backward=losses.append)
+    assert push_down_loops(warming_up, loops, dataclasses.replace(t, value_warmup_iterations=1), CPU, "fp32") == {
+        "greedy_loop_share": 0.5}
+    assert len(losses) == 1

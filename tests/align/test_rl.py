@@ -103,3 +103,23 @@ def test_a_minibatchs_completions_are_grouped_by_their_prompt():
     assert same_prompt([7, 1, 6, 2, 4], 3) == [(0, 2), (1, 3)]
     assert same_prompt(range(6), 3) == [(0, 1, 2), (3, 4, 5)]
     assert same_prompt(torch.tensor([0, 3]), 3) == []
+
+
+def test_greedy_loops_decode_greedily_and_flag_the_loops_and_their_repeated_ngrams(tiny_model_dir):
+    """The continuations are the generator's greedy ones (temperature 0, the same with any seed); each is flagged
+    by reward.degeneration.repetition_loop on its text, and its candidates are its repeated 4-grams."""
+    from align.losses import repeated_ngram_tokens
+    from align.rl import greedy_loops, rollout_generator
+    from align.rollout import GenerationConfig
+    from reward.degeneration import repetition_loop
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    generator = rollout_generator(str(tiny_model_dir), tokenizer, GenerationConfig(), torch.device("cpu"), "fp32")
+    rows = [{"prompt": "Write a short note."}, {"prompt": "List three colours."}]
+    loops = greedy_loops(generator, rows, max_new_tokens=40)
+    greedy = generator.generate([row["prompt"] for row in rows], max_new_tokens=40, temperature=0.0, seed=123)
+    assert loops.response_ids == greedy.token_ids and loops.prompt_ids == greedy.prompt_ids
+    assert loops.looping == [repetition_loop(text) for text in greedy.texts]
+    assert loops.candidates == [repeated_ngram_tokens(ids, n=4) for ids in greedy.token_ids]
+    assert loops.loop_share == sum(loops.looping) / 2

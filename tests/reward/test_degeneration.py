@@ -22,6 +22,10 @@ LOOPING = [
     "Thank you! thank you.\nTHANK YOU, Thank you... thank you! thank you? Thank you",
     # Bullets that keep repeating one item.
     "Tips:\n" + "\n".join(["- Drink a glass of water every morning."] * 5),
+    # No words at all: a separator line written over and over, and a symbol alone (as SmolLM2 answers
+    # "Split the reply into 2 parts with *** between them" and "Put a title in << >>" when they go wrong).
+    "Warm the pot first.\n\n" + "\n".join(["***"] * 20),
+    "<<Backyard chickens>" + " >" * 16,
 ]
 
 NOT_LOOPING = [
@@ -40,6 +44,10 @@ NOT_LOOPING = [
     # A markdown table: separator rows hold no words, row labels vary.
     "| Day | Plan |\n| --- | --- |\n" + "\n".join(f"| {day} | rest and stretch |" for day in
                                                ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")),
+    # Four parts with *** between them, and bold list labels: the same symbols recur, with words between.
+    "\n\n***\n\n".join(["Warm the pot.", "Use fresh water.", "Steep for four minutes.", "Add milk last."]),
+    "\n".join(f"* **{label}:** {tip}." for label, tip in [("Light", "keep the coop bright"), ("Food", "feed layers "
+               "pellets"), ("Water", "change it daily"), ("Space", "allow room to roam"), ("Care", "check for mites")]),
     # A refrain sung four times: one short of the threshold.
     " ".join(["Row, row, row your boat, gently down the stream."] * 4),
 ]  # fmt: skip
