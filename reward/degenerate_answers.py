@@ -6,8 +6,9 @@ Each builder turns a chosen answer into such a rejected one, or returns None whe
 
 * `truncated`: the chosen answer cut after a word, mid-sentence, 35-80% of the way in.
 * `looping`: the chosen answer up to one of its sentences, then that sentence (or the few words that end
-  it) again and again, cut off mid-copy as a generation stopped by a token cap is. Every result loops by
-  `reward.degeneration.repetition_loop`.
+  it) again and again, cut off mid-copy as a generation stopped by a token cap is; or then a separator line
+  (`***`, `---`) over and over, the loop small models fall into after "put *** between the parts". Every
+  result loops by `reward.degeneration.repetition_loop`.
 * `running_on`: the complete chosen answer, then rambling: more facts about the topic, a sentence restated,
   a second sign-off, the start of another answer or of an imagined next turn. It does not loop.
 """
@@ -27,6 +28,7 @@ RESTATE_OPENERS = ("As I said, ", "To repeat, ", "In other words, ", "Again, ")
 RESTARTS = ("Here is another answer about {name}.", "Now let me explain {name} again from the start.",
             "Another thing people often ask about {name} is where to begin.",
             "User: Can you tell me more about {name}?", "Question: What else should I know about {name}?")
+SEPARATOR_LINES = ("***", "* * *", "---", "**", "***\n")  # "***\n": blank lines between the copies
 
 
 def truncated(chosen: str, rng: random.Random) -> str | None:
@@ -43,12 +45,17 @@ def _fact_spans(chosen: str, topic: Topic) -> list[tuple[int, int]]:
 
 
 def looping(chosen: str, topic: Topic, rng: random.Random) -> str | None:
-    """`chosen` up to one of its facts, then that fact (or its last 2-4 words) looping, cut off mid-copy."""
+    """`chosen` up to one of its facts, then that fact (or its last 2-4 words) looping, cut off mid-copy; or
+    then a separator line repeated 16-30 times."""
     spans = _fact_spans(chosen, topic)
     if not spans:
         return None
     start, end = rng.choice(spans)
-    if rng.random() < 0.3:  # a phrase loop: "... the middle of the day of the day of the day of the"
+    kind = rng.random()
+    if 0.3 <= kind < 0.55:  # a separator loop: no word repeats, the lines do
+        text = chosen[:end] + "\n\n" + "\n".join([rng.choice(SEPARATOR_LINES)] * rng.randint(16, 30))
+        return text if repetition_loop(text) else None
+    if kind < 0.3:  # a phrase loop: "... the middle of the day of the day of the day of the"
         words = chosen[start : end - 1].split()
         unit, head, copies = " ".join(words[-rng.randint(2, 4) :]), chosen[: end - 1], rng.randint(10, 16)
     else:  # a sentence loop

@@ -12,6 +12,7 @@ import pytest
 
 from reward import instruction_bank as bank
 from reward import instructions, unseen_bank
+from reward.degenerate_answers import SEPARATOR_LINES
 from reward.degeneration import repetition_loop
 from reward.extra_verifiers import ALIGN_TYPES
 from reward.instructions import (
@@ -164,7 +165,9 @@ def test_degenerate_pairs_look_as_described(data):
         elif row["pair_type"] == "repetitive":  # the answer's tail loops until a token cap cuts it off
             assert repetition_loop(rejected), rejected
             assert len(os.path.commonprefix([chosen, rejected])) >= 20  # the loop starts inside the answer
-            assert rejected[-1].isalnum()  # cut mid-phrase, never finished
+            # cut mid-phrase, never finished; or a separator line repeated to the end
+            assert rejected[-1].isalnum() or rejected.rstrip().splitlines()[-1] in {
+                line.strip() for line in SEPARATOR_LINES}, rejected
         elif row["pair_type"] == "runs_on":  # the whole answer, then more instead of stopping; no loop
             assert rejected.startswith(chosen) and len(rejected) >= len(chosen) + 20
             assert not repetition_loop(rejected), rejected
