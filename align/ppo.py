@@ -438,7 +438,7 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         timer.lap("logprobs")
         # 5. PPO epochs over minibatches
         training.plan_learning_rate()
-        loop_stats = push_down_loops(training, loops, t, device, stage.precision) if loops else {}
+        loop_stats = push_down_loops(training, loops, t, device, stage.precision) if loops is not None else {}
         stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
         stats.update(loop_stats)
         timer.lap("update")

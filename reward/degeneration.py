@@ -8,10 +8,9 @@ sequence "a a a a a a" five times), so a phrase of p words repeated back to back
 characters (``***``, ``>``, ``},``) counted as words and sequences twice as long (2 x `ngram`, so that the
 recurring punctuation of JSON records or a list is not enough): a model stuck writing a separator line over and
 over loops just as one repeating a sentence does. With the defaults (6 words, 5 times), a sentence repeated five
-times loops, and so does a three-word phrase repeated six times; ordinary prose, lists,
-JSON with varying values and a refrain sung four times do not. Text that legitimately repeats six or more
-identical words five times or more (uniform records, a chorus sung five times) is flagged too: raise
-`ngram` for such data.
+times loops, and so does a three-word phrase repeated six times; ordinary prose, lists, JSON with varying values
+and a refrain sung four times do not. Text that legitimately repeats six or more identical words five times or
+more (uniform records, a chorus sung five times) is flagged too: raise `ngram` for such data.
 
 Meant for evaluation (`loop_share` of a model's generations) and used by the built-in data, whose "repetitive"
 preference pairs are made so that every rejected answer loops by this definition.
