@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -99,18 +99,43 @@ def score_completions(prompts: list[str], completions: list[str], constraints: l
     }
 
 
+def add_loop_shares(per_type: dict[str, dict], constraints: list[list[dict]], looping: list[bool]) -> None:
+    """Add to each type's entry of `per_type` the share of answers to prompts asking for it that loop: where the
+    loops of a split come from."""
+    asked, looped = Counter(), Counter()
+    for items, loops in zip(constraints, looping):
+        for type_id in {item["type"] for item in items}:
+            asked[type_id] += 1
+            looped[type_id] += loops
+    for type_id, entry in per_type.items():
+        entry["loop_share"] = looped[type_id] / max(1, asked[type_id])
+
+
+def per_type_scores(results: dict) -> dict[str, dict]:
+    """Per constraint type: the in-distribution split's entries, then those of the unseen split's types that the
+    in-distribution split does not ask for (align:* and any held-out types). A trained type that an unseen prompt
+    also asks for keeps its in-distribution entry."""
+    unseen = (split_metrics(results, "unseen") or {}).get("per_type", {})
+    return {**unseen, **results["per_type"]}
+
+
 def markdown_table(results: dict[str, dict]) -> str:
-    """One column per evaluated model: the four in-distribution headline accuracies, then strict accuracy per
-    constraint type (the unseen types, align:*, from the unseen split)."""
+    """One column per evaluated model: the four in-distribution headline accuracies, then per constraint type
+    (`per_type_scores`) strict accuracy, the number of instructions and the share of those answers that loop."""
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in ("prompt_level_strict", "prompt_level_loose", "instruction_level_strict", "instruction_level_loose"):
         lines.append(f"| {key} | " + " | ".join(f"{results[n][key]:.3f}" for n in names) + " |")
-    per_type = {n: {**r["per_type"], **(split_metrics(r, "unseen") or {}).get("per_type", {})}
-                for n, r in results.items()}
+    per_type = {n: per_type_scores(r) for n, r in results.items()}
+
+    def cell(entry: dict | None) -> str:
+        if entry is None:
+            return "-"
+        loops = f", loops {entry['loop_share']:.0%}" if "loop_share" in entry else ""
+        return f"{entry['strict']:.2f} ({entry['count']}{loops})"
+
     for t in sorted({t for types in per_type.values() for t in types}):
-        cells = [f"{per_type[n][t]['strict']:.2f} ({per_type[n][t]['count']})" if t in per_type[n] else "-"
-                 for n in names]
+        cells = [cell(per_type[n].get(t)) for n in names]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -122,7 +147,7 @@ SPLITS = tuple(SPLIT_LABELS)
 def split_results(rows: list[dict], token_ids: list[list[int]], budget: int, tokenizer) -> dict:
     """Scores of one split's answers cut at `budget` tokens (what a generation with that budget would have been:
     decoding is greedy): the IFEval metrics, the loop share and the share that ended with EOS within the budget."""
-    from reward.degeneration import loop_share
+    from reward.degeneration import repetition_loop
     from reward.functions import prompt_text
 
     eos = tokenizer.eos_token_id
@@ -131,9 +156,11 @@ def split_results(rows: list[dict], token_ids: list[list[int]], budget: int, tok
     prompts = [prompt_text(r["prompt"]) for r in rows]
     constraints = [constraints_of(r) for r in rows]
     results = score_completions(prompts, texts, constraints)
+    looping = [repetition_loop(text) for text in texts]
+    add_loop_shares(results["per_type"], constraints, looping)
     results.update(
         budget=budget,
-        loop_share=loop_share(texts),
+        loop_share=sum(looping) / max(1, len(texts)),
         eos_share=sum(eos in ids for ids in cut) / max(1, len(rows)),
         mean_new_tokens=sum(map(len, cut)) / max(1, len(rows)),
         samples=[{"prompt": p, "completion": c, "constraints": k, "followed": f["strict"]}

@@ -370,16 +370,22 @@ def _generalisation_table(evals: list[EvalRun]) -> str:
             cells.append(f'<td class="num{" down" if worse else ""}">{text}</td>')
         body.append(f"<tr><th>{_esc(label)}</th>{''.join(cells)}</tr>")
     header = "<tr><th>model</th>" + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr>"
-    note = ('<p class="muted">Unseen: constraint types no training data carries. Loops: answers that repeat a 6-word '
-            "sequence 5 or more times. EOS: answers that end within the budget. Red: below the base model.</p>")
+    note = ('<p class="muted">Unseen: constraint types no training data carries. Loops: answers that repeat '
+            "themselves until cut off (reward.degeneration). EOS: answers that end within the budget. Red: below "
+            "the base model.</p>")
     return f"<h3>Generalisation and degeneration</h3><table>{header}{''.join(body)}</table>{note}"
 
 
 def _per_type(run: EvalRun) -> dict:
     """Per constraint type: the in-distribution split's types and the unseen split's (align:*)."""
-    from align.eval import split_metrics
+    from align.eval import per_type_scores
 
-    return {**run.results["per_type"], **(split_metrics(run.results, "unseen") or {}).get("per_type", {})}
+    return per_type_scores(run.results)
+
+
+def _loops(entry: dict) -> str:
+    share = entry.get("loop_share")
+    return f" &middot; loops {share:.0%}" if isinstance(share, (int, float)) else ""
 
 
 def _per_type_table(evals: list[EvalRun]) -> str:
@@ -394,7 +400,7 @@ def _per_type_table(evals: list[EvalRun]) -> str:
             entry = _per_type(run).get(name)
             cells.append('<td class="muted">not evaluated</td>' if entry is None else
                          f'<td class="num">{entry["strict"]:.2f} <span class="muted">loose {entry["loose"]:.2f}'
-                         f" &middot; n={_esc(_fmt(entry['count']))}</span></td>")
+                         f" &middot; n={_esc(_fmt(entry['count']))}{_loops(entry)}</span></td>")
         rows.append(f"<tr><td>{_esc(name)}</td>{''.join(cells)}</tr>")
     return (f"<h3>Per constraint type (strict accuracy)</h3><table>{header}{''.join(rows)}</table>")
 

@@ -41,6 +41,29 @@ def test_markdown_table_has_one_column_per_model():
     assert "| change_case:english_lowercase | 1.00 (1) | 1.00 (1) |" in table
 
 
+def test_each_type_reports_the_share_of_its_answers_that_loop(tokenizer):
+    """Two prompts ask for lowercase, one of them also for no commas; only the answer to that one loops: lowercase
+    1/2, no_comma 1/1."""
+    from align.eval import split_results
+
+    loop = tokenizer("one two three four five six " * 6, add_special_tokens=False)["input_ids"]
+    done = tokenizer("all lowercase words here", add_special_tokens=False)["input_ids"]
+    rows = [{"prompt": "p", "constraints": json.dumps([LOWER, NO_COMMA])},
+            {"prompt": "q", "constraints": json.dumps([LOWER])}]
+    per_type = split_results(rows, [loop, done], 40, tokenizer)["per_type"]
+    assert per_type["change_case:english_lowercase"]["loop_share"] == 0.5
+    assert per_type["punctuation:no_comma"]["loop_share"] == 1.0
+
+
+def test_a_trained_type_keeps_its_in_distribution_score_when_unseen_prompts_also_ask_for_it():
+    """Unseen prompts pair an unseen type with a trained one: the table's row for the trained type must be the
+    in-distribution split's (3 instructions, 1.00), not the unseen split's (1, 0.00)."""
+    seen = score_completions(["p"] * 3, ["lower"] * 3, [[LOWER]] * 3)
+    unseen = score_completions(["p"], ["Upper"], [[LOWER, {"type": "align:no_digits"}]])
+    table = markdown_table({"m": {**seen, "budgets": [8], "splits": {"unseen": {"budget_8": unseen}}}})
+    assert "| change_case:english_lowercase | 1.00 (3) |" in table and "| align:no_digits | 1.00 (1) |" in table
+
+
 def test_a_real_evaluation_on_the_tiny_model_writes_both_splits_at_both_budgets(tmp_path, tiny_model_dir):
     results = evaluate(EvalConfig(model="tiny-random", max_prompts=4, max_new_tokens=8, long_budget=12,
                                   out=str(tmp_path)))
