@@ -156,7 +156,7 @@ def split_results(rows: list[dict], token_ids: list[list[int]], budget: int, tok
     prompts = [prompt_text(r["prompt"]) for r in rows]
     constraints = [constraints_of(r) for r in rows]
     results = score_completions(prompts, texts, constraints)
-    looping = [repetition_loop(text) for text in texts]
+    looping = [repetition_loop(text) for text in texts]  # once, for the split's loop share and each type's
     add_loop_shares(results["per_type"], constraints, looping)
     results.update(
         budget=budget,

@@ -52,12 +52,12 @@ def looping(chosen: str, topic: Topic, rng: random.Random) -> str | None:
         return None
     start, end = rng.choice(spans)
     kind = rng.random()
-    if 0.3 <= kind < 0.55:  # a separator loop: no word repeats, the lines do
-        text = chosen[:end] + "\n\n" + "\n".join([rng.choice(SEPARATOR_LINES)] * rng.randint(16, 30))
-        return text if repetition_loop(text) else None
     if kind < 0.3:  # a phrase loop: "... the middle of the day of the day of the day of the"
         words = chosen[start : end - 1].split()
         unit, head, copies = " ".join(words[-rng.randint(2, 4) :]), chosen[: end - 1], rng.randint(10, 16)
+    elif kind < 0.55:  # a separator loop: no word repeats, the lines do
+        text = chosen[:end] + "\n\n" + "\n".join([rng.choice(SEPARATOR_LINES)] * rng.randint(16, 30))
+        return text if repetition_loop(text) else None
     else:  # a sentence loop
         unit, head, copies = chosen[start:end], chosen[:end], rng.randint(5, 8)
     unit_words = unit.split()
