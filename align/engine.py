@@ -14,7 +14,8 @@ overhead and small matrix products dominate:
   cache length the longest live row needs (rounded up to 32), with the rows' own lengths masked. A decode step
   is bound by reading the cache: the fused kernel reads the cache slice in place, where batched products copied
   it first.
-Prefill runs whole prompts through the same weights with causal attention, several prompts at once.
+Prefill runs whole prompts through the same weights with causal attention, several prompts at once, in chunks of
+at most PREFILL_TOKENS padded tokens.
 
 The engine runs on the device that holds the model's weights (a CPU, or a GPU where one is present: the same
 code, with plain products there instead of oneDNN's packed layout); the rows' bookkeeping stays on the CPU.
@@ -34,6 +35,10 @@ import torch.nn.functional as F
 
 ATTENTION_BUCKET = 32  # the attention length is rounded up to a multiple of this (fewer distinct shapes)
 MIN_WIDTH = 4  # the step width never shrinks below this many rows
+# Prompts are prefilled in chunks of at most this many (padded) tokens, so that a prefill's activations stay small
+# whatever the prompts' lengths: a pass over many long prompts at once needs far more memory and runs slower per
+# token (docs/BENCHMARK.md, "Prefill in chunks").
+PREFILL_TOKENS = 1024
 
 
 def unsupported_reason(model) -> str | None:
@@ -265,8 +270,19 @@ class DecoderEngine:
 
     @torch.no_grad()
     def _prefill(self, rows: list[int], prompts: list[list[int]]) -> torch.Tensor:
-        """Run whole prompts (right-padded to the longest) into cache rows `rows`; the logits after each prompt's
-        last token: [n, vocab]."""
+        """Run whole prompts into cache rows `rows`, in chunks of at most PREFILL_TOKENS padded tokens (a chunk
+        holds one prompt at least); the logits after each prompt's last token: [n, vocab]."""
+        logits, start = [], 0
+        while start < len(prompts):
+            end = start + 1
+            while end < len(prompts) and (end + 1 - start) * max(map(len, prompts[start : end + 1])) <= PREFILL_TOKENS:
+                end += 1
+            logits.append(self._prefill_chunk(rows[start:end], prompts[start:end]))
+            start = end
+        return torch.cat(logits)
+
+    def _prefill_chunk(self, rows: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """`_prefill` of prompts right-padded to the longest, in one pass."""
         n, width = len(prompts), max(len(p) for p in prompts)
         ids = torch.zeros(n, width, dtype=torch.long)
         for i, prompt in enumerate(prompts):

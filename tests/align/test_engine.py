@@ -113,6 +113,27 @@ def test_fp32_log_probs_equal_the_training_forward_to_float_precision(model, tok
         torch.testing.assert_close(torch.tensor(engine_lp), forward_lp.cpu(), atol=1e-4, rtol=1e-4)
 
 
+def test_prompts_prefilled_in_chunks_give_the_logits_and_cache_of_one_pass(model, tokenizer, monkeypatch):
+    """`_prefill` splits its prompts into chunks of at most PREFILL_TOKENS padded tokens (here two prompts each,
+    and a prompt longer than the limit alone): the same logits and cached keys and values as one pass."""
+    import align.engine as engine_module
+    from align.rollout import render_prompt
+
+    prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:5]]
+    prompts.append(prompts[0] * 3)  # longer than any chunk may be
+    rows = [5, 0, 3, 1, 4, 2]
+    whole = DecoderEngine(model, slots=6)
+    whole._ensure_cache(len(prompts[-1]))
+    expected = whole._prefill(rows, prompts)
+    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", 2 * max(len(p) for p in prompts[:5]))
+    chunked = DecoderEngine(model, slots=6)
+    chunked._ensure_cache(len(prompts[-1]))
+    torch.testing.assert_close(chunked._prefill(rows, prompts), expected)
+    for row, prompt in zip(rows, prompts):
+        torch.testing.assert_close(chunked.keys[:, row, :, : len(prompt)], whole.keys[:, row, :, : len(prompt)])
+        torch.testing.assert_close(chunked.values[:, row, :, : len(prompt)], whole.values[:, row, :, : len(prompt)])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_load_weights_by_name_equals_an_engine_built_from_those_weights(model, tokenizer, device):
     model = on(model, device)
