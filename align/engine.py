@@ -274,8 +274,9 @@ class DecoderEngine:
         holds one prompt at least); the logits after each prompt's last token: [n, vocab]."""
         logits, start = [], 0
         while start < len(prompts):
-            end = start + 1
-            while end < len(prompts) and (end + 1 - start) * max(map(len, prompts[start : end + 1])) <= PREFILL_TOKENS:
+            end, longest = start + 1, len(prompts[start])
+            while end < len(prompts) and (end + 1 - start) * max(longest, len(prompts[end])) <= PREFILL_TOKENS:
+                longest = max(longest, len(prompts[end]))
                 end += 1
             logits.append(self._prefill_chunk(rows[start:end], prompts[start:end]))
             start = end

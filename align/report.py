@@ -376,28 +376,24 @@ def _generalisation_table(evals: list[EvalRun]) -> str:
     return f"<h3>Generalisation and degeneration</h3><table>{header}{''.join(body)}</table>{note}"
 
 
-def _per_type(run: EvalRun) -> dict:
-    """Per constraint type: the in-distribution split's types and the unseen split's (align:*)."""
-    from align.eval import per_type_scores
-
-    return per_type_scores(run.results)
-
-
 def _loops(entry: dict) -> str:
     share = entry.get("loop_share")
     return f" &middot; loops {share:.0%}" if isinstance(share, (int, float)) else ""
 
 
 def _per_type_table(evals: list[EvalRun]) -> str:
-    types = sorted({name for run in evals for name in _per_type(run)})
+    from align.eval import per_type_scores
+
+    per_type = [per_type_scores(run.results) for run in evals]  # each run's, once
+    types = sorted({name for scores in per_type for name in scores})
     if not types:
         return '<p class="note">The eval results have no per-constraint-type breakdown.</p>'
     header = "<tr><th>constraint type</th>" + "".join(f"<th>{_esc(run.label)}</th>" for run in evals) + "</tr>"
     rows = []
     for name in types:
         cells = []
-        for run in evals:
-            entry = _per_type(run).get(name)
+        for scores in per_type:
+            entry = scores.get(name)
             cells.append('<td class="muted">not evaluated</td>' if entry is None else
                          f'<td class="num">{entry["strict"]:.2f} <span class="muted">loose {entry["loose"]:.2f}'
                          f" &middot; n={_esc(_fmt(entry['count']))}{_loops(entry)}</span></td>")

@@ -16,6 +16,7 @@ Prints markdown tables. Timings, not tests: run it alone on the machine (docs/BE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -31,6 +32,20 @@ from benchmarks.measure import rows_of  # noqa: E402
 ONE_PASS = 10**9  # a limit no prefill reaches
 
 
+@contextlib.contextmanager
+def prefill_limit(limit: int):
+    """The engine's PREFILL_TOKENS set to `limit` inside the block, restored after it."""
+    shipped, engine_module.PREFILL_TOKENS = engine_module.PREFILL_TOKENS, limit
+    try:
+        yield
+    finally:
+        engine_module.PREFILL_TOKENS = shipped
+
+
+def label(limit: int) -> str:
+    return "one pass" if limit == ONE_PASS else f"chunks of at most {limit} tokens"
+
+
 def first_wave(generator, prompts: list[str], limits: list[int]) -> list[tuple[int, float]]:
     """Seconds to prefill the 64 shortest prompts into 64 rows, for each chunk limit (best of two runs)."""
     tokenizer, engine = generator.tokenizer, generator.engine
@@ -39,29 +54,27 @@ def first_wave(generator, prompts: list[str], limits: list[int]) -> list[tuple[i
     engine._ensure_cache(max(map(len, encoded)) + 256)
     results = []
     for limit in limits:
-        engine_module.PREFILL_TOKENS = limit
         runs = []
-        for _ in range(2):
-            started = time.perf_counter()
-            engine._prefill(list(range(len(encoded))), encoded)
-            runs.append(time.perf_counter() - started)
+        with prefill_limit(limit):
+            for _ in range(2):
+                started = time.perf_counter()
+                engine._prefill(list(range(len(encoded))), encoded)
+                runs.append(time.perf_counter() - started)
         results.append((limit, min(runs)))
     return results
 
 
 def generation(generator, prompts: list[str], rounds: int) -> dict[str, list[tuple[float, int]]]:
     """(seconds, new tokens) of greedy generation of every prompt, one pass and chunked taking turns."""
-    generator.generate(prompts[:2], max_new_tokens=4)
-    runs = {"one pass": [], f"chunks of {engine_module.PREFILL_TOKENS}": []}
     chunked = engine_module.PREFILL_TOKENS
+    runs = {"one pass": [], f"chunks of {chunked}": []}
     generator.generate(prompts, max_new_tokens=256)  # untimed: the cache is allocated and first touched here
     for _ in range(rounds):
         for name, limit in zip(runs, (ONE_PASS, chunked)):
-            engine_module.PREFILL_TOKENS = limit
-            started = time.perf_counter()
-            out = generator.generate(prompts, max_new_tokens=256)
+            with prefill_limit(limit):
+                started = time.perf_counter()
+                out = generator.generate(prompts, max_new_tokens=256)
             runs[name].append((time.perf_counter() - started, out.new_tokens))
-    engine_module.PREFILL_TOKENS = chunked
     return runs
 
 
@@ -78,12 +91,11 @@ def long_prompts(limit: int) -> str:
     engine = engine_module.DecoderEngine(model, slots=32, release_model=True)
     engine._ensure_cache(1024 + 32)
     prompts = torch.randint(100, 40000, (32, 1000), generator=torch.Generator().manual_seed(0)).tolist()
-    engine_module.PREFILL_TOKENS = limit
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 (Linux: KiB)
     before, started = peak(), time.perf_counter()
-    engine._prefill(list(range(32)), prompts)
-    return (f"| {'one pass' if limit == ONE_PASS else f'chunks of at most {limit} tokens'} | "
-            f"{time.perf_counter() - started:.1f} | {before:.0f} | {peak():.0f} |")
+    with prefill_limit(limit):
+        engine._prefill(list(range(32)), prompts)
+    return f"| {label(limit)} | {time.perf_counter() - started:.1f} | {before:.0f} | {peak():.0f} |"
 
 
 def main() -> None:
@@ -100,12 +112,10 @@ def main() -> None:
         return
     prompts = [row["prompt"] for row in rows_of("builtin:prompts:heldout", "prompt", args.prompts)]
     generator = load_generator("smollm2-135m-instruct", "auto", GenerationConfig(slots=64))
-    chunked = engine_module.PREFILL_TOKENS
 
     print("| prefill of the 64 shortest prompts | seconds |\n|---|---|")
     for limit, seconds in first_wave(generator, prompts, [256, 1024, 2048, ONE_PASS]):
-        print(f"| {'one pass' if limit == ONE_PASS else f'chunks of at most {limit} tokens'} | {seconds:.2f} |")
-    engine_module.PREFILL_TOKENS = chunked
+        print(f"| {label(limit)} | {seconds:.2f} |")
 
     runs = generation(generator, prompts, args.rounds)
     print(f"\n| greedy generation, {len(prompts)} prompts | new tokens/s (each round) | median | new tokens |")
