@@ -10,10 +10,10 @@ overhead and small matrix products dominate:
 - **Fewer, larger matrix products.** The query, key and value projections are one matrix, the gate and up
   projections another: each layer runs four products instead of seven.
 - **Attention for one query over a preallocated cache.** New keys and values are written in place (no growing
-  `cat`); the query heads that share a key head attend together, through PyTorch's fused attention over the
-  cache length the longest live row needs (rounded up to 32), with the rows' own lengths masked. A decode step
-  is bound by reading the cache: the fused kernel reads the cache slice in place, where batched products copied
-  it first.
+  `cat`); the query heads that share a key head attend together, reading each row's keys and values in place:
+  with bf16 weights on an AVX-512 CPU through align's decode-attention kernel, which reads only each row's own
+  positions (`align.decode_attention`); elsewhere through PyTorch's fused attention over the cache length the
+  longest live row needs (rounded up to 32), with the rows' own lengths masked.
 Prefill runs whole prompts through the same weights with causal attention, several prompts at once, in chunks of
 at most PREFILL_TOKENS padded tokens.
 
@@ -28,10 +28,13 @@ match a training forward pass within bf16 precision.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from align import decode_attention
 
 ATTENTION_BUCKET = 32  # the attention length is rounded up to a multiple of this (fewer distinct shapes)
 MIN_WIDTH = 4  # the step width never shrinks below this many rows
@@ -154,9 +157,12 @@ class DecoderEngine:
         completions = engine.generate(prompt_ids, max_new_tokens=256, sample=sampler, eos_token_id=2)
     """
 
-    def __init__(self, model, slots: int = 64, dtype: torch.dtype | None = None, release_model: bool = False):
+    def __init__(self, model, slots: int = 64, dtype: torch.dtype | None = None, release_model: bool = False,
+                 attention: str = "auto"):
         """`release_model`: empty each of the model's layers once the engine has its own copy (for a caller that
-        loaded the model only to generate with it: the weights are never held twice)."""
+        loaded the model only to generate with it: the weights are never held twice). `attention`: "auto" decodes
+        with align's decode-attention kernel where it runs (`align.decode_attention`), "reference" always with
+        PyTorch's fused attention."""
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"the generation engine cannot run {type(model).__name__}: {reason}")
@@ -172,6 +178,11 @@ class DecoderEngine:
         self.load_weights(dict(model.named_parameters(remove_duplicate=False)), release=release_model)
         self.keys = self.values = self.cos = self.sin = None
         self.cache_length = 0
+        if attention not in ("auto", "reference"):
+            raise ValueError(f"attention must be 'auto' or 'reference', not {attention!r}")
+        self.use_kernel = (attention == "auto" and decode_attention.kernel_runs(
+            self.dtype, self.device, self.head_dim, self.heads // self.kv_heads)
+            and decode_attention.load_kernel() is not None)
 
     # -- weights ---------------------------------------------------------------------------------------------------
 
@@ -310,18 +321,19 @@ class DecoderEngine:
         width, groups, device = len(tokens), self.heads // self.kv_heads, self.device
         tokens, positions, rows = tokens.to(device), positions.to(device), torch.arange(width, device=device)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [W, 1, D]
-        hidden_mask = torch.arange(length, device=device)[None] > positions[:, None]  # [W, L]: beyond each row's end
-        mask = torch.zeros(width, 1, 1, length, dtype=self.dtype, device=device)
-        mask.masked_fill_(hidden_mask[:, None, None], float("-inf"))
+        if self.use_kernel:
+            attend = functools.partial(decode_attention.kernel, lengths=positions + 1)
+        else:
+            mask = decode_attention.length_mask(positions + 1, length, self.dtype)
+            attend = functools.partial(decode_attention.reference, mask=mask)
         x = self.embed[tokens]  # [W, hidden]
         for layer, weights in enumerate(self.layers):
             q, k, v = self._qkv(weights, x, cos, sin)  # [W, heads, D], [W, kv_heads, D]
             self.keys[layer, rows, :, positions], self.values[layer, rows, :, positions] = k, v
             keys, values = self.keys[layer, :width, :, :length], self.values[layer, :width, :, :length]
-            # The query heads that share a key head are that head's `groups` queries: fused attention reads each
-            # row's keys and values once, in place (a product over the cache slice would copy it first).
-            out = F.scaled_dot_product_attention(q.view(width, self.kv_heads, groups, self.head_dim), keys, values,
-                                                 attn_mask=mask)  # [W, kv_heads, groups, D]
+            # The query heads that share a key head are that head's `groups` queries: each row's keys and values are
+            # read once, in place (a product over the cache slice would copy it first).
+            out = attend(q.view(width, self.kv_heads, groups, self.head_dim), keys, values)  # [W, kv_heads, groups, D]
             x = x + weights.out(out.reshape(width, -1))
             x = self._mlp(weights, x)
         return self.lm_head(self._norm(x, self.final_norm))

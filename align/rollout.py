@@ -31,6 +31,9 @@ class GenerationConfig:
 
     backend: Literal["auto", "engine", "hf"] = "auto"  # auto: align's engine where it supports the model, else hf
     slots: int = 64  # rows decoded together (engine: cache rows refilled as answers end; hf: the batch size)
+    # engine, decode steps: auto = align's decode-attention kernel for bf16 weights on an AVX-512 CPU (compiled on
+    # first use, once per machine), else PyTorch's fused attention; reference = always PyTorch's
+    attention: Literal["auto", "reference"] = "auto"
 
 
 @dataclass
@@ -163,7 +166,8 @@ class TextGenerator:
         self.model = model if self.backend == "hf" else None
         self.engine = None
         if self.backend == "engine":
-            self.engine = DecoderEngine(model, self.config.slots, release_model=release_model)
+            self.engine = DecoderEngine(model, self.config.slots, release_model=release_model,
+                                        attention=self.config.attention)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """New weights (transformers' names), e.g. the current policy's with LoRA merged; all of them or some."""

@@ -78,18 +78,19 @@ def test_greedy_tokens_in_fp32_are_transformers_generate_tokens(model, tokenizer
     assert reference.token_ids == expected
 
 
+@pytest.mark.parametrize("attention", ["auto", "reference"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_sampled_tokens_log_probs_equal_a_training_forward_in_bf16(model, tokenizer, device):
+def test_sampled_tokens_log_probs_equal_a_training_forward_in_bf16(model, tokenizer, device, attention):
     """The engine's bf16 log-probs of its sampled tokens against align.logprobs.response_logprobs (the training
     forward pass, packed, bf16 weights): equal within bf16 precision, so PPO may take its behaviour log-probs from
-    the rollout."""
+    the rollout. With either decode attention ("auto" is align's kernel on an AVX-512 CPU)."""
     from align.attention import attend_by_segments
     from align.logprobs import response_logprobs
     from align.rollout import render_prompt
 
     bf16 = attend_by_segments(copy.deepcopy(model).to(device, torch.bfloat16))
-    out = TextGenerator(bf16, tokenizer, GenerationConfig(backend="engine", slots=3)).generate(
-        PROMPTS[:6], max_new_tokens=16, temperature=0.9, seed=1)
+    config = GenerationConfig(backend="engine", slots=3, attention=attention)
+    out = TextGenerator(bf16, tokenizer, config).generate(PROMPTS[:6], max_new_tokens=16, temperature=0.9, seed=1)
     prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:6]]
     with torch.no_grad():
         trained = response_logprobs(bf16, prompts, out.token_ids, 1024, temperature=0.9)
@@ -111,6 +112,29 @@ def test_fp32_log_probs_equal_the_training_forward_to_float_precision(model, tok
         trained = response_logprobs(fp32, prompts, out.token_ids, 1024)
     for engine_lp, forward_lp in zip(out.logprobs, trained):
         torch.testing.assert_close(torch.tensor(engine_lp), forward_lp.cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_engines_decode_with_the_kernel_where_it_runs_as_close_to_fp32_as_the_reference_attention(model):
+    """On an AVX-512 CPU a bf16 engine decodes through align's kernel by default (fp32 engines and other CPUs use
+    the reference attention): its next-token logits for a batch of prompts of different lengths are no further
+    from an fp32 engine's than a bf16 engine's with the reference attention."""
+    from align import decode_attention
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    engines = [DecoderEngine(bf16, slots=4), DecoderEngine(bf16, slots=4, attention="reference"),
+               DecoderEngine(model, slots=4)]
+    groups = engines[0].heads // engines[0].kv_heads
+    runs = decode_attention.kernel_runs(torch.bfloat16, torch.device("cpu"), engines[0].head_dim, groups)
+    assert engines[0].use_kernel == (runs and decode_attention.load_kernel() is not None)
+    assert not engines[1].use_kernel and not engines[2].use_kernel
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13] * 40, [14, 15]]
+    positions, logits = torch.tensor([len(p) for p in prompts]), []
+    for engine in engines:
+        engine._ensure_cache(80)
+        first = engine._prefill([0, 1, 2, 3], prompts)
+        logits.append(engine._decode(first.argmax(-1), positions, 64).float())
+    kernel_error, reference_error = ((lg - logits[2]).abs().max() for lg in logits[:2])
+    assert kernel_error <= 1.1 * reference_error
 
 
 def test_prompts_prefilled_in_chunks_give_the_logits_and_cache_of_one_pass(model, tokenizer, monkeypatch):

@@ -1,0 +1,70 @@
+"""Attention of one decode step over the generation engine's KV cache: each row's query heads against that row's
+own keys and values, positions [0, lengths[b]).
+
+Two implementations of the same function:
+- `kernel` (csrc/decode_attention.cpp): for bf16 caches on CPUs with AVX-512. Each (row, key head) is one unit of
+  work that reads only its row's keys and values, with the sums, the softmax and the weighted sum of values in fp32.
+  PyTorch's fused attention pays a fixed overhead per (row, head) that dominates when a head has only a few queries,
+  and reads the masked positions too (docs/BENCHMARK.md, "A decode-attention kernel"). It is compiled on first use
+  (once per machine and version of the source; torch's extension cache keeps it) with the C++ compiler and ninja
+  that `torch.utils.cpp_extension` uses; where either is missing or the build fails, a warning says why and the
+  engine uses `reference`.
+- `reference`: PyTorch's fused attention (`scaled_dot_product_attention`) with the positions beyond each row's
+  length masked: any dtype, any device.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SOURCE = Path(__file__).parent / "csrc" / "decode_attention.cpp"
+HEAD_DIMS = (16, 32, 64, 128)  # the head sizes the kernel is built for
+MAX_GROUPS = 8  # query heads per key head
+
+
+def length_mask(lengths: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """lengths [W] -> an additive mask [W, 1, 1, length]: 0 before each row's length, -inf from it on."""
+    beyond = torch.arange(length, device=lengths.device)[None] >= lengths[:, None]  # [W, L]
+    mask = torch.zeros(len(lengths), 1, 1, length, dtype=dtype, device=lengths.device)
+    return mask.masked_fill_(beyond[:, None, None], float("-inf"))
+
+
+def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """q [W, KV, G, D] (the G query heads that share a key head), keys/values [W, KV, L, D], mask = `length_mask`
+    of the rows' lengths (each in [1, L]) -> out [W, KV, G, D]: softmax(q k^T / sqrt(D)) v over positions
+    [0, lengths[b]) of row b."""
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+
+def kernel_runs(dtype: torch.dtype, device: torch.device, head_dim: int, groups: int) -> bool:
+    """Whether `kernel` serves a cache of this dtype, device and shape on this CPU (it may still fail to build)."""
+    return (dtype == torch.bfloat16 and device.type == "cpu" and head_dim in HEAD_DIMS and 1 <= groups <= MAX_GROUPS
+            and torch.backends.cpu.get_cpu_capability() == "AVX512")
+
+
+@functools.cache
+def load_kernel():
+    """The compiled kernel's module, built on first use; None (with a warning) where it cannot be built."""
+    from torch.utils import cpp_extension
+
+    try:
+        return cpp_extension.load(
+            "align_decode_attention", [str(SOURCE)], verbose=False,
+            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"])
+    except Exception as error:  # no compiler, no ninja, a failed build: the reference attention still runs
+        reason = str(error).strip().splitlines()
+        warnings.warn(f"align's decode-attention kernel could not be built ({reason[-1] if reason else error!r}); "
+                      f"generation uses PyTorch's fused attention", stacklevel=2)
+        return None
+
+
+def kernel(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """`reference`'s function, given the rows' lengths [W] (int64) instead of their mask, for bf16 tensors on an
+    AVX-512 CPU (see `kernel_runs`); the rows of D values in keys and values must be contiguous (a slice of the
+    cache's positions is). Positions from each row's length on are never read."""
+    return load_kernel().decode_attention(q, keys, values, lengths)
