@@ -53,7 +53,8 @@ inline __m512 sum16(__m512* v) {
     b[t] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
   }
   for (int t = 0; t < 2; ++t)  // 128-bit lanes: [v0..3 (lanes 0+1), v0..3 (2+3), v4..7 (0+1), v4..7 (2+3)]
-    c[t] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * t], b[2 * t + 1], 0x88), _mm512_shuffle_f32x4(b[2 * t], b[2 * t + 1], 0xdd));
+    c[t] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * t], b[2 * t + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * t], b[2 * t + 1], 0xdd));
   return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
 }
 
