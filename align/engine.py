@@ -321,11 +321,12 @@ class DecoderEngine:
         width, groups, device = len(tokens), self.heads // self.kv_heads, self.device
         tokens, positions, rows = tokens.to(device), positions.to(device), torch.arange(width, device=device)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [W, 1, D]
+        lengths = positions + 1  # each row attends to its positions [0, positions[b]]
         if self.use_kernel:
-            attend = functools.partial(decode_attention.kernel, lengths=positions + 1)
+            attend = functools.partial(decode_attention.kernel, lengths=lengths)
         else:
-            mask = decode_attention.length_mask(positions + 1, length, self.dtype)
-            attend = functools.partial(decode_attention.reference, mask=mask)
+            attend = functools.partial(decode_attention.reference,
+                                       mask=decode_attention.length_mask(lengths, length, self.dtype))
         x = self.embed[tokens]  # [W, hidden]
         for layer, weights in enumerate(self.layers):
             q, k, v = self._qkv(weights, x, cos, sin)  # [W, heads, D], [W, kv_heads, D]

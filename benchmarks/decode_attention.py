@@ -32,9 +32,10 @@ import torch  # noqa: E402
 
 from align import decode_attention  # noqa: E402
 from align.rollout import GenerationConfig, load_generator  # noqa: E402
-from benchmarks.measure import rows_of  # noqa: E402
+from benchmarks.measure import rates_row, rows_of  # noqa: E402
 
 LAYERS, KV_HEADS, GROUPS, HEAD_DIM, ROWS = 30, 3, 3, 64, 64  # SmolLM2-135M's attention, the engine's 64 rows
+SIDES = {"reference": "PyTorch's fused attention", "auto": "align's kernel"}  # generation.attention -> its name
 
 
 def build_seconds() -> float:
@@ -66,12 +67,12 @@ def step_milliseconds(lengths: torch.Tensor, rounds: int = 7) -> dict[str, float
     shape = (LAYERS, ROWS, KV_HEADS, 352, HEAD_DIM)
     cache = (torch.randn(shape, generator=generator).bfloat16(), torch.randn(shape, generator=generator).bfloat16(),
              torch.randn(ROWS, KV_HEADS, GROUPS, HEAD_DIM, generator=generator).bfloat16())
-    times = {"PyTorch's fused attention": [], "align's kernel": []}
+    times = {attention: [] for attention in SIDES}
     for _ in range(rounds + 1):  # the first round is a warm-up
-        for name, use_kernel in zip(times, (False, True)):
+        for attention in times:
             started = time.perf_counter()
-            attention_step(lengths, use_kernel, cache)
-            times[name].append(1000 * (time.perf_counter() - started))
+            attention_step(lengths, attention == "auto", cache)
+            times[attention].append(1000 * (time.perf_counter() - started))
     return {name: statistics.median(measured[1:]) for name, measured in times.items()}
 
 
@@ -79,7 +80,7 @@ def generation(prompts: list[str], rounds: int):
     """Step 3: (seconds, new tokens) per round for each attention, and the prompts whose tokens both share."""
     generators = {attention: load_generator("smollm2-135m-instruct", "auto",
                                             GenerationConfig(slots=ROWS, attention=attention))
-                  for attention in ("reference", "auto")}
+                  for attention in SIDES}
     if not generators["auto"].engine.use_kernel:
         sys.exit("the engine does not use the kernel here (bf16 weights on an AVX-512 CPU are needed)")
     outputs = {name: generator.generate(prompts, max_new_tokens=256) for name, generator in generators.items()}
@@ -100,23 +101,20 @@ def main() -> None:
     args = parser.parse_args()
     print(f"kernel build: {build_seconds():.1f} s\n")
 
-    print("| attention of one decode step, 64 rows, 30 layers | PyTorch's fused attention, ms | align's kernel, ms |")
+    print(f"| attention of one decode step, 64 rows, 30 layers | {SIDES['reference']}, ms | {SIDES['auto']}, ms |")
     print("|---|---|---|")
     spread = torch.linspace(64, 320, ROWS).long()
     for label, lengths in (("every row at 320 positions", torch.full((ROWS,), 320)),
                            ("rows at 64 to 320 positions", spread)):
-        fused, kernel = step_milliseconds(lengths).values()
-        print(f"| {label} | {fused:.1f} | {kernel:.1f} |")
+        ms = step_milliseconds(lengths)
+        print(f"| {label} | {ms['reference']:.1f} | {ms['auto']:.1f} |")
 
     prompts = [row["prompt"] for row in rows_of("builtin:prompts:heldout", "prompt", args.prompts)]
     runs, same = generation(prompts, args.rounds)
     print(f"\n| greedy generation, {len(prompts)} prompts, 256 new tokens | new tokens/s (each round) | median | "
           f"new tokens |\n|---|---|---|---|")
-    for name, measured in runs.items():
-        rates = [tokens / seconds for seconds, tokens in measured]
-        label = "PyTorch's fused attention" if name == "reference" else "align's kernel"
-        print(f"| {label} | {', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(rates):.0f} | "
-              f"{measured[0][1]} |")
+    for attention, measured in runs.items():
+        print(rates_row(SIDES[attention], measured))
     print(f"\nprompts with the same greedy tokens from both (bf16): {same} of {len(prompts)}")
 
 

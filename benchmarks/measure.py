@@ -202,6 +202,15 @@ def resolved_precision(cfg) -> str:
     return resolve_precision(cfg.train.precision, fast_bf16(torch.device("cpu")), ("bf16-autocast",))
 
 
+def rates_row(label: str, measured: list[tuple[float, int]]) -> str:
+    """A markdown row of (seconds, new tokens) rounds of one side: each round's new tokens/s, their median, and the
+    first round's new tokens."""
+    import statistics
+
+    rates = [tokens / seconds for seconds, tokens in measured]
+    return f"| {label} | {', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(rates):.0f} | {measured[0][1]} |"
+
+
 def rows_of(source: str, purpose: str, n: int) -> list[dict]:
     from align.data import DataConfig, load_rows
 

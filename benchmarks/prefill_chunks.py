@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable (
 
 import align.engine as engine_module  # noqa: E402
 from align.rollout import GenerationConfig, load_generator, render_prompt  # noqa: E402
-from benchmarks.measure import rows_of  # noqa: E402
+from benchmarks.measure import rates_row, rows_of  # noqa: E402
 
 ONE_PASS = 10**9  # a limit no prefill reaches
 
@@ -121,9 +120,7 @@ def main() -> None:
     print(f"\n| greedy generation, {len(prompts)} prompts | new tokens/s (each round) | median | new tokens |")
     print("|---|---|---|---|")
     for name, measured in runs.items():
-        rates = [tokens / seconds for seconds, tokens in measured]
-        print(f"| {name} | {', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(rates):.0f} | "
-              f"{measured[0][1]} |")
+        print(rates_row(name, measured))
 
 
 if __name__ == "__main__":

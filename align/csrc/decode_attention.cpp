@@ -72,6 +72,18 @@ inline float softmax_numerators(float* s, int64_t n) {
   return _mm512_reduce_add_ps(sum);
 }
 
+template <int V>
+inline void load_row(const at::BFloat16* p, __m512* row) {  // a row of 16 * V bf16 values, as fp32 vectors
+  for (int i = 0; i < V; ++i) row[i] = load_bf16(p + i * 16);
+}
+
+template <int V>
+inline __m512 dot_lanes(const __m512* query, const __m512* key) {  // q . k, still spread over 16 lanes
+  __m512 sum = _mm512_mul_ps(query[0], key[0]);
+  for (int i = 1; i < V; ++i) sum = _mm512_fmadd_ps(query[i], key[i], sum);
+  return sum;
+}
+
 // One (row, key head): G queries against n keys and values, head_dim = 16 * V. V and G are compile-time
 // constants so that the queries and the G x V accumulators live in registers.
 template <int V, int G>
@@ -81,31 +93,25 @@ void attend(const at::BFloat16* q, const at::BFloat16* keys, const at::BFloat16*
   scores.resize(G * n);
   float* s = scores.data();
   __m512 query[G][V];
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < V; ++i) query[g][i] = _mm512_mul_ps(load_bf16(q + g * dim + i * 16), _mm512_set1_ps(scale));
+  for (int g = 0; g < G; ++g) {
+    load_row<V>(q + g * dim, query[g]);
+    for (int i = 0; i < V; ++i) query[g][i] = _mm512_mul_ps(query[g][i], _mm512_set1_ps(scale));
+  }
   // 1. scores = q . k / sqrt(D), sixteen keys at a time
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
     __m512 sums[G][16];
     for (int t = 0; t < 16; ++t) {
       __m512 key[V];
-      for (int i = 0; i < V; ++i) key[i] = load_bf16(keys + (j + t) * dim + i * 16);
-      for (int g = 0; g < G; ++g) {
-        __m512 sum = _mm512_mul_ps(query[g][0], key[0]);
-        for (int i = 1; i < V; ++i) sum = _mm512_fmadd_ps(query[g][i], key[i], sum);
-        sums[g][t] = sum;
-      }
+      load_row<V>(keys + (j + t) * dim, key);
+      for (int g = 0; g < G; ++g) sums[g][t] = dot_lanes<V>(query[g], key);
     }
     for (int g = 0; g < G; ++g) _mm512_storeu_ps(s + g * n + j, sum16(sums[g]));
   }
   for (; j < n; ++j) {
     __m512 key[V];
-    for (int i = 0; i < V; ++i) key[i] = load_bf16(keys + j * dim + i * 16);
-    for (int g = 0; g < G; ++g) {
-      __m512 sum = _mm512_mul_ps(query[g][0], key[0]);
-      for (int i = 1; i < V; ++i) sum = _mm512_fmadd_ps(query[g][i], key[i], sum);
-      s[g * n + j] = _mm512_reduce_add_ps(sum);
-    }
+    load_row<V>(keys + j * dim, key);
+    for (int g = 0; g < G; ++g) s[g * n + j] = _mm512_reduce_add_ps(dot_lanes<V>(query[g], key));
   }
   // 2. softmax numerators e^(s - max) in place, and their sums
   float total[G];
@@ -116,7 +122,7 @@ void attend(const at::BFloat16* q, const at::BFloat16* keys, const at::BFloat16*
     for (int i = 0; i < V; ++i) acc[g][i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < n; ++k) {
     __m512 value[V];
-    for (int i = 0; i < V; ++i) value[i] = load_bf16(values + k * dim + i * 16);
+    load_row<V>(values + k * dim, value);
     for (int g = 0; g < G; ++g) {
       __m512 p = _mm512_set1_ps(s[g * n + k]);
       for (int i = 0; i < V; ++i) acc[g][i] = _mm512_fmadd_ps(p, value[i], acc[g][i]);
