@@ -14,7 +14,8 @@ Each iteration, as numbered steps (Ouyang et al. 2022; Ziegler et al. 2019; Schu
    every pass) and per-token values V(s_t) from the value model (a scalar head on a transformer, from the reward
    model);
 4. per-token KL with the selected estimator, the KL-shaped reward
-       r_t = -beta * KL_t  (+ score at the final token),
+       r_t = -beta * KL_t  (+ score at the final token, less the mean of its prompt's other scores with
+                            score_baseline leave_one_out),
    GAE advantages and returns (gamma, lambda), advantages whitened;
 5. `ppo_epochs` passes over minibatches: the policy loss (`train.policy_loss`, align.losses.POLICY_LOSSES),
    clipped value loss, entropy bonus; the first step also pushes down the greedy loops' repeated tokens
@@ -37,7 +38,8 @@ from torch.nn.utils.rnn import pad_sequence
 from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, response_values, trunk_states
-from align.losses import POLICY_LOSSES, PolicyLossName, kl_per_token, masked_mean, sequence_unlikelihood, value_loss
+from align.losses import (POLICY_LOSSES, PolicyLossName, kl_per_token, masked_mean, rloo_advantages,
+                          sequence_unlikelihood, value_loss)
 from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
@@ -85,6 +87,10 @@ class PPOTrainConfig(RLTrainConfig):
     kl_target: float = 6.0  # nats per response the adaptive controller steers to (and the manifest checks)
     kl_horizon: int = 10000  # responses over which the controller closes the gap
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response that never emitted EOS
+    score_baseline: Literal["none", "leave_one_out"] = "none"  # subtracted from each response's score before the
+        # advantages: leave_one_out, the mean score of the other k - 1 responses to its prompt (RLOO's baseline;
+        # needs completions_per_prompt >= 2). Prompts differ in how hard they are more than the value model can
+        # tell from the prompt; against its siblings a response is judged only by what it did
     pack_length: int = 1024  # tokens per packed row in the log-prob, value and update passes
     sample_table_rows: int = 4  # completions logged per iteration, with their per-component rewards
 
@@ -124,6 +130,14 @@ def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, k
     last = (mask.sum(1) - 1).clamp(min=0).long()  # [B] index of each sequence's last token
     rewards[torch.arange(len(scores)), last] += scores * (mask.sum(1) > 0)  # an empty sequence gets nothing
     return rewards
+
+
+def leave_one_out_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Each response's score minus the mean score of the other k - 1 responses to its prompt (the leave-one-out
+    baseline of Kool et al. 2019, as RLOO uses it; `align.losses.rloo_advantages`). The baseline does not depend on
+    the response itself, so the policy gradient stays unbiased. [P * k] scores, the k of a prompt in a row ->
+    [P * k]."""
+    return rloo_advantages(scores.view(-1, k)).flatten()
 
 
 def gae_advantages(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,10 +303,14 @@ def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t:
 
 
 def compute_advantages(rollout: Rollout, kl_coef: float, t: PPOTrainConfig) -> None:
-    """4. Per-token KL, the KL-shaped reward, GAE advantages (whitened over every process's responses, as
-    `masked_whiten` over the global batch) and returns."""
+    """4. Per-token KL, the KL-shaped reward (from the scores, less their leave-one-out baseline if asked for),
+    GAE advantages (whitened over every process's responses, as `masked_whiten` over the global batch) and
+    returns."""
     rollout.kl = kl_per_token(rollout.old_logprobs, rollout.ref_logprobs, t.kl_estimator) * rollout.mask
-    rewards = shaped_rewards(rollout.scores, rollout.kl, rollout.mask, kl_coef)
+    scores = rollout.scores
+    if t.score_baseline == "leave_one_out":
+        scores = leave_one_out_scores(scores, t.completions_per_prompt)
+    rewards = shaped_rewards(scores, rollout.kl, rollout.mask, kl_coef)
     rollout.advantages, rollout.returns = gae_advantages(rewards, rollout.values, rollout.mask, t.gamma, t.lam)
     if t.whiten_advantages:
         rollout.advantages = global_masked_whiten(rollout.advantages, rollout.mask)
@@ -391,6 +409,9 @@ def check_batch(t: PPOTrainConfig, processes: int) -> None:
     check_prompt_split(t.prompts_per_iteration, processes)
     if t.completions_per_prompt < 1:
         raise ConfigError(f"train.completions_per_prompt={t.completions_per_prompt}: at least 1 response per prompt")
+    if t.score_baseline == "leave_one_out" and t.completions_per_prompt < 2:
+        raise ConfigError(f"train.score_baseline=leave_one_out needs train.completions_per_prompt >= 2 (the other "
+                          f"responses to the same prompt), got {t.completions_per_prompt}")
     responses = t.prompts_per_iteration * t.completions_per_prompt
     if t.minibatch_size > responses:
         raise ConfigError(f"train.minibatch_size={t.minibatch_size} is larger than the {responses} responses of an "

@@ -11,7 +11,9 @@ import torch
 
 from align.logprobs import FrozenReference, response_logprobs, response_values
 from align.models import LoraConfig, ModelConfig, load_model
-from align.ppo import PPOModels, PPOTrainConfig, evaluate_rollout, generate_rollout, shared_trunk_layers
+from align.config import ConfigError
+from align.ppo import (PPOModels, PPOTrainConfig, Rollout, check_batch, compute_advantages, evaluate_rollout,
+                       generate_rollout, shared_trunk_layers)
 from align.rl import rollout_generator
 from align.rollout import GenerationConfig
 from align.values import TokenValues, load_reward_backbone
@@ -134,3 +136,27 @@ def test_push_down_loops_backpropagates_its_weight_times_the_loops_sequence_unli
     assert push_down_loops(warming_up, loops, dataclasses.replace(t, value_warmup_iterations=1), CPU, "fp32") == {
         "greedy_loop_share": 0.5}
     assert len(losses) == 1
+
+
+def test_leave_one_out_baseline_replaces_each_score_by_its_advantage_over_its_siblings():
+    """With score_baseline leave_one_out, step 4 computes from the scores less their siblings' mean: the same
+    advantages and returns as plain scores of -2, 2 (prompt 0: 2 and 4) and 0, 0 (prompt 1: 3 and 3)."""
+    def rollout(scores):
+        logprobs = torch.tensor([[-1.0, -2.0], [-0.5, -1.0], [-1.5, -0.2], [-0.7, -0.3]])
+        return Rollout(rows=[{}] * 4, prompt_ids=[], response_ids=[], texts=[], finished=[], sampled_logprobs=[],
+                       scores=torch.tensor(scores), old_logprobs=logprobs, ref_logprobs=logprobs - 0.1,
+                       values=torch.tensor([[0.3, 0.1], [0.2, 0.4], [0.0, 0.5], [0.1, 0.1]]),
+                       mask=torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+
+    t = PPOTrainConfig(completions_per_prompt=2, whiten_advantages=False, lam=1.0)
+    with_baseline, plain = rollout([2.0, 4.0, 3.0, 3.0]), rollout([-2.0, 2.0, 0.0, 0.0])
+    compute_advantages(with_baseline, 0.1, dataclasses.replace(t, score_baseline="leave_one_out"))
+    compute_advantages(plain, 0.1, t)
+    torch.testing.assert_close(with_baseline.advantages, plain.advantages)
+    torch.testing.assert_close(with_baseline.returns, plain.returns)
+
+
+def test_leave_one_out_baseline_needs_two_responses_per_prompt():
+    with pytest.raises(ConfigError, match="score_baseline=leave_one_out needs train.completions_per_prompt >= 2"):
+        check_batch(PPOTrainConfig(completions_per_prompt=1, score_baseline="leave_one_out"), processes=1)
+    check_batch(PPOTrainConfig(completions_per_prompt=2, score_baseline="leave_one_out"), processes=1)

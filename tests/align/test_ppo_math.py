@@ -23,6 +23,7 @@ from align.ppo import (
     explained_variance,
     gae_advantages,
     kl_per_token,
+    leave_one_out_scores,
     masked_whiten,
     pad_right,
     shaped_rewards,
@@ -159,6 +160,20 @@ def test_shaped_rewards_by_hand():
     mask = t([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
     rewards = shaped_rewards(t([1.0, -2.0, 3.0]), kl, mask, kl_coef=0.5)
     assert_close(rewards, t([[-0.1, -0.2, 0.7], [-0.1, -1.8, 0.0], [2.6, 0.0, 0.0]]))
+
+
+def test_leave_one_out_scores_by_hand():
+    """k = 3: prompt 0 scores 1, 2, 6 -> 1 - (2 + 6)/2 = -3, 2 - (1 + 6)/2 = -1.5, 6 - (1 + 2)/2 = 4.5;
+    prompt 1 scores 5, 5, 5 -> 0, 0, 0 (equal scores carry no signal)."""
+    scores = t([1.0, 2.0, 6.0, 5.0, 5.0, 5.0])
+    assert_close(leave_one_out_scores(scores, 3), t([-3.0, -1.5, 4.5, 0.0, 0.0, 0.0]))
+
+
+def test_leave_one_out_scores_match_plain_loop():
+    rng = random.Random(0)
+    k, scores = 4, [rng.uniform(-2, 2) for _ in range(12)]
+    expected = [s - (sum(scores[i // k * k:i // k * k + k]) - s) / (k - 1) for i, s in enumerate(scores)]
+    assert_close(leave_one_out_scores(t(scores), k), t(expected))
 
 
 def test_shaped_rewards_of_an_empty_sequence_are_zero():
