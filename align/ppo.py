@@ -94,6 +94,11 @@ class PPOTrainConfig(RLTrainConfig):
     pack_length: int = 1024  # tokens per packed row in the log-prob, value and update passes
     sample_table_rows: int = 4  # completions logged per iteration, with their per-component rewards
 
+    def __post_init__(self) -> None:  # refused when the config is read, as GRPOTrainConfig's group size is
+        if self.score_baseline == "leave_one_out" and self.completions_per_prompt < 2:
+            raise ValueError(f"train.score_baseline=leave_one_out needs train.completions_per_prompt >= 2 (the other "
+                             f"responses to the same prompt), got {self.completions_per_prompt}")
+
 
 @dataclass
 class PPOConfig:
@@ -409,9 +414,6 @@ def check_batch(t: PPOTrainConfig, processes: int) -> None:
     check_prompt_split(t.prompts_per_iteration, processes)
     if t.completions_per_prompt < 1:
         raise ConfigError(f"train.completions_per_prompt={t.completions_per_prompt}: at least 1 response per prompt")
-    if t.score_baseline == "leave_one_out" and t.completions_per_prompt < 2:
-        raise ConfigError(f"train.score_baseline=leave_one_out needs train.completions_per_prompt >= 2 (the other "
-                          f"responses to the same prompt), got {t.completions_per_prompt}")
     responses = t.prompts_per_iteration * t.completions_per_prompt
     if t.minibatch_size > responses:
         raise ConfigError(f"train.minibatch_size={t.minibatch_size} is larger than the {responses} responses of an "

@@ -20,6 +20,7 @@ TRL's GRPOTrainer).
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -205,8 +206,6 @@ def resolved_precision(cfg) -> str:
 def rates_row(label: str, measured: list[tuple[float, int]]) -> str:
     """A markdown row of (seconds, new tokens) rounds of one side: each round's new tokens/s, their median, and the
     first round's new tokens."""
-    import statistics
-
     rates = [tokens / seconds for seconds, tokens in measured]
     return f"| {label} | {', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(rates):.0f} | {measured[0][1]} |"
 

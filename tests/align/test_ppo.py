@@ -4,21 +4,23 @@ for the same responses (so skipping that pass changes nothing but the time); wit
 passes that compute each prompt once give what separate sequences give."""
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from align.config import ConfigError, load_config
 from align.logprobs import FrozenReference, response_logprobs, response_values
 from align.models import LoraConfig, ModelConfig, load_model
-from align.config import ConfigError
-from align.ppo import (PPOModels, PPOTrainConfig, Rollout, check_batch, compute_advantages, evaluate_rollout,
+from align.ppo import (PPOConfig, PPOModels, PPOTrainConfig, Rollout, compute_advantages, evaluate_rollout,
                        generate_rollout, shared_trunk_layers)
 from align.rl import rollout_generator
 from align.rollout import GenerationConfig
 from align.values import TokenValues, load_reward_backbone
 
 CPU = torch.device("cpu")
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ppo-tiny.yaml"
 ROWS = [{"prompt": "Write a short note."}, {"prompt": "List three colours."}, {"prompt": "Say hello in French."}]
 
 
@@ -157,6 +159,11 @@ def test_leave_one_out_baseline_replaces_each_score_by_its_advantage_over_its_si
 
 
 def test_leave_one_out_baseline_needs_two_responses_per_prompt():
-    with pytest.raises(ConfigError, match="score_baseline=leave_one_out needs train.completions_per_prompt >= 2"):
-        check_batch(PPOTrainConfig(completions_per_prompt=1, score_baseline="leave_one_out"), processes=1)
-    check_batch(PPOTrainConfig(completions_per_prompt=2, score_baseline="leave_one_out"), processes=1)
+    """Refused when the config is read (so `align validate` and the CLI's one-line error say it), before any model
+    loads."""
+    with pytest.raises(ConfigError, match=r"configs/ppo-tiny.yaml: train: train.score_baseline=leave_one_out needs "
+                                          r"train.completions_per_prompt >= 2"):
+        load_config(PPOConfig, TINY_CONFIG,
+                    ["train.score_baseline=leave_one_out", "train.completions_per_prompt=1"])
+    load_config(PPOConfig, TINY_CONFIG,
+                ["train.score_baseline=leave_one_out", "train.completions_per_prompt=2"])
