@@ -196,3 +196,31 @@ def test_quick_run_compares_every_target_and_writes_the_markdown_table(quick_run
         assert f"| {case} |" in md and f"- **{case}**:" in md
     assert "matmul peak fp32" in md and "GFLOP/s" in md
     assert md == markdown(report)  # the file is exactly what the JSON renders to
+
+
+# ---- benchmarks/weight_only_int8.py -------------------------------------------------------------------------------
+
+
+def test_int8_quantisation_rounds_each_weight_to_its_rows_nearest_step():
+    import torch
+
+    from benchmarks.weight_only_int8 import quantise
+
+    weight = torch.tensor([[0.5, -1.27, 0.004], [2.54, 0.0, -0.01]], dtype=torch.bfloat16)
+    q, scale = quantise(weight)
+    assert q.dtype == torch.int8 and q[0].tolist() == [50, -127, 0] and q[1].tolist() == [127, 0, 0]
+    step = scale.float()[:, None]  # 0.01 and 0.02, each row's largest magnitude / 127
+    assert ((q.float() * step - weight.float()).abs() <= step / 2 + 1e-3).all()
+
+
+def test_int8_benchmark_reads_the_engines_product_shapes_and_stays_close_to_bf16():
+    from align.models import resolve_model_path
+    from benchmarks.weight_only_int8 import decode_products, measure
+
+    products = decode_products(resolve_model_path("tiny-random"))  # hidden 64, 2 layers, 4 heads of 16, 2 key heads
+    shapes = {name: (tuple(weight.shape), runs) for name, (weight, runs) in products.items()}
+    assert shapes == {"qkv": ((128, 64), 2), "attention output": ((64, 64), 2), "gate/up": ((256, 64), 2),
+                      "down": ((64, 128), 2), "LM head": ((49152, 64), 1)}
+    for name, bf16_ms, int8_ms, error, runs in measure(products, rows=3, repeats=1):
+        assert bf16_ms > 0 and int8_ms > 0 and runs == shapes[name][1]
+        assert error < 0.03, name  # one step of 127 per row: products within a few percent of the bf16 ones
