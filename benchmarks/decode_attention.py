@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import torch  # noqa: E402
 
 from align import decode_attention  # noqa: E402
 from align.rollout import GenerationConfig, load_generator  # noqa: E402
-from benchmarks.measure import rates_row, rows_of  # noqa: E402
+from benchmarks.measure import median_ms_in_turns, rates_row, rows_of  # noqa: E402
 
 LAYERS, KV_HEADS, GROUPS, HEAD_DIM, ROWS = 30, 3, 3, 64, 64  # SmolLM2-135M's attention, the engine's 64 rows
 SIDES = {"reference": "PyTorch's fused attention", "auto": "align's kernel"}  # generation.attention -> its name
@@ -67,13 +66,9 @@ def step_milliseconds(lengths: torch.Tensor, rounds: int = 7) -> dict[str, float
     shape = (LAYERS, ROWS, KV_HEADS, 352, HEAD_DIM)
     cache = (torch.randn(shape, generator=generator).bfloat16(), torch.randn(shape, generator=generator).bfloat16(),
              torch.randn(ROWS, KV_HEADS, GROUPS, HEAD_DIM, generator=generator).bfloat16())
-    times = {attention: [] for attention in SIDES}
-    for _ in range(rounds + 1):  # the first round is a warm-up
-        for attention in times:
-            started = time.perf_counter()
-            attention_step(lengths, attention == "auto", cache)
-            times[attention].append(1000 * (time.perf_counter() - started))
-    return {name: statistics.median(measured[1:]) for name, measured in times.items()}
+    sides = {attention: (lambda attention=attention: attention_step(lengths, attention == "auto", cache))
+             for attention in SIDES}
+    return median_ms_in_turns(sides, rounds, warmup=1)
 
 
 def generation(prompts: list[str], rounds: int):

@@ -203,6 +203,19 @@ def resolved_precision(cfg) -> str:
     return resolve_precision(cfg.train.precision, fast_bf16(torch.device("cpu")), ("bf16-autocast",))
 
 
+def median_ms_in_turns(sides: dict, rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median milliseconds of each side's call (`sides`: name -> a callable of no arguments) over `rounds` rounds,
+    the sides taking turns within each round (one call of each), after `warmup` untimed rounds."""
+    times = {name: [] for name in sides}
+    for round_ in range(warmup + rounds):
+        for name, call in sides.items():
+            started = time.perf_counter()
+            call()
+            if round_ >= warmup:
+                times[name].append(1000 * (time.perf_counter() - started))
+    return {name: statistics.median(measured) for name, measured in times.items()}
+
+
 def rates_row(label: str, measured: list[tuple[float, int]]) -> str:
     """A markdown row of (seconds, new tokens) rounds of one side: each round's new tokens/s, their median, and the
     first round's new tokens."""

@@ -15,9 +15,7 @@ tests: run it alone on the machine (docs/BENCHMARK.md, "Weight-only int8 product
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable (benchmarks/, align/, reward/)
@@ -25,26 +23,33 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable (
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 
-from align.engine import Projection  # noqa: E402
+from align.engine import LAYER_PARAMETERS, Projection  # noqa: E402
 from align.models import resolve_model_path  # noqa: E402
+from benchmarks.measure import median_ms_in_turns  # noqa: E402
 
 
 def decode_products(path: str) -> dict[str, tuple[torch.Tensor, int]]:
-    """The engine's product weights of one layer (layer 0; every layer has the same shapes) and the LM head, in
-    bf16, each with how many times a decode step runs it."""
+    """The engine's product weights of layer 0 (every layer has the same shapes), fused as `align.engine._layer`
+    fuses them, and the LM head, in bf16, each with how many times a decode step runs it. Only these tensors are
+    read from the model's safetensors file."""
     weights = next(iter(sorted(Path(path).glob("*.safetensors"))))
-    state = {k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}
-    layer = "model.layers.0."
-    attention, mlp = layer + "self_attn.", layer + "mlp."
-    layers = sum(1 for k in state if k.endswith("self_attn.q_proj.weight"))
-    head = state.get("lm_head.weight", state["model.embed_tokens.weight"])  # tied embeddings
+    with safe_open(str(weights), framework="pt") as model_file:
+        names = set(model_file.keys())
+
+        def read(name: str) -> torch.Tensor:
+            return model_file.get_tensor(name).to(torch.bfloat16)
+
+        w = {role: read(f"model.layers.0.{LAYER_PARAMETERS[role]}") for role in ("q", "k", "v", "out", "gate", "up",
+                                                                                   "down")}
+        head = read("lm_head.weight" if "lm_head.weight" in names else "model.embed_tokens.weight")  # tied or not
+    layers = sum(1 for name in names if name.endswith(LAYER_PARAMETERS["q"]))
     return {
-        "qkv": (torch.cat([state[attention + f"{p}_proj.weight"] for p in "qkv"]), layers),
-        "attention output": (state[attention + "o_proj.weight"], layers),
-        "gate/up": (torch.cat([state[mlp + "gate_proj.weight"], state[mlp + "up_proj.weight"]]), layers),
-        "down": (state[mlp + "down_proj.weight"], layers),
+        "qkv": (torch.cat([w["q"], w["k"], w["v"]]), layers),
+        "attention output": (w["out"], layers),
+        "gate/up": (torch.cat([w["gate"], w["up"]]), layers),
+        "down": (w["down"], layers),
         "LM head": (head, 1),
     }
 
@@ -54,18 +59,6 @@ def quantise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = weight.float().abs().amax(dim=1).clamp(min=1e-8) / 127
     q = (weight.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
     return q.contiguous(), scale.to(torch.bfloat16)
-
-
-def median_ms(sides: list, repeats: int) -> list[float]:
-    """Median milliseconds of each callable in `sides`, timed in turns (one call of each per round)."""
-    times = [[] for _ in sides]
-    for round_ in range(repeats + 5):  # the first 5 rounds warm up
-        for fn, kept in zip(sides, times):
-            started = time.perf_counter()
-            fn()
-            if round_ >= 5:
-                kept.append(time.perf_counter() - started)
-    return [statistics.median(kept) * 1e3 for kept in times]
 
 
 def measure(products: dict, rows: int, repeats: int) -> list[tuple[str, float, float, float, int]]:
@@ -79,8 +72,9 @@ def measure(products: dict, rows: int, repeats: int) -> list[tuple[str, float, f
         exact = F.linear(x, weight).float()
         approx = torch._weight_int8pack_mm(x, q, scale).float()
         error = ((approx - exact).abs().amax() / exact.abs().amax()).item()
-        bf16, int8 = median_ms([lambda: engine_product(x), lambda: torch._weight_int8pack_mm(x, q, scale)],
-                               repeats)
+        timed = median_ms_in_turns({"bf16": lambda: engine_product(x),
+                                    "int8": lambda: torch._weight_int8pack_mm(x, q, scale)}, repeats, warmup=5)
+        bf16, int8 = timed["bf16"], timed["int8"]
         results.append((name, bf16, int8, error, per_step))
     return results
 
