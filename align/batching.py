@@ -27,6 +27,7 @@ IGNORE = -100  # label of tokens that carry no loss
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]  # = input_ids on assistant tokens (EOS included), IGNORE elsewhere
+    unlikely: list[int] | None = None  # = input_ids on tokens whose likelihood is pushed down, IGNORE elsewhere
 
 
 @dataclass
@@ -98,6 +99,30 @@ def tokenize_conversations(
     return examples, report
 
 
+def repeated_line_negative(example: TokenizedExample, newlines: set[int], newline: int, specials: set[int], rng,
+                           repeats: int = 2) -> TokenizedExample:
+    """A negative for sequence-level unlikelihood (Welleck et al. 2020): the example's prompt and its last answer
+    up to the end of one of the answer's lines (drawn with `rng`, a random.Random), then that line `repeats` times
+    more, each on a line of its own: a repetition loop starting where the answer really wrote the line. The
+    repeated lines' tokens are `unlikely`; nothing is labelled for the likelihood. `newlines`: the tokens that
+    hold a line break (they end a line, and are never pushed down: every answer needs them); `newline`: the
+    token put before each repeat; `specials`: the tokens that end an answer's text (EOS, end of turn)."""
+    ids = example.input_ids
+    last = max(i for i, label in enumerate(example.labels) if label != IGNORE)
+    start = last
+    while start > 0 and example.labels[start - 1] != IGNORE:  # the last answer's labelled tokens: [start, last]
+        start -= 1
+    end = next((i for i in range(start, last + 1) if ids[i] in specials), last + 1)  # its text: [start, end)
+    breaks = [i for i in range(start, end) if ids[i] in newlines]
+    lines = [(a, b) for a, b in zip([start] + [i + 1 for i in breaks], breaks + [end]) if b > a]
+    if not lines:  # an answer that is only its EOS
+        return TokenizedExample(list(ids), [IGNORE] * len(ids), [IGNORE] * len(ids))
+    first, last = rng.choice(lines)
+    repeated = ([newline] + ids[first:last]) * repeats
+    return TokenizedExample(ids[:last] + repeated, [IGNORE] * (last + len(repeated)),
+                            [IGNORE] * last + [IGNORE if t in newlines else t for t in repeated])
+
+
 def pack_best_fit(lengths: list[int], pack_length: int) -> list[list[int]]:
     """Best-fit-decreasing bin packing: returns rows as lists of example indices, each row <= pack_length tokens."""
     if any(n > pack_length for n in lengths):
@@ -123,6 +148,7 @@ class PackedBatch:
     position_ids: torch.Tensor  # [B, T], restarting at 0 for every conversation (and for the padding tail)
     labels: torch.Tensor  # [B, T], IGNORE on non-assistant tokens and padding
     real_tokens: int  # non-padding tokens in the batch
+    unlikely: torch.Tensor | None = None  # [B, T] tokens pushed down (TokenizedExample.unlikely); None: none
 
     @property
     def loss_tokens(self) -> int:
@@ -131,24 +157,23 @@ class PackedBatch:
 
 def collate_packed(examples: list[TokenizedExample], rows: list[list[int]], pad_token_id: int) -> PackedBatch:
     """Concatenate each row's examples; pad rows to the longest one (the padding is its own 'conversation')."""
-    ids, positions, labels = [], [], []
+    ids, positions, labels, unlikely = [], [], [], []
     for row in rows:
-        row_ids, row_pos, row_labels = [], [], []
-        for i in row:
-            row_ids += examples[i].input_ids
-            row_labels += examples[i].labels
-            row_pos += list(range(len(examples[i].input_ids)))
-        ids.append(row_ids)
-        positions.append(row_pos)
-        labels.append(row_labels)
+        ids.append([t for i in row for t in examples[i].input_ids])
+        labels.append([t for i in row for t in examples[i].labels])
+        unlikely.append([t for i in row for t in examples[i].unlikely or [IGNORE] * len(examples[i].input_ids)])
+        positions.append([p for i in row for p in range(len(examples[i].input_ids))])
     width = max(len(r) for r in ids)
     real = sum(len(r) for r in ids)
-    for row_ids, row_pos, row_labels in zip(ids, positions, labels):
+    for row_ids, row_pos, row_labels, row_unlikely in zip(ids, positions, labels, unlikely):
         pad = width - len(row_ids)
         row_ids += [pad_token_id] * pad
         row_pos += list(range(pad))
         row_labels += [IGNORE] * pad
-    return PackedBatch(torch.tensor(ids), torch.tensor(positions), torch.tensor(labels), real)
+        row_unlikely += [IGNORE] * pad
+    negatives = any(examples[i].unlikely for row in rows for i in row)
+    return PackedBatch(torch.tensor(ids), torch.tensor(positions), torch.tensor(labels), real,
+                       torch.tensor(unlikely) if negatives else None)
 
 
 def packed_batches(
@@ -166,19 +191,24 @@ def packed_batches(
 
 def causal_lm_loss(model, batch: PackedBatch, unlikelihood: float = 0.0) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over assistant tokens, and their count; with `unlikelihood` > 0, plus that
-    weight times the token-level unlikelihood of each answer (align.losses.token_unlikelihood).
+    weight times the token-level unlikelihood of each answer (align.losses.token_unlikelihood); plus the
+    unlikelihood -log(1 - p) of every token the batch marks `unlikely` (the repetitions of negatives:
+    `repeated_line_negative`; align.losses.sequence_unlikelihood, summed).
 
-    Only positions that predict a labelled token go through the LM head (`logits_to_keep`), which skips the
-    vocabulary projection for prompt tokens. Returns a sum (not a mean) so the caller can normalise by the number
-    of loss tokens in the whole optimiser step, which weights every token equally across micro-batches.
+    Only positions that predict a labelled or unlikely token go through the LM head (`logits_to_keep`), which
+    skips the vocabulary projection for prompt tokens. Returns a sum (not a mean) so the caller can normalise by
+    the number of loss tokens in the whole optimiser step, which weights every token equally across micro-batches.
     """
     extra = {}
     if uses_segments(model):  # the rows back to back as one row: every conversation (and padding tail) a segment
+        flat = None if batch.unlikely is None else batch.unlikely.reshape(1, -1)
         batch = PackedBatch(batch.input_ids.reshape(1, -1), batch.position_ids.reshape(1, -1),
-                            batch.labels.reshape(1, -1), batch.real_tokens)
+                            batch.labels.reshape(1, -1), batch.real_tokens, flat)
         extra["segments"] = segments_from_position_ids(batch.position_ids[0])
     targets = batch.labels[:, 1:]  # token t+1 is predicted at position t
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # [K] positions with a label in any row
+    unlikely = None if batch.unlikely is None else batch.unlikely[:, 1:]
+    scored = targets != IGNORE if unlikely is None else (targets != IGNORE) | (unlikely != IGNORE)
+    keep = scored.any(dim=0).nonzero().squeeze(-1)  # [K] positions with a label in any row
     output = model(
         input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep, **extra
     )
@@ -189,7 +219,20 @@ def causal_lm_loss(model, batch: PackedBatch, unlikelihood: float = 0.0) -> tupl
     )
     if unlikelihood > 0:
         loss = loss + unlikelihood * answers_unlikelihood(logits, picked, keep)
+    if unlikely is not None:
+        loss = loss + repetitions_unlikelihood(logits, unlikely[:, keep])
     return loss, int((picked != IGNORE).sum())
+
+
+def repetitions_unlikelihood(logits: torch.Tensor, unlikely: torch.Tensor) -> torch.Tensor:
+    """-sum log(1 - p(u_t)) over the marked tokens: logits [B, K, V], unlikely [B, K] (IGNORE: not marked)."""
+    from align.losses import sequence_unlikelihood
+
+    marked = unlikely != IGNORE
+    if not marked.any():
+        return logits.new_zeros((), dtype=torch.float32)
+    logprobs = logits[marked].float().log_softmax(-1).gather(-1, unlikely[marked][:, None]).squeeze(-1)
+    return sequence_unlikelihood(logprobs, torch.ones_like(logprobs, dtype=torch.bool)) * marked.sum()
 
 
 def answers_unlikelihood(logits: torch.Tensor, picked: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -19,19 +19,25 @@ The loop, as numbered steps:
 Loss, per optimiser step over its micro-batches b and their assistant tokens t (y: labels, x: context):
     L = - (1 / sum_b |T_b|) * sum_b sum_{t in T_b} [log p(y_t | x_<t) + alpha * sum_{c in C_t} log(1 - p(c | x_<t))]
 with alpha = `train.unlikelihood` (0 by default) and C_t the tokens the answer used before t, other than y_t
-(token-level unlikelihood, Welleck et al. 2020: align.losses.token_unlikelihood).
+(token-level unlikelihood, Welleck et al. 2020: align.losses.token_unlikelihood); with
+`train.repeated_line_negatives`, plus - sum_t log(1 - p(r_t | r_<t)) over the repeated lines r of negatives: a
+share of the conversations, each cut after one of its answer's lines and made to repeat it (sequence-level
+unlikelihood, Welleck et al. 2020, on loops that start where the answer wrote the line:
+align.batching.repeated_line_negative).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from align.batching import causal_lm_loss, packed_batches, tokenize_conversations
+from align.batching import (TokenizedExample, causal_lm_loss, packed_batches, repeated_line_negative,
+                            tokenize_conversations)
 from align.data import DataConfig, data_fingerprint, load_rows
 from align.distributed import ddp_scale, epoch_step, epoch_steps, global_sum, step_share
 from align.loop import DatasetTrainConfig, Training, epoch_generator, plan_steps
@@ -51,7 +57,11 @@ class SFTTrainConfig(DatasetTrainConfig):
     eval_max_examples: int = 200  # held-out conversations whose loss is measured
     eos_check_prompts: int = 8  # held-out prompts generated greedily at the end to check the model stops
     unlikelihood: float = 0.0  # weight of the token-level unlikelihood term (Welleck et al. 2020) added to the
-    # loss: each answer's already-used tokens are pushed down (against repetition loops); 0: likelihood only
+        # loss: each answer's already-used tokens are pushed down (against repetition loops); 0: likelihood only
+    repeated_line_negatives: float = 0.0  # share of the training conversations that also train against a copy of
+        # their answer cut after one of its lines and repeating that line twice (the repeats pushed down:
+        # sequence-level unlikelihood, Welleck et al. 2020): a loop starts against the training signal wherever a
+        # line was written; 0: none
 
 
 @dataclass
@@ -124,6 +134,21 @@ def _to(batch, device):
     return batch
 
 
+def repetition_negatives(examples: list[TokenizedExample], tokenizer, share: float, seed: int,
+                         max_length: int) -> list[TokenizedExample]:
+    """`repeated_line_negative` of a `share` of the examples, drawn with `seed`, cut to `max_length` tokens; lines
+    end at the tokens that decode to a line break."""
+    rng = random.Random(seed)
+    chosen = [example for example in examples if rng.random() < share]
+    used = {token for example in chosen for token in example.input_ids}
+    newlines = {token for token in used if "\n" in tokenizer.decode([token])}
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    specials = set(tokenizer.all_special_ids)
+    negatives = [repeated_line_negative(example, newlines, newline, specials, rng) for example in chosen]
+    return [TokenizedExample(n.input_ids[:max_length], n.labels[:max_length], n.unlikely[:max_length])
+            for n in negatives]
+
+
 def load_conversations(cfg: SFTConfig, tokenizer, own: list[dict] = ()):
     """(training rows, their load report, tokenised training examples and length report, held-out rows and
     their tokenised examples). `own`: self-distilled conversations added to the training rows."""
@@ -141,6 +166,11 @@ def load_conversations(cfg: SFTConfig, tokenizer, own: list[dict] = ()):
         print(f"[align] sft: skipped {len(report.bad_rows)} bad rows (data.skip_bad_rows=true)")
     if not examples:
         raise ValueError(f"no training examples left from {cfg.data.train} after length filtering")
+    if t.repeated_line_negatives:
+        negatives = repetition_negatives(examples, tokenizer, t.repeated_line_negatives, cfg.run.seed,
+                                         t.max_length)
+        print(f"[align] sft: {len(negatives)} negatives repeating a line of their answer")
+        examples = examples + negatives
     return train_rows, report, examples, lengths, eval_rows, eval_examples
 
 

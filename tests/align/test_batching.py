@@ -6,8 +6,10 @@ from align.batching import (
     IGNORE,
     causal_lm_loss,
     collate_packed,
+    TokenizedExample,
     pack_best_fit,
     packed_batches,
+    repeated_line_negative,
     tokenize_conversation,
     tokenize_conversations,
 )
@@ -117,3 +119,56 @@ def test_packed_batches_cover_every_example_once(tokenizer):
     assert sum(b.real_tokens for b in batches) == sum(len(e.input_ids) for e in examples)
     assert all(b.input_ids.shape[1] <= 128 for b in batches)
 
+
+
+class Draws:
+    """A stand-in for random.Random whose choice is the line the test names."""
+
+    def __init__(self, line: int):
+        self.line = line
+
+    def choice(self, options):
+        return options[self.line]
+
+
+def test_a_negative_repeats_one_line_of_its_answer_and_pushes_down_only_the_repeats():
+    """Prompt 1 2, answer "5 6 \n 7 \n" + EOS 9 (newline token 0): its lines are [5 6] and [7]. Cut after a
+    line, the line follows twice more, each after a newline; only the repeated lines' own tokens are unlikely,
+    and no token is labelled."""
+    example = TokenizedExample([1, 2, 5, 6, 0, 7, 0, 9, 0], [IGNORE, IGNORE, 5, 6, 0, 7, 0, 9, 0])
+    first = repeated_line_negative(example, {0}, 0, {9}, Draws(0))
+    assert first.input_ids == [1, 2, 5, 6, 0, 5, 6, 0, 5, 6]
+    assert first.unlikely == [IGNORE] * 5 + [5, 6, IGNORE, 5, 6] and set(first.labels) == {IGNORE}
+    second = repeated_line_negative(example, {0}, 0, {9}, Draws(1), repeats=3)
+    assert second.input_ids == [1, 2, 5, 6, 0, 7] + [0, 7] * 3
+    assert second.unlikely == [IGNORE] * 6 + [IGNORE, 7] * 3
+    one_line = TokenizedExample([1, 5, 6, 9], [IGNORE, 5, 6, 9])  # no line break in the answer
+    assert repeated_line_negative(one_line, {0}, 0, {9}, Draws(0)).input_ids == [1, 5, 6, 0, 5, 6, 0, 5, 6]
+
+
+def test_the_last_answer_of_a_conversation_is_the_one_repeated(tokenizer):
+    example = tokenize_conversation(tokenizer, CONVERSATION)
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    negative = repeated_line_negative(example, {newline}, newline, {tokenizer.eos_token_id}, Draws(0))
+    repeated = [t for t in negative.unlikely if t != IGNORE]
+    assert tokenizer.decode(repeated) == "Green.Green."  # the first answer "Blue." is context, never repeated
+    assert tokenizer.decode(negative.input_ids).endswith("<|im_start|>assistant\nGreen.\nGreen.\nGreen.")
+
+
+def test_repeated_tokens_add_their_unlikelihood_to_the_loss(tiny_model_dir, tokenizer):
+    """A negative packed with a conversation adds -sum log(1 - p) of its unlikely tokens, computed by hand from
+    the model's own logits, and no loss tokens."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    a = tokenize_conversation(tokenizer, CONVERSATION[:2])
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    negative = repeated_line_negative(a, {newline}, newline, {tokenizer.eos_token_id}, Draws(0))
+    with torch.no_grad():
+        logprobs = model(input_ids=torch.tensor([negative.input_ids])).logits[0, :-1].float().log_softmax(-1)
+        marked = [(t, u) for t, u in enumerate(negative.unlikely[1:]) if u != IGNORE]
+        by_hand = -sum(torch.log1p(-logprobs[t, u].exp()) for t, u in marked)
+        plain, n = causal_lm_loss(model, collate_packed([a], [[0]], tokenizer.pad_token_id))
+        both, n_both = causal_lm_loss(model, collate_packed([a, negative], [[0, 1]], tokenizer.pad_token_id))
+    assert len(marked) == 4 and n_both == n  # "Blue." twice: two tokens a copy in this tokenizer
+    torch.testing.assert_close(both - plain, by_hand, rtol=1e-4, atol=1e-4)

@@ -152,3 +152,35 @@ def test_sft_trains_on_the_models_own_verified_answers_and_caches_them(tmp_path)
     assert cache.is_file()  # a tiny random model's answers rarely pass: the file may be empty, but it is written
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["self_distilled"] == len(cache.read_text().splitlines())
+
+
+def test_negatives_that_repeat_a_line_teach_the_model_not_to_repeat_it(tmp_path, arithmetic_data):
+    """`train.repeated_line_negatives`: the same SFT run with every conversation's negative pushes the repeats of
+    a held-out answer's line down, far below where the run without negatives leaves them."""
+    from transformers import AutoModelForCausalLM
+
+    from align.batching import IGNORE, tokenize_conversation
+    from align.models import load_tokenizer
+    from align.sft import repetition_negatives
+    from tests.conftest import arithmetic_rows
+
+    settings = ["train.learning_rate=3e-3", "train.epochs=6", "train.pack_length=256", "train.grad_accum=1",
+                "train.eos_check_prompts=0", "train.precision=fp32"]
+    plain = train(tiny_sft_config(tmp_path / "plain", *arithmetic_data, *settings))
+    negatives = train(tiny_sft_config(tmp_path / "negatives", *arithmetic_data, *settings,
+                                      "train.repeated_line_negatives=1.0"))
+    tokenizer = load_tokenizer(str(plain))
+    held_out = [tokenize_conversation(tokenizer, row["messages"]) for row in arithmetic_rows(8, seed=5)]
+    probes = repetition_negatives(held_out, tokenizer, 1.0, 0, 512)
+
+    def repeat_probability(model_dir) -> float:
+        model, total, count = AutoModelForCausalLM.from_pretrained(model_dir).eval(), 0.0, 0
+        with torch.no_grad():
+            for probe in probes:
+                probs = model(input_ids=torch.tensor([probe.input_ids])).logits[0, :-1].softmax(-1)
+                marked = [(t, u) for t, u in enumerate(probe.unlikely[1:]) if u != IGNORE]
+                total, count = total + sum(float(probs[t, u]) for t, u in marked), count + len(marked)
+        return total / count
+
+    with_negatives, without = repeat_probability(negatives), repeat_probability(plain)
+    assert with_negatives < 0.5 * without, (with_negatives, without)
