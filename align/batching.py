@@ -117,10 +117,10 @@ def repeated_line_negative(example: TokenizedExample, newlines: set[int], newlin
     lines = [(a, b) for a, b in zip([start] + [i + 1 for i in breaks], breaks + [end]) if b > a]
     if not lines:  # an answer that is only its EOS
         return TokenizedExample(list(ids), [IGNORE] * len(ids), [IGNORE] * len(ids))
-    first, last = rng.choice(lines)
-    repeated = ([newline] + ids[first:last]) * repeats
-    return TokenizedExample(ids[:last] + repeated, [IGNORE] * (last + len(repeated)),
-                            [IGNORE] * last + [IGNORE if t in newlines else t for t in repeated])
+    line_start, line_end = rng.choice(lines)
+    repeated = ([newline] + ids[line_start:line_end]) * repeats
+    return TokenizedExample(ids[:line_end] + repeated, [IGNORE] * (line_end + len(repeated)),
+                            [IGNORE] * line_end + [IGNORE if t in newlines else t for t in repeated])
 
 
 def pack_best_fit(lengths: list[int], pack_length: int) -> list[list[int]]:

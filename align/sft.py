@@ -63,6 +63,11 @@ class SFTTrainConfig(DatasetTrainConfig):
         # sequence-level unlikelihood, Welleck et al. 2020): a loop starts against the training signal wherever a
         # line was written; 0: none
 
+    def __post_init__(self) -> None:  # refused when the config is read
+        if not 0.0 <= self.repeated_line_negatives <= 1.0:
+            raise ValueError(f"train.repeated_line_negatives is a share of the training conversations, between 0 and "
+                             f"1, got {self.repeated_line_negatives}")
+
 
 @dataclass
 class SFTConfig:

@@ -184,3 +184,13 @@ def test_negatives_that_repeat_a_line_teach_the_model_not_to_repeat_it(tmp_path,
 
     with_negatives, without = repeat_probability(negatives), repeat_probability(plain)
     assert with_negatives < 0.5 * without, (with_negatives, without)
+
+
+def test_a_share_of_negatives_outside_zero_to_one_is_refused_when_the_config_is_read():
+    from align.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sft-tiny.yaml: train: train.repeated_line_negatives is a share of the "
+                                          r"training conversations, between 0 and 1, got 1.5"):
+        load_config(SFTConfig, REPO / "configs" / "sft-tiny.yaml", ["train.repeated_line_negatives=1.5"])
+    assert load_config(SFTConfig, REPO / "configs" / "sft-tiny.yaml",
+                       ["train.repeated_line_negatives=1"]).train.repeated_line_negatives == 1.0
