@@ -228,9 +228,7 @@ def repetitions_unlikelihood(logits: torch.Tensor, unlikely: torch.Tensor) -> to
     """-sum log(1 - p(u_t)) over the marked tokens: logits [B, K, V], unlikely [B, K] (IGNORE: not marked)."""
     from align.losses import sequence_unlikelihood
 
-    marked = unlikely != IGNORE
-    if not marked.any():
-        return logits.new_zeros((), dtype=torch.float32)
+    marked = unlikely != IGNORE  # none marked: 0 (sequence_unlikelihood of no candidates, times 0)
     logprobs = logits[marked].float().log_softmax(-1).gather(-1, unlikely[marked][:, None]).squeeze(-1)
     return sequence_unlikelihood(logprobs, torch.ones_like(logprobs, dtype=torch.bool)) * marked.sum()
 

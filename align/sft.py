@@ -136,6 +136,8 @@ def _to(batch, device):
     batch.input_ids = batch.input_ids.to(device)
     batch.position_ids = batch.position_ids.to(device)
     batch.labels = batch.labels.to(device)
+    if batch.unlikely is not None:  # a negative's repeated tokens (train.repeated_line_negatives)
+        batch.unlikely = batch.unlikely.to(device)
     return batch
 
 
