@@ -3,7 +3,7 @@
 A packed forward pass holds many sequences back to back in one row. Given only restarting position ids,
 transformers' `sdpa` builds a block-diagonal mask over the whole row, so attention costs (sum of lengths)^2 and
 the CPU kernel reads a T x T mask. Here each sequence (a *segment*) attends on its own, causally: sum(L_i^2) / 2,
-no row-wide mask (README, Speed: what it bought each stage). A segment of up to SCORES_MAX_KEYS keys writes its
+no row-wide mask (docs/SPEED.md: what it bought each stage). A segment of up to SCORES_MAX_KEYS keys writes its
 scores out (`scores_attention`, one batched matmul per segment, as transformers' eager attention computes them); a
 longer one runs `scaled_dot_product_attention`'s fused kernel, whose memory stays linear in its length.
 
@@ -95,7 +95,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
 
 # Segments with at most this many keys (prefix included) attend with explicit scores, longer ones with SDPA's
 # fused kernel, whose memory stays linear in length. On a 2-core AVX-512 CPU, fused forward+backward took 1.3-1.5x
-# as long as explicit scores for 128-512 tokens, the same at 64 and less from 768 on (README, Speed).
+# as long as explicit scores for 128-512 tokens, the same at 64 and less from 768 on (docs/SPEED.md).
 SCORES_MAX_KEYS = 512
 
 

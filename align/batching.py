@@ -280,7 +280,7 @@ def flat_passes(sequences: list[list[int]], pack_length: int, groups: list[tuple
 
     Each group (a, b, c, ...) in `groups` is laid out as one unit [a | rest of b | rest of c | ...]: the rest of
     b attends to the prefix it has in common with a and continues its position ids, so a shared prompt is
-    computed once: a preference pair's (its saving: README, "Speed"), or the k completions of one
+    computed once: a preference pair's (its saving: docs/SPEED.md), or the k completions of one
     prompt in critic-free RL."""
     grouped = {i for group in groups for i in group}
     units = [[(group[0], 0)] + [(b, shared_prefix_length(sequences[group[0]], sequences[b])) for b in group[1:]]

@@ -11,9 +11,9 @@ optimiser do it.
 
 `precision: bf16-autocast` — fp32 weights and `torch.autocast(bf16)`, which is what TRL's `bf16=True` does: every
 forward pass casts every weight to bf16 again and every backward pass casts every weight gradient back to fp32 — for
-LoRA, the whole frozen model in every micro-batch. On a 2-core CPU bf16 weights trained SmolLM2-135M's SFT 1.09x
-faster with full fine-tuning and 1.14x faster with LoRA (scripts/profile_sft_step.py; README, Speed). Activations (the residual stream included)
-are bf16 in both modes' matmuls; with bf16 weights the residual stream between layers is bf16 too.
+LoRA, the whole frozen model in every micro-batch. bf16 weights save those casts (measured with
+scripts/profile_sft_step.py: docs/SPEED.md). Activations (the residual stream included) are bf16 in both
+modes' matmuls; with bf16 weights the residual stream between layers is bf16 too.
 
 With more than one process DistributedDataParallel would all-reduce the model's own (bf16) gradients, which the
 masters have already taken; so under `bf16` the processes run backward without DDP's all-reduce (`no_sync`) and

@@ -4,7 +4,7 @@ torch's OpenMP worker threads spin for a while after each parallel region before
 busy on the same cores (a second rank, the test runner's other worker) spinning slows both many times over, so
 the ranks of a launch wait passively (`OMP_WAIT_POLICY=PASSIVE`: sleep at once). A process alone
 keeps OpenMP's default, brief spinning: between the many small operations of a decode or training step a sleeping
-thread has to be woken again each time, which made single-process stages markedly slower (README, Speed). The
+thread has to be woken again each time, which made single-process stages markedly slower (docs/SPEED.md). The
 policy must be in the environment before torch is imported, so the CLI calls `configure_environment()` first
 thing; a user's own setting wins.
 """

@@ -8,7 +8,7 @@ masters by default, align.loop.adamw), full fine-tuning (or LoRA r=16) on the bu
 SFTTrainConfig's pack_length, rows_per_batch and grad_accum. It prints the real tokens/s of `--timed` unprofiled
 steps, the operators that took the most time in the profiled one and the share of the step each group took.
 `--precision` and `--scores-max-keys` (align.attention.SCORES_MAX_KEYS; 0: every segment through SDPA's fused
-kernel) compare the choices the stage makes (README, Speed).
+kernel) compare the choices the stage makes (docs/SPEED.md).
 """
 
 from __future__ import annotations
