@@ -94,8 +94,8 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
 
 
 # Segments with at most this many keys (prefix included) attend with explicit scores, longer ones with SDPA's
-# fused kernel, whose memory stays linear in length. On a 2-core AVX-512 CPU, fused forward+backward took 1.3-1.5x
-# as long as explicit scores for 128-512 tokens, the same at 64 and less from 768 on (docs/SPEED.md).
+# fused kernel, whose memory stays linear in length. On a 2-core AVX-512 CPU the fused forward+backward was level
+# with explicit scores at 64 tokens, slower from 128 to 512 and faster from 768 on (timings: docs/SPEED.md).
 SCORES_MAX_KEYS = 512
 
 

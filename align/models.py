@@ -37,8 +37,8 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    # Below the adapted layers nothing is trainable, so autograd records nothing there: on SmolLM2-135M (30 layers)
-    # last_layers=8 trains a reward model 2x faster per pair than adapters everywhere.
+    # Below the adapted layers nothing is trainable, so autograd records nothing there and the backward pass stops
+    # at the lowest adapted layer (what that saves a reward model, and costs it in accuracy: docs/RESULTS.md).
     last_layers: int | None = None  # adapters on the last N layers only, backward stops there; null: all layers
 
 
