@@ -157,21 +157,23 @@ class PackedBatch:
 
 def collate_packed(examples: list[TokenizedExample], rows: list[list[int]], pad_token_id: int) -> PackedBatch:
     """Concatenate each row's examples; pad rows to the longest one (the padding is its own 'conversation')."""
+    negatives = any(examples[i].unlikely for row in rows for i in row)
     ids, positions, labels, unlikely = [], [], [], []
     for row in rows:
         ids.append([t for i in row for t in examples[i].input_ids])
         labels.append([t for i in row for t in examples[i].labels])
-        unlikely.append([t for i in row for t in examples[i].unlikely or [IGNORE] * len(examples[i].input_ids)])
         positions.append([p for i in row for p in range(len(examples[i].input_ids))])
+        if negatives:
+            unlikely.append([t for i in row for t in examples[i].unlikely or [IGNORE] * len(examples[i].input_ids)])
     width = max(len(r) for r in ids)
     real = sum(len(r) for r in ids)
-    for row_ids, row_pos, row_labels, row_unlikely in zip(ids, positions, labels, unlikely):
+    for row_ids, row_pos, row_labels in zip(ids, positions, labels):
         pad = width - len(row_ids)
         row_ids += [pad_token_id] * pad
         row_pos += list(range(pad))
         row_labels += [IGNORE] * pad
-        row_unlikely += [IGNORE] * pad
-    negatives = any(examples[i].unlikely for row in rows for i in row)
+    for row_unlikely in unlikely:
+        row_unlikely += [IGNORE] * (width - len(row_unlikely))
     return PackedBatch(torch.tensor(ids), torch.tensor(positions), torch.tensor(labels), real,
                        torch.tensor(unlikely) if negatives else None)
 

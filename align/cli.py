@@ -175,14 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("run_dir")
     args = parser.parse_args(argv)
 
-    from align.distributed import shut_down
     from align.loop import exit_code_of, install_stop_handlers
     from align.pipeline import GateError
 
     install_stop_handlers()  # SIGTERM/SIGINT: checkpoint at the end of the step, close W&B, exit 143/130
     try:
         run_command(args)
-        shut_down()
         return 0
     except user_errors() as err:
         if os.environ.get("ALIGN_DEBUG") == "1":

@@ -36,17 +36,6 @@ def process_index() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def shut_down() -> None:
-    """Close the processes' group at the end of a command, every process together: a gloo group left open until
-    the interpreter exits is torn down with its worker threads still running, which can abort a process (SIGABRT,
-    "terminate called without an active exception") after its work is done."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 # ---- shares of a step -----------------------------------------------------------------------------------------
 
 

@@ -294,6 +294,10 @@ def run_stage(cfg, restart: bool, algorithm) -> Path:
     except BaseException as error:
         stage.fail(error)
         raise
+    else:
+        # end_training destroys the processes' group: all of them finish their collectives first, so that none
+        # tears the group down while another still talks to it (after an error the others may never arrive)
+        stage.accelerator.wait_for_everyone()
     finally:
         stage.accelerator.end_training()
     return stage.out
