@@ -12,8 +12,11 @@ overhead and small matrix products dominate:
 - **Attention for one query over a preallocated cache.** New keys and values are written in place (no growing
   `cat`); the query heads that share a key head attend together, reading each row's keys and values in place:
   with bf16 weights on an AVX-512 CPU through align's decode-attention kernel, which reads only each row's own
-  positions (`align.decode_attention`); elsewhere through PyTorch's fused attention over the cache length the
+  positions (`align.decode_kernels`); elsewhere through PyTorch's fused attention over the cache length the
   longest live row needs (rounded up to 32), with the rows' own lengths masked.
+- **One pass for each piece of elementwise work** between the products (the residual add with the next RMSNorm,
+  the rotary embedding with the cache write, SiLU(gate) * up), through align's kernels where the attention kernel
+  runs; PyTorch runs each as several operations, and at a few dozen rows their fixed costs add up.
 Prefill runs whole prompts through the same weights with causal attention, several prompts at once, in chunks of
 at most PREFILL_TOKENS padded tokens.
 
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from align import decode_attention
+from align import decode_kernels
 
 ATTENTION_BUCKET = 32  # the attention length is rounded up to a multiple of this (fewer distinct shapes)
 MIN_WIDTH = 4  # the step width never shrinks below this many rows
@@ -161,8 +164,8 @@ class DecoderEngine:
                  attention: str = "auto"):
         """`release_model`: empty each of the model's layers once the engine has its own copy (for a caller that
         loaded the model only to generate with it: the weights are never held twice). `attention`: "auto" decodes
-        with align's decode-attention kernel where it runs (`align.decode_attention`), "reference" always with
-        PyTorch's fused attention."""
+        with align's decode kernels where they run (`align.decode_kernels`), "reference" always with PyTorch's
+        fused attention and operations."""
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"the generation engine cannot run {type(model).__name__}: {reason}")
@@ -180,9 +183,12 @@ class DecoderEngine:
         self.cache_length = 0
         if attention not in ("auto", "reference"):
             raise ValueError(f"attention must be 'auto' or 'reference', not {attention!r}")
-        self.use_kernel = (attention == "auto" and decode_attention.kernel_runs(
+        self.use_kernel = (attention == "auto" and decode_kernels.kernel_runs(
             self.dtype, self.device, self.head_dim, self.heads // self.kv_heads)
-            and decode_attention.load_kernel() is not None)
+            and decode_kernels.load_kernel() is not None)
+        # The elementwise work between the products runs through align's kernels wherever the attention kernel runs
+        # (benchmarks/decode_elementwise.py turns this off to measure what they save).
+        self.fuse_elementwise = self.use_kernel
 
     # -- weights ---------------------------------------------------------------------------------------------------
 
@@ -266,8 +272,12 @@ class DecoderEngine:
         return weight * hidden.to(x.dtype)
 
     def _qkv(self, weights: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Normed input [..., hidden] -> rotated queries [..., heads, D], rotated keys and values [..., kv_heads, D]."""
-        qkv = weights.qkv(self._norm(x, weights.input_norm))
+        """Input [..., hidden] -> rotated queries [..., heads, D], rotated keys and values [..., kv_heads, D]."""
+        return self._rotated_heads(weights.qkv(self._norm(x, weights.input_norm)), cos, sin)
+
+    def _rotated_heads(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """The fused projection's output [..., (heads + 2 kv_heads) * D] -> rotated queries [..., heads, D], rotated
+        keys and values [..., kv_heads, D]."""
         d = self.head_dim
         q, k, v = qkv.split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
         q = q.unflatten(-1, (self.heads, d))
@@ -319,26 +329,54 @@ class DecoderEngine:
         """One step for cache rows [0, W): token t of row b goes to position positions[b] and attends to positions
         [0, positions[b]]; `length` >= every attended position + 1. Returns the next-token logits [W, vocab]."""
         width, groups, device = len(tokens), self.heads // self.kv_heads, self.device
-        tokens, positions, rows = tokens.to(device), positions.to(device), torch.arange(width, device=device)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [W, 1, D]
+        tokens, positions = tokens.to(device), positions.to(device)
+        cos, sin = self.cos[positions], self.sin[positions]  # [W, D]
         lengths = positions + 1  # each row attends to its positions [0, positions[b]]
         if self.use_kernel:
-            attend = functools.partial(decode_attention.kernel, lengths=lengths)
+            attend = functools.partial(decode_kernels.kernel, lengths=lengths)
         else:
-            attend = functools.partial(decode_attention.reference,
-                                       mask=decode_attention.length_mask(lengths, length, self.dtype))
-        x = self.embed[tokens]  # [W, hidden]
+            attend = functools.partial(decode_kernels.reference,
+                                       mask=decode_kernels.length_mask(lengths, length, self.dtype))
+        x, delta = self.embed[tokens], None  # [W, hidden]; delta: what the last sublayer adds to x
         for layer, weights in enumerate(self.layers):
-            q, k, v = self._qkv(weights, x, cos, sin)  # [W, heads, D], [W, kv_heads, D]
-            self.keys[layer, rows, :, positions], self.values[layer, rows, :, positions] = k, v
+            x, normed = self._add_norm(x, delta, weights.input_norm)
+            q = self._rotary_into_cache(layer, weights.qkv(normed), cos, sin, positions)  # [W, heads, D]
             keys, values = self.keys[layer, :width, :, :length], self.values[layer, :width, :, :length]
             # The query heads that share a key head are that head's `groups` queries: each row's keys and values are
             # read once, in place (a product over the cache slice would copy it first).
             out = attend(q.view(width, self.kv_heads, groups, self.head_dim), keys, values)  # [W, kv_heads, groups, D]
-            x = x + weights.out(out.reshape(width, -1))
-            x = self._mlp(weights, x)
-        return self.lm_head(self._norm(x, self.final_norm))
+            x, normed = self._add_norm(x, weights.out(out.reshape(width, -1)), weights.post_norm)
+            delta = weights.down(self._silu_mul(weights.gate_up(normed)))
+        return self.lm_head(self._add_norm(x, delta, self.final_norm)[1])
 
+    # The elementwise work of a decode step: align's kernels where they run (one pass each), else PyTorch's
+    # operations, with the same roundings (`align.decode_kernels`).
+
+    def _add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor):
+        """(x + delta, RMSNorm(x + delta) * weight); x itself where delta is None."""
+        if self.fuse_elementwise:
+            return decode_kernels.add_rms_norm(x, delta, weight, self.eps)
+        x = x if delta is None else x + delta
+        return x, self._norm(x, weight)
+
+    def _rotary_into_cache(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                           positions: torch.Tensor) -> torch.Tensor:
+        """qkv [W, (heads + 2 kv_heads) * D] -> rotated queries [W, heads, D]; the rotated keys and the values go
+        into `layer`'s cache at row b, position positions[b]. cos, sin [W, D]: the rotary tables at the positions."""
+        if self.fuse_elementwise:
+            return decode_kernels.rotary_into_cache(qkv, cos, sin, positions, self.keys[layer], self.values[layer],
+                                                    self.heads)
+        q, k, v = self._rotated_heads(qkv, cos[:, None], sin[:, None])
+        rows = torch.arange(len(qkv), device=qkv.device)
+        self.keys[layer, rows, :, positions], self.values[layer, rows, :, positions] = k, v
+        return q
+
+    def _silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """[gate, up] [W, 2 * intermediate] -> SiLU(gate) * up."""
+        if self.fuse_elementwise:
+            return decode_kernels.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
     # -- continuous batching -----------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""align's decode-attention kernel (`align.decode_attention`) against PyTorch's fused attention, in one process.
+"""align's decode-attention kernel (`align.decode_kernels`) against PyTorch's fused attention, in one process.
 
     python benchmarks/decode_attention.py                    # 128 held-out prompts, 3 rounds
     python benchmarks/decode_attention.py --prompts 300 --rounds 2
@@ -10,7 +10,8 @@
    longest row's; the kernel reads each row's own). Median of 7 timings of each side, taking turns.
 3. Greedy generation of the prompts (256 new tokens, the engine's 64 rows, bf16 weights, as `align eval` runs on a
    CPU with native bf16), the engine with each attention taking turns after one untimed generation each: new
-   tokens/s, and how many prompts got the same tokens from both.
+   tokens/s, and how many prompts got the same tokens from both. Both sides run the elementwise work through
+   PyTorch's operations (benchmarks/decode_elementwise.py measures align's kernels for it).
 Prints markdown tables. Timings, not tests: run it alone on the machine (docs/BENCHMARK.md, "A decode-attention
 kernel"). Needs a CPU with AVX-512 and a C++ compiler.
 """
@@ -29,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable (
 
 import torch  # noqa: E402
 
-from align import decode_attention  # noqa: E402
+from align import decode_kernels  # noqa: E402
 from align.rollout import GenerationConfig, load_generator  # noqa: E402
 from benchmarks.measure import median_ms_in_turns, rates_row, rows_of  # noqa: E402
 
@@ -42,7 +43,7 @@ def build_seconds() -> float:
     with tempfile.TemporaryDirectory() as directory:
         os.environ["TORCH_EXTENSIONS_DIR"] = directory
         started = time.perf_counter()
-        if decode_attention.load_kernel() is None:
+        if decode_kernels.load_kernel() is None:
             sys.exit("the decode-attention kernel could not be built here (see the warning above)")
         return time.perf_counter() - started
 
@@ -51,13 +52,13 @@ def attention_step(lengths: torch.Tensor, use_kernel: bool, cache) -> None:
     """One decode step's attention over all layers, as `DecoderEngine._decode` calls it."""
     keys, values, q = cache
     length = int(lengths.max())
-    mask = None if use_kernel else decode_attention.length_mask(lengths, length, torch.bfloat16)
+    mask = None if use_kernel else decode_kernels.length_mask(lengths, length, torch.bfloat16)
     for layer in range(LAYERS):
         k, v = keys[layer, :, :, :length], values[layer, :, :, :length]
         if use_kernel:
-            decode_attention.kernel(q, k, v, lengths)
+            decode_kernels.kernel(q, k, v, lengths)
         else:
-            decode_attention.reference(q, k, v, mask)
+            decode_kernels.reference(q, k, v, mask)
 
 
 def step_milliseconds(lengths: torch.Tensor, rounds: int = 7) -> dict[str, float]:
@@ -78,6 +79,7 @@ def generation(prompts: list[str], rounds: int):
                   for attention in SIDES}
     if not generators["auto"].engine.use_kernel:
         sys.exit("the engine does not use the kernel here (bf16 weights on an AVX-512 CPU are needed)")
+    generators["auto"].engine.fuse_elementwise = False  # the attention alone
     outputs = {name: generator.generate(prompts, max_new_tokens=256) for name, generator in generators.items()}
     runs = {name: [] for name in generators}
     for _ in range(rounds):

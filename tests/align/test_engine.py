@@ -118,14 +118,14 @@ def test_bf16_engines_decode_with_the_kernel_where_it_runs_as_close_to_fp32_as_t
     """On an AVX-512 CPU a bf16 engine decodes through align's kernel by default (fp32 engines and other CPUs use
     the reference attention): its next-token logits for a batch of prompts of different lengths are no further
     from an fp32 engine's than a bf16 engine's with the reference attention."""
-    from align import decode_attention
+    from align import decode_kernels
 
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     engines = [DecoderEngine(bf16, slots=4), DecoderEngine(bf16, slots=4, attention="reference"),
                DecoderEngine(model, slots=4)]
     groups = engines[0].heads // engines[0].kv_heads
-    runs = decode_attention.kernel_runs(torch.bfloat16, torch.device("cpu"), engines[0].head_dim, groups)
-    assert engines[0].use_kernel == (runs and decode_attention.load_kernel() is not None)
+    runs = decode_kernels.kernel_runs(torch.bfloat16, torch.device("cpu"), engines[0].head_dim, groups)
+    assert engines[0].use_kernel == (runs and decode_kernels.load_kernel() is not None)
     assert not engines[1].use_kernel and not engines[2].use_kernel
     prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13] * 40, [14, 15]]
     positions, logits = torch.tensor([len(p) for p in prompts]), []

@@ -1,8 +1,9 @@
-"""Attention of one decode step over the generation engine's KV cache: each row's query heads against that row's
-own keys and values, positions [0, lengths[b]).
+"""align's kernels for one decode step of the generation engine (csrc/decode_kernels.cpp), for bf16 tensors on CPUs
+with AVX-512, and PyTorch's attention for everything else.
 
-Two implementations of the same function:
-- `kernel` (csrc/decode_attention.cpp): for bf16 caches on CPUs with AVX-512. Each (row, key head) is one unit of
+The step's attention over the KV cache, each row's query heads against that row's own keys and values, positions
+[0, lengths[b]), has two implementations:
+- `kernel`: for bf16 caches on CPUs with AVX-512. Each (row, key head) is one unit of
   work that reads only its row's keys and values, with the sums, the softmax and the weighted sum of values in fp32.
   PyTorch's fused attention pays a fixed overhead per (row, head) that dominates when a head has only a few queries,
   and reads the masked positions too (docs/BENCHMARK.md, "A decode-attention kernel"). It is compiled on first use
@@ -11,6 +12,11 @@ Two implementations of the same function:
   engine uses `reference`.
 - `reference`: PyTorch's fused attention (`scaled_dot_product_attention`) with the positions beyond each row's
   length masked: any dtype, any device.
+
+Where `kernel` runs, the elementwise work between the step's matrix products runs in the same module, one pass
+each where PyTorch runs several operations (at a few dozen rows a step pays each operation's fixed cost, not its
+arithmetic): `add_rms_norm`, `rotary_into_cache` and `silu_mul`. Each rounds to bf16 where transformers' bf16
+arithmetic does (tests/align/test_decode_kernels.py checks them against the engine's PyTorch expressions).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SOURCE = Path(__file__).parent / "csrc" / "decode_attention.cpp"
+SOURCE = Path(__file__).parent / "csrc" / "decode_kernels.cpp"
 HEAD_DIMS = (16, 32, 64, 128)  # the head sizes the kernel is built for
 MAX_GROUPS = 8  # query heads per key head
 
@@ -42,24 +48,25 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
 
 
 def kernel_runs(dtype: torch.dtype, device: torch.device, head_dim: int, groups: int) -> bool:
-    """Whether `kernel` serves a cache of this dtype, device and shape on this CPU (it may still fail to build)."""
+    """Whether the kernels serve a cache of this dtype, device and shape on this CPU (they may still fail to
+    build)."""
     return (dtype == torch.bfloat16 and device.type == "cpu" and head_dim in HEAD_DIMS and 1 <= groups <= MAX_GROUPS
             and torch.backends.cpu.get_cpu_capability() == "AVX512")
 
 
 @functools.cache
 def load_kernel():
-    """The compiled kernel's module, built on first use; None (with a warning) where it cannot be built."""
+    """The compiled kernels' module, built on first use; None (with a warning) where it cannot be built."""
     from torch.utils import cpp_extension
 
     try:
         return cpp_extension.load(
-            "align_decode_attention", [str(SOURCE)], verbose=False,
+            "align_decode_kernels", [str(SOURCE)], verbose=False,
             extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"])
     except Exception as error:  # no compiler, no ninja, a failed build: the reference attention still runs
         reason = str(error).strip().splitlines()
-        warnings.warn(f"align's decode-attention kernel could not be built ({reason[-1] if reason else error!r}); "
-                      f"generation uses PyTorch's fused attention", stacklevel=2)
+        warnings.warn(f"align's decode kernels could not be built ({reason[-1] if reason else error!r}); "
+                      f"generation uses PyTorch's operations", stacklevel=2)
         return None
 
 
@@ -68,3 +75,24 @@ def kernel(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: t
     AVX-512 CPU (see `kernel_runs`); the rows of D values in keys and values must be contiguous (a slice of the
     cache's positions is). Positions from each row's length on are never read."""
     return load_kernel().decode_attention(q, keys, values, lengths)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, H] (+ delta [N, H]) -> (that sum, RMSNorm of it times `weight` [H]): the residual stream's add and the
+    next layer's norm in one pass, as transformers computes them in bf16 (the norm's arithmetic in fp32)."""
+    x, normed = load_kernel().add_rms_norm(x, delta, weight, eps)
+    return x, normed
+
+
+def rotary_into_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                      keys: torch.Tensor, values: torch.Tensor, heads: int) -> torch.Tensor:
+    """qkv [W, (heads + 2 KV) * D] (the fused projection's output) -> the rotated queries [W, heads, D]; the rotated
+    keys and the values go into the cache keys/values [slots, KV, L, D] at row b, position positions[b]. cos, sin
+    [W, D]: the rotary tables at each row's position."""
+    return load_kernel().rotary_into_cache(qkv, cos, sin, positions, keys, values, heads)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [N, 2I], the fused [gate, up] projection's output -> SiLU(gate) * up [N, I]."""
+    return load_kernel().silu_mul(gate_up)

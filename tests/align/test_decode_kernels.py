@@ -1,0 +1,155 @@
+"""align's decode kernels. The attention kernel against attention computed in fp64 from its definition, and against
+PyTorch's fused attention (the reference the engine uses elsewhere); the elementwise kernels against transformers'
+Llama modules in bf16. The kernels' tests run where they do: bf16 on a CPU with AVX-512, with a C++ compiler to
+build them."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from align import decode_kernels
+
+needs_kernel = pytest.mark.skipif(
+    not decode_kernels.kernel_runs(torch.bfloat16, torch.device("cpu"), 64, 3) or decode_kernels.load_kernel()
+    is None, reason="the decode-attention kernel runs on AVX-512 CPUs with a C++ compiler")
+
+
+def by_definition(q, keys, values, lengths):
+    """softmax(q k^T / sqrt(D)) v over each row's first lengths[b] positions, in fp64, one row at a time."""
+    out = torch.empty(q.shape, dtype=torch.float64)
+    for b, n in enumerate(lengths.tolist()):
+        k, v = keys[b, :, :n].double(), values[b, :, :n].double()  # [KV, n, D]
+        scores = q[b].double() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [KV, G, n]
+        out[b] = scores.softmax(-1) @ v
+    return out
+
+
+def cache(width, kv_heads, groups, head_dim, capacity, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(width, kv_heads, groups, head_dim, generator=generator).bfloat16()
+    keys = torch.randn(width, kv_heads, capacity, head_dim, generator=generator).bfloat16()
+    values = torch.randn(width, kv_heads, capacity, head_dim, generator=generator).bfloat16()
+    return q, keys, values
+
+
+@needs_kernel
+@pytest.mark.parametrize("head_dim,groups", [(16, 2), (32, 1), (64, 3), (128, 4), (64, 8)])
+def test_the_kernel_is_attention_over_each_rows_own_positions(head_dim, groups):
+    """Rows of lengths 1, 15, 16, 17, 33 and the whole slice (the kernel takes keys sixteen at a time, then one
+    by one): within bf16 rounding of the fp64 result, and no further from it than PyTorch's fused attention."""
+    lengths = torch.tensor([1, 15, 16, 17, 33, 48])
+    q, keys, values = cache(len(lengths), 2, groups, head_dim, capacity=64)
+    keys, values = keys[:, :, :48], values[:, :, :48]  # a slice of the cache's positions, as the engine passes
+    expected = by_definition(q, keys, values, lengths)
+    out = decode_kernels.kernel(q, keys, values, lengths)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    kernel_error = (out.double() - expected).abs().max().item()
+    fused = decode_kernels.reference(q, keys, values, decode_kernels.length_mask(lengths, 48, torch.bfloat16))
+    assert kernel_error <= 1e-2 * expected.abs().max().item()  # bf16 keeps 8 bits: one rounding of the output
+    assert kernel_error <= (fused.double() - expected).abs().max().item() + 1e-3
+
+
+@needs_kernel
+def test_the_kernel_never_reads_past_a_rows_length():
+    """Positions from a row's length on may hold anything (a finished answer's keys, or NaN): the output is the
+    same as with them zeroed."""
+    lengths = torch.tensor([3, 20, 40])
+    q, keys, values = cache(3, 3, 3, 64, capacity=64, seed=1)
+    out = decode_kernels.kernel(q, keys, values, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        keys[b, :, n:], values[b, :, n:] = float("nan"), float("inf")
+    torch.testing.assert_close(decode_kernels.kernel(q, keys, values, lengths), out, rtol=0, atol=0)
+
+
+@needs_kernel
+def test_the_kernel_names_what_it_cannot_serve():
+    q, keys, values = cache(2, 1, 3, 48, capacity=8)
+    with pytest.raises(RuntimeError, match="head_dim 16, 32, 64 or 128"):
+        decode_kernels.kernel(q, keys, values, torch.tensor([4, 4]))
+    q, keys, values = cache(2, 1, 3, 64, capacity=8)
+    with pytest.raises(RuntimeError, match="lengths within"):
+        decode_kernels.kernel(q, keys, values, torch.tensor([4, 9]))
+
+
+def test_the_reference_masks_positions_from_each_rows_length_on():
+    """PyTorch's fused attention with `length_mask`: the definition's result, in fp32 (on any machine)."""
+    lengths = torch.tensor([1, 7, 12])
+    q, keys, values = (t.float() for t in cache(3, 2, 3, 16, capacity=12, seed=2))
+    out = decode_kernels.reference(q, keys, values, decode_kernels.length_mask(lengths, 12, torch.float32))
+    torch.testing.assert_close(out.double(), by_definition(q, keys, values, lengths), rtol=1e-5, atol=1e-5)
+
+
+# ---- the elementwise kernels, against transformers' Llama modules in bf16 -------------------------------------------
+
+
+@needs_kernel
+@pytest.mark.parametrize("hidden", [576, 100])  # 100: a last group of 4 lanes
+def test_add_rms_norm_is_the_residual_add_then_transformers_rms_norm(hidden):
+    """The sum exactly as bf16's add; the norm as LlamaRMSNorm, within one bf16 rounding (its fp32 sum of squares
+    adds in another order); with no delta, x itself."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    generator = torch.Generator().manual_seed(3)
+    x, delta = (torch.randn(37, hidden, generator=generator).bfloat16() for _ in range(2))
+    norm = LlamaRMSNorm(hidden, eps=1e-5).to(torch.bfloat16)
+    norm.weight.data = torch.randn(hidden, generator=generator).bfloat16()
+    total, normed = decode_kernels.add_rms_norm(x, delta, norm.weight.data, 1e-5)
+    assert torch.equal(total, x + delta)
+    with torch.no_grad():
+        expected = norm(x + delta)
+    torch.testing.assert_close(normed, expected, rtol=2**-8, atol=0)
+    assert (normed != expected).float().mean() < 0.01
+    same, normed = decode_kernels.add_rms_norm(x, None, norm.weight.data, 1e-5)
+    assert torch.equal(same, x)
+    with torch.no_grad():
+        torch.testing.assert_close(normed, norm(x), rtol=2**-8, atol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("head_dim", [64, 16])
+def test_rotary_into_cache_rotates_as_transformers_and_writes_only_each_rows_position(head_dim):
+    """Queries and keys as apply_rotary_pos_emb rotates them, to the bit; keys and values land at (row b,
+    positions[b]) of the cache and nowhere else."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    generator = torch.Generator().manual_seed(4)
+    width, heads, kv_heads, capacity = 5, 6, 2, 40
+    qkv = torch.randn(width, (heads + 2 * kv_heads) * head_dim, generator=generator).bfloat16()
+    cos, sin = (torch.randn(width, head_dim, generator=generator).bfloat16() for _ in range(2))
+    positions = torch.tensor([0, 3, 39, 7, 7])
+    keys = torch.randn(8, kv_heads, capacity, head_dim, generator=generator).bfloat16()
+    values = torch.randn(8, kv_heads, capacity, head_dim, generator=generator).bfloat16()
+    expected_keys, expected_values = keys.clone(), values.clone()
+    q = decode_kernels.rotary_into_cache(qkv, cos, sin, positions, keys, values, heads)
+    q_in, k_in, v_in = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    rotated_q, rotated_k = apply_rotary_pos_emb(q_in.unflatten(-1, (heads, head_dim)),
+                                                k_in.unflatten(-1, (kv_heads, head_dim)), cos, sin, unsqueeze_dim=1)
+    rows = torch.arange(width)
+    expected_keys[rows, :, positions] = rotated_k
+    expected_values[rows, :, positions] = v_in.unflatten(-1, (kv_heads, head_dim))
+    assert torch.equal(q, rotated_q)
+    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+
+
+@needs_kernel
+@pytest.mark.parametrize("size", [1536, 100])
+def test_silu_mul_is_transformers_gated_activation(size):
+    """SiLU(gate) * up as the Llama MLP computes it in bf16, to the bit, large gates of either sign included."""
+    generator = torch.Generator().manual_seed(5)
+    gate_up = (torch.randn(9, 2 * size, generator=generator) * 8).bfloat16()
+    gate_up[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0]).bfloat16()
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert torch.equal(decode_kernels.silu_mul(gate_up), F.silu(gate) * up)
+
+
+@needs_kernel
+def test_the_elementwise_kernels_name_what_they_cannot_serve():
+    x = torch.randn(2, 8).bfloat16()
+    with pytest.raises(RuntimeError, match="delta like x"):
+        decode_kernels.add_rms_norm(x, torch.randn(2, 4).bfloat16(), torch.ones(8).bfloat16(), 1e-5)
+    keys = torch.zeros(2, 1, 4, 8).bfloat16()
+    with pytest.raises(RuntimeError, match="positions within the cache"):
+        decode_kernels.rotary_into_cache(torch.randn(2, 3 * 8).bfloat16(), torch.ones(2, 8).bfloat16(),
+                                         torch.ones(2, 8).bfloat16(), torch.tensor([0, 4]), keys, keys.clone(), 1)
