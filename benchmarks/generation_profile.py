@@ -3,6 +3,7 @@ tokens, the engine's 64 rows, bf16 weights (as `align eval` runs on a CPU with n
 
     python benchmarks/generation_profile.py                 # 128 held-out prompts
     python benchmarks/generation_profile.py --prompts 300
+    python benchmarks/generation_profile.py --pytorch-elementwise   # without align's elementwise kernels
 
 Each part is timed by wrapping the engine's calls with a clock (no profiler, so no profiler overhead): prefill and
 decode steps as a whole, and inside them the matrix products (the layers' and the vocabulary projection apart),
@@ -47,9 +48,12 @@ class Clock:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=128, help="held-out prompts (in distribution) to generate for")
+    parser.add_argument("--pytorch-elementwise", action="store_true",
+                        help="the elementwise work through PyTorch's operations, not align's kernels")
     args = parser.parse_args()
     generator = load_generator("smollm2-135m-instruct", "auto", GenerationConfig(slots=64))
     decoder, clock = generator.engine, Clock()
+    decoder.fuse_elementwise = decoder.fuse_elementwise and not args.pytorch_elementwise
     decoding = [False]  # inside a decode step: its products count as decode products
 
     def project(projection, x):
