@@ -286,8 +286,7 @@ class DecoderEngine:
 
     def _mlp(self, weights: LayerWeights, x: torch.Tensor) -> torch.Tensor:
         """x + down(silu(gate(norm(x))) * up(norm(x))), gate and up from one product."""
-        gate, up = weights.gate_up(self._norm(x, weights.post_norm)).chunk(2, dim=-1)
-        return x + weights.down(F.silu(gate) * up)
+        return x + weights.down(_silu_times_up(weights.gate_up(self._norm(x, weights.post_norm))))
 
     @torch.no_grad()
     def _prefill(self, rows: list[int], prompts: list[list[int]]) -> torch.Tensor:
@@ -373,10 +372,7 @@ class DecoderEngine:
 
     def _silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         """[gate, up] [W, 2 * intermediate] -> SiLU(gate) * up."""
-        if self.fuse_elementwise:
-            return decode_kernels.silu_mul(gate_up)
-        gate, up = gate_up.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return decode_kernels.silu_mul(gate_up) if self.fuse_elementwise else _silu_times_up(gate_up)
 
     # -- continuous batching -----------------------------------------------------------------------------------------
 
@@ -466,6 +462,12 @@ class _Rows:
 def _bucketed(length: int) -> int:
     """`length` rounded up to a whole number of ATTENTION_BUCKETs."""
     return -(-length // ATTENTION_BUCKET) * ATTENTION_BUCKET
+
+
+def _silu_times_up(gate_up: torch.Tensor) -> torch.Tensor:
+    """[..., 2 * intermediate] = [gate, up] -> SiLU(gate) * up, as the Llama MLP computes it."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
