@@ -3,8 +3,8 @@ with AVX-512, and PyTorch's attention for everything else.
 
 The step's attention over the KV cache, each row's query heads against that row's own keys and values, positions
 [0, lengths[b]), has two implementations:
-- `kernel`: for bf16 caches on CPUs with AVX-512. Each (row, key head) is one unit of
-  work that reads only its row's keys and values, with the sums, the softmax and the weighted sum of values in fp32.
+- `kernel`: for bf16 caches on CPUs with AVX-512. Each (row, key head) is one unit of work that reads only its
+  row's keys and values, with the sums, the softmax and the weighted sum of values in fp32.
   PyTorch's fused attention pays a fixed overhead per (row, head) that dominates when a head has only a few queries,
   and reads the masked positions too (docs/BENCHMARK.md, "A decode-attention kernel"). It is compiled on first use
   (once per machine and version of the source; torch's extension cache keeps it) with the C++ compiler and ninja
@@ -16,7 +16,7 @@ The step's attention over the KV cache, each row's query heads against that row'
 Where `kernel` runs, the elementwise work between the step's matrix products runs in the same module, one pass
 each where PyTorch runs several operations (at a few dozen rows a step pays each operation's fixed cost, not its
 arithmetic): `add_rms_norm`, `rotary_into_cache` and `silu_mul`. Each rounds to bf16 where transformers' bf16
-arithmetic does (tests/align/test_decode_kernels.py checks them against the engine's PyTorch expressions).
+arithmetic does (tests/align/test_decode_kernels.py checks them against transformers' Llama modules).
 """
 
 from __future__ import annotations

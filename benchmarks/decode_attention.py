@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from align import decode_kernels  # noqa: E402
 from align.rollout import GenerationConfig, load_generator  # noqa: E402
-from benchmarks.measure import median_ms_in_turns, rates_row, rows_of  # noqa: E402
+from benchmarks.measure import generations_in_turns, median_ms_in_turns, rates_row, rows_of  # noqa: E402
 
 LAYERS, KV_HEADS, GROUPS, HEAD_DIM, ROWS = 30, 3, 3, 64, 64  # SmolLM2-135M's attention, the engine's 64 rows
 SIDES = {"reference": "PyTorch's fused attention", "auto": "align's kernel"}  # generation.attention -> its name
@@ -80,13 +80,7 @@ def generation(prompts: list[str], rounds: int):
     if not generators["auto"].engine.use_kernel:
         sys.exit("the engine does not use the kernel here (bf16 weights on an AVX-512 CPU are needed)")
     generators["auto"].engine.fuse_elementwise = False  # the attention alone
-    outputs = {name: generator.generate(prompts, max_new_tokens=256) for name, generator in generators.items()}
-    runs = {name: [] for name in generators}
-    for _ in range(rounds):
-        for name, generator in generators.items():
-            started = time.perf_counter()
-            out = generator.generate(prompts, max_new_tokens=256)
-            runs[name].append((time.perf_counter() - started, out.new_tokens))
+    runs, outputs = generations_in_turns(generators, prompts, rounds, max_new_tokens=256)
     same = sum(a == b for a, b in zip(outputs["reference"].token_ids, outputs["auto"].token_ids))
     return runs, same
 

@@ -18,36 +18,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable (benchmarks/, align/, reward/)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.rollout import GenerationConfig, load_generator  # noqa: E402
-from benchmarks.measure import rates_row, rows_of  # noqa: E402
+from benchmarks.measure import generations_in_turns, rates_row, rows_of  # noqa: E402
 
 SIDES = {False: "PyTorch's operations", True: "align's elementwise kernels"}  # fuse_elementwise -> its name
 
 
-def in_turns(generators: dict, prompts: list[str], rounds: int, **sampling):
-    """(seconds, new tokens) per round for each side, and the completions both sides share."""
-    outputs = {side: generator.generate(prompts, **sampling) for side, generator in generators.items()}
-    runs = {side: [] for side in generators}
-    for _ in range(rounds):
-        for side, generator in generators.items():
-            started = time.perf_counter()
-            out = generator.generate(prompts, **sampling)
-            runs[side].append((time.perf_counter() - started, out.new_tokens))
+def table(title: str, runs: dict, outputs: dict) -> None:
+    """Each side's rounds, and how many completions both sides' untimed generations share."""
     same = sum(a == b for a, b in zip(outputs[False].token_ids, outputs[True].token_ids))
-    return runs, same
-
-
-def table(title: str, runs: dict, same: int, total: int) -> None:
     print(f"\n| {title} | new tokens/s (each round) | median | new tokens |\n|---|---|---|---|")
     for side, measured in runs.items():
         print(rates_row(SIDES[side], measured))
-    print(f"\ncompletions with the same tokens from both (bf16): {same} of {total}")
+    print(f"\ncompletions with the same tokens from both (bf16): {same} of {len(outputs[True].token_ids)}")
 
 
 def main() -> None:
@@ -62,12 +50,12 @@ def main() -> None:
     generators[False].engine.fuse_elementwise = False
 
     prompts = [row["prompt"] for row in rows_of("builtin:prompts:heldout", "prompt", args.prompts)]
-    runs, same = in_turns(generators, prompts, args.rounds, max_new_tokens=256)
-    table(f"greedy generation, {len(prompts)} prompts, 256 new tokens", runs, same, len(prompts))
+    runs, outputs = generations_in_turns(generators, prompts, args.rounds, max_new_tokens=256)
+    table(f"greedy generation, {len(prompts)} prompts, 256 new tokens", runs, outputs)
 
     groups = [prompt for prompt in prompts[:8] for _ in range(4)]
-    runs, same = in_turns(generators, groups, args.rounds, max_new_tokens=128, temperature=0.9, seed=0)
-    table("sampled rollouts, 8 prompts x 4, temperature 0.9, 128 new tokens", runs, same, len(groups))
+    runs, outputs = generations_in_turns(generators, groups, args.rounds, max_new_tokens=128, temperature=0.9, seed=0)
+    table("sampled rollouts, 8 prompts x 4, temperature 0.9, 128 new tokens", runs, outputs)
 
 
 if __name__ == "__main__":

@@ -216,6 +216,20 @@ def median_ms_in_turns(sides: dict, rounds: int, warmup: int = 1) -> dict[str, f
     return {name: statistics.median(measured) for name, measured in times.items()}
 
 
+def generations_in_turns(generators: dict, prompts: list, rounds: int, **sampling) -> tuple[dict, dict]:
+    """Each side's generator (`align.rollout.TextGenerator`, by name) completes `prompts` with `sampling` once
+    untimed, then `rounds` times, the sides taking turns: ({name: [(seconds, new tokens) per round]}, {name: its
+    untimed `Generations`})."""
+    outputs = {name: generator.generate(prompts, **sampling) for name, generator in generators.items()}
+    runs = {name: [] for name in generators}
+    for _ in range(rounds):
+        for name, generator in generators.items():
+            started = time.perf_counter()
+            out = generator.generate(prompts, **sampling)
+            runs[name].append((time.perf_counter() - started, out.new_tokens))
+    return runs, outputs
+
+
 def rates_row(label: str, measured: list[tuple[float, int]]) -> str:
     """A markdown row of (seconds, new tokens) rounds of one side: each round's new tokens/s, their median, and the
     first round's new tokens."""
