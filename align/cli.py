@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from align.registry import COMMANDS, STAGES, config_class, stage_module
-from align.runtime import configure_environment
+from align.runtime import configure_environment, die_with_parent
 
 def load_stage_config(path: str, overrides: list[str], stage: str | None = None):
     """Load CONFIG for `stage` (or for the stage named by its `stage:` key, for `align validate`)."""
@@ -151,6 +151,7 @@ def add_chat_command(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     configure_environment()
     argv = sys.argv[1:] if argv is None else argv
     parser = Parser(prog="align", description="Align language models to follow instructions.")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from align.loop import exit_code_of, install_stop_handlers
-    from align.pipeline import GateError
+    from align.pipeline import GateError, StepFailed
 
     install_stop_handlers()  # SIGTERM/SIGINT: checkpoint at the end of the step, close W&B, exit 143/130
     try:
@@ -192,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     except GateError as err:
         print(f"align: {err}", file=sys.stderr)
         return 3
+    except StepFailed as err:
+        if err.exit_code not in (2, 130, 143):  # those the stage's own process has reported in its words
+            print(f"align: pipeline: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

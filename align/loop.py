@@ -202,6 +202,11 @@ def install_stop_handlers() -> None:
         signal.signal(signum, request_stop)
 
 
+def stop_requested() -> int | None:
+    """The stop signal this process has received, if any (None: none)."""
+    return _stop_signal[0] if _stop_signal else None
+
+
 def stop_if_requested(save_checkpoint) -> None:
     """At a step boundary: if a stop signal arrived at any process, call `save_checkpoint()` and raise
     `Interrupted` (on every process: call it on every process, it agrees through a collective)."""

@@ -8,20 +8,29 @@ input. Rerunning the same command skips finished stages and resumes an interrupt
 checkpoint; a finished stage whose config changed is refused unless `--restart-from` names it (or an earlier
 stage). After the reward model, a quality gate stops the pipeline before RL if its held-out accuracy is too low.
 After every stage, `align eval` measures instruction following on held-out prompts; all results go into one table.
+
+Every stage and every evaluation runs in a process of its own, started afresh, as `align <stage> CONFIG` would run
+it: what one stage leaves behind in a process (its Python objects, accelerate's and W&B's state, the allocator's
+fragments) cannot slow or change the next, and each stage is exactly what the same command run alone gives. The
+resolved configs are written to `runs/<run.name>/configs/` first, so any stage can be rerun on its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from align.config import ConfigError, load_config, read_yaml
-from align.registry import STAGES, config_class, stage_module
+from align.config import ConfigError, load_config, read_yaml, to_yaml
+from align.registry import STAGES, config_class
 from align.rollout import GenerationConfig
 from align.stage import RunConfig
 
@@ -63,6 +72,15 @@ class GateError(RuntimeError):
     """A quality gate failed: the pipeline stops before the stages that depend on it."""
 
 
+class StepFailed(RuntimeError):
+    """A stage's or an evaluation's process ended with an error or a signal: the pipeline stops there, with the
+    child's exit code (2 a user error, 130/143 interrupted, which the child has reported itself)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def stage_configs(cfg: PipelineConfig, pipeline_file: Path) -> list:
     """Load every stage's config with the pipeline's run name, root, seed and threads."""
     configs = []
@@ -94,9 +112,7 @@ def _eval_config(cfg: PipelineConfig, model: str, out: Path):
 
 
 def evaluate_once(cfg: PipelineConfig, model: str, out: Path) -> dict:
-    """`align eval` of `model` into `out`, unless the same evaluation is already there."""
-    from align.eval import evaluate
-
+    """`align eval` of `model` into `out` (in a process of its own), unless the same evaluation is already there."""
     eval_cfg = _eval_config(cfg, model, out)
     key = dataclasses.asdict(eval_cfg)
     results_file = out / "results.json"
@@ -104,10 +120,40 @@ def evaluate_once(cfg: PipelineConfig, model: str, out: Path) -> dict:
         results = json.loads(results_file.read_text())
         if results.get("config") == key:
             return results
-    results = evaluate(eval_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "eval.yaml"
+    config_file.write_text(to_yaml(eval_cfg))
+    run_child(["eval", str(config_file)], f"evaluation of {model}")
+    results = json.loads(results_file.read_text())
     results["config"] = key
     results_file.write_text(json.dumps(results, indent=2))
     return results
+
+
+def run_child(arguments: list[str], what: str) -> None:
+    """Run `python -m align ARGUMENTS` in a fresh process and wait for it.
+
+    The child has a session of its own, so a Ctrl-C at the terminal reaches only this process, which passes each
+    SIGINT/SIGTERM on to the child once: the child finishes its step, checkpoints and exits as a stage run alone
+    does (a second signal stops it at once). If this process is killed outright, the child is killed with it
+    (`ALIGN_PARENT_PID`, see align.runtime.die_with_parent): no stage goes on writing into a run nobody waits for.
+    """
+    from align.loop import Interrupted, stop_requested
+
+    if stop_requested():  # a signal that arrived between two children: stop before starting another
+        raise Interrupted(stop_requested())
+    environment = {**os.environ, "ALIGN_PARENT_PID": str(os.getpid())}
+    child = subprocess.Popen([sys.executable, "-m", "align", *arguments], env=environment, start_new_session=True)
+    forward = {signum: signal.signal(signum, lambda signum, frame: child.send_signal(signum))  # noqa: ARG005
+               for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in forward.items():
+            signal.signal(signum, handler)
+    if code != 0:
+        code = 128 - code if code < 0 else code  # killed by a signal: the shell's convention
+        raise StepFailed(f"the {what} failed (exit code {code})", code)
 
 
 def check_gates(cfg: PipelineConfig, stage_cfg, stage_dir: Path) -> None:
@@ -123,6 +169,20 @@ def check_gates(cfg: PipelineConfig, stage_cfg, stage_dir: Path) -> None:
             f"gates.reward_model_min_accuracy={cfg.gates.reward_model_min_accuracy}; the RL stages were not started. "
             f"Train it longer or on more pairs ({stage_dir}), or lower the gate."
         )
+
+
+def run_stage_once(stage_cfg, config_file: Path) -> Path:
+    """`align <stage> CONFIG` in a process of its own, with the stage's resolved config written to `config_file`;
+    a stage already complete with this config is skipped without starting one."""
+    from align.stage import is_complete, stage_dir
+
+    if is_complete(stage_cfg):
+        print(f"[align] {stage_cfg.stage}: {stage_dir(stage_cfg)} is already complete with this config; skipping")
+        return stage_dir(stage_cfg)
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(to_yaml(stage_cfg))
+    run_child([stage_cfg.stage, str(config_file)], f"stage {stage_cfg.stage}")
+    return stage_dir(stage_cfg)
 
 
 def run_pipeline(cfg: PipelineConfig, pipeline_file: Path, restart_from: str | None = None) -> Path:
@@ -150,7 +210,7 @@ def run_pipeline(cfg: PipelineConfig, pipeline_file: Path, restart_from: str | N
         print(f"\n[align] pipeline: stage {name} -> {stage_dir(stage_cfg)}")
         if name in restart and stage_dir(stage_cfg).exists():
             shutil.rmtree(stage_dir(stage_cfg))
-        out = stage_module(name).train(stage_cfg)
+        out = run_stage_once(stage_cfg, run_dir / "configs" / f"{name}.yaml")
         check_gates(cfg, stage_cfg, out)
         if cfg.eval.enabled and STAGES[name].produces == "policy":
             results[name] = evaluate_once(cfg, str(out), out / "eval")

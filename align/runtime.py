@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 
 def configure_environment(threads: int | None = None) -> None:
@@ -22,6 +23,22 @@ def configure_environment(threads: int | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # fork-safety warnings otherwise
     if threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def die_with_parent() -> None:
+    """In a process `align pipeline` started (`ALIGN_PARENT_PID` set): ask Linux to SIGKILL this process when the
+    pipeline's process dies, so that a pipeline killed outright (kill -9, out of memory) takes its running stage with
+    it rather than leave it writing into the run directory beside the rerun. Elsewhere (no prctl) nothing is done."""
+    parent = os.environ.pop("ALIGN_PARENT_PID", None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(parent):  # the pipeline died before the request was made
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def set_threads(threads: int | None) -> int:

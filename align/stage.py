@@ -85,6 +85,13 @@ def _field_default(cfg, key: str):
     return _ABSENT
 
 
+def is_complete(cfg) -> bool:
+    """Whether the stage's directory holds a finished run of exactly this config (volatile keys aside)."""
+    manifest = read_manifest(stage_dir(cfg))
+    return bool(manifest) and manifest.get("status") == "complete" and \
+        manifest.get("config_sha256") == config_hash(cfg, ignore=VOLATILE_KEYS)
+
+
 def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]:
     """Decide how a stage starts. Returns (stage_dir, checkpoint to resume from or None, already_complete).
 

@@ -60,6 +60,13 @@ def test_the_chain_completes_with_lineage_evaluation_and_report(uninterrupted):
     assert ppo_runs, "the PPO stage logged to an offline W&B run"
 
 
+def test_each_stage_ran_from_its_resolved_config_which_runs_alone_as_the_same_stage(uninterrupted):
+    assert sorted(p.stem for p in (uninterrupted / "configs").glob("*.yaml")) == sorted(STAGES)
+    code, output = finish(align("dpo", uninterrupted / "configs" / "dpo.yaml"))
+    assert code == 0, output
+    assert "is already complete with this config; skipping" in output
+
+
 def test_ppo_wandb_run_has_per_component_rewards_and_sample_tables_from_several_steps(uninterrupted):
     from align.tracking import read_offline_run
 
@@ -116,16 +123,23 @@ def test_rerun_skips_every_finished_stage(uninterrupted):
     assert output.count("is already complete with this config; skipping") == len(STAGES)
 
 
+def pipeline_with_overrides(directory: Path, stage: str, overrides: str) -> Path:
+    """A copy of the tiny pipeline (and its stage configs) in `directory`, with `overrides` on `stage`."""
+    pipeline = directory / "pipeline.yaml"
+    pipeline.write_text(PIPELINE.read_text().replace(f"config: {stage}-tiny.yaml", f"config: {stage}-tiny.yaml\n"
+                                                     f"    overrides: {overrides}"))
+    for name in STAGES:
+        (directory / f"{name}-tiny.yaml").write_text((REPO / "configs" / f"{name}-tiny.yaml").read_text())
+    return pipeline
+
+
 def test_a_finished_stage_with_a_changed_config_is_refused(uninterrupted, tmp_path):
-    changed = tmp_path / "pipeline.yaml"
-    changed.write_text(PIPELINE.read_text().replace("config: rm-tiny.yaml", "config: rm-tiny.yaml\n"
-                                                    "    overrides: [train.margin=0.5]"))
-    for name in ("sft-tiny.yaml", "rm-tiny.yaml", "ppo-tiny.yaml", "dpo-tiny.yaml"):
-        (tmp_path / name).write_text((REPO / "configs" / name).read_text())
+    changed = pipeline_with_overrides(tmp_path, "rm", "[train.margin=0.5]")
     code, output = finish(align("pipeline", changed, f"run.root={uninterrupted.parent}", "tracking_backend=wandb",
                                 env={"WANDB_MODE": "offline"}))
     assert code == 2
     assert f"stage 'rm' in {uninterrupted / 'rm'} was run with a different config (changed: train.margin)" in output
+    assert output.count("align: error:") == 1 and "align: pipeline:" not in output  # the stage's one line
 
 
 def wait_for(predicate, process, timeout=300.0) -> None:
@@ -139,6 +153,13 @@ def wait_for(predicate, process, timeout=300.0) -> None:
     raise AssertionError("timed out")
 
 
+def wait_until_gone(pid: int, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+        assert time.time() < deadline, f"process {pid} outlived the pipeline that started it"
+        time.sleep(0.05)
+
+
 def test_kill_9_inside_every_stage_then_rerun_gives_the_uninterrupted_weights(uninterrupted, tmp_path):
     root = tmp_path / "killed"
     for stage in STAGES:
@@ -147,7 +168,9 @@ def test_kill_9_inside_every_stage_then_rerun_gives_the_uninterrupted_weights(un
         wait_for(lambda: any(checkpoints.glob("step-*")), process)
         process.kill()  # SIGKILL: no handler runs, nothing is flushed
         process.wait()
-        assert json.loads((root / "tiny" / stage / "manifest.json").read_text())["status"] == "running"
+        manifest = json.loads((root / "tiny" / stage / "manifest.json").read_text())
+        assert manifest["status"] == "running"
+        wait_until_gone(manifest["pid"])  # the stage's own process died with the pipeline's
         if stage == STAGES[-1]:  # and a newer checkpoint that was only half written when the machine died
             newest = sorted(checkpoints.glob("step-*"))[-1]
             torn = checkpoints / "step-99999999"
@@ -163,6 +186,20 @@ def test_kill_9_inside_every_stage_then_rerun_gives_the_uninterrupted_weights(un
         assert expected.keys() == resumed.keys()
         for name in expected:
             torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0, msg=f"{stage}: {name}")
+
+
+def test_sigterm_to_the_pipeline_stops_its_stage_at_a_checkpoint_and_exits_143(tmp_path):
+    pipeline = pipeline_with_overrides(tmp_path, "sft", "[train.epochs=6, train.save_every=1000]")
+    process = align("pipeline", pipeline, f"run.root={tmp_path}", "eval.enabled=false")
+    metrics = tmp_path / "tiny" / "sft" / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and '"sft/loss"' in metrics.read_text(), process)
+    process.send_signal(signal.SIGTERM)
+    code, output = finish(process)
+    assert code == 143, output
+    assert output.count("SIGTERM: finishing this step, then checkpointing") == 1  # passed on once, by the pipeline
+    assert json.loads((tmp_path / "tiny" / "sft" / "manifest.json").read_text())["status"] == "interrupted"
+    assert list((tmp_path / "tiny" / "sft" / "checkpoints").glob("step-*"))
+    assert not (tmp_path / "tiny" / "rm").exists()
 
 
 def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(tmp_path):
