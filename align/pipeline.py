@@ -142,6 +142,7 @@ def run_child(arguments: list[str], what: str) -> None:
 
     if stop_requested():  # a signal that arrived between two children: stop before starting another
         raise Interrupted(stop_requested())
+    print(f"[align] pipeline: python -m align {' '.join(arguments)}", flush=True)
     environment = {**os.environ, "ALIGN_PARENT_PID": str(os.getpid())}
     child = subprocess.Popen([sys.executable, "-m", "align", *arguments], env=environment, start_new_session=True)
     forward = {signum: signal.signal(signum, lambda signum, frame: child.send_signal(signum))  # noqa: ARG005
