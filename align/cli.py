@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from align.registry import COMMANDS, STAGES, config_class, stage_module
-from align.runtime import configure_environment, die_with_parent
+from align.runtime import configure_environment, die_with_parent, keep_freed_memory
 
 def load_stage_config(path: str, overrides: list[str], stage: str | None = None):
     """Load CONFIG for `stage` (or for the stage named by its `stage:` key, for `align validate`)."""
@@ -151,6 +151,8 @@ def add_chat_command(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the process's own command line, not a call from Python
+        keep_freed_memory()
     die_with_parent()
     configure_environment()
     argv = sys.argv[1:] if argv is None else argv

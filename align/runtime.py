@@ -25,6 +25,25 @@ def configure_environment(threads: int | None = None) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
+# glibc's malloc hands every block of 32 MiB or more back to the kernel when it is freed (mmap/munmap), and shrinks
+# its heap when the top is free: the logits, activations and gradients of every training step are then faulted in
+# again page by page, and a stage spends a tenth of its CPU time in the kernel (docs/SPEED.md, "Freed memory kept").
+# These tunables keep freed memory in the heap for the next step: no mmap for large blocks, no trimming.
+MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+
+
+def keep_freed_memory() -> None:
+    """Restart this process (same PID, arguments and environment) with `MALLOC_TUNABLES`, where glibc reads them: at
+    start-up. Nothing is done where the C library is not glibc, or where GLIBC_TUNABLES is set already (the user's
+    own setting wins, an empty one keeps glibc's defaults; it is also how the restarted process knows)."""
+    import platform
+
+    if "GLIBC_TUNABLES" in os.environ or not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return
+    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def die_with_parent() -> None:
     """In a process `align pipeline` started (`ALIGN_PARENT_PID` set): ask Linux to SIGKILL this process when the
     pipeline's process dies, so that a pipeline killed outright (kill -9, out of memory) takes its running stage with

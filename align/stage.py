@@ -136,6 +136,7 @@ def begin_stage(cfg, *, restart: bool = False) -> tuple[Path, Path | None, bool]
         started=(manifest or {}).get("started") if resume_from else now(),
         resumed_from=str(resume_from) if resume_from else None,
         pid=os.getpid(),
+        malloc_tunables=os.environ.get("GLIBC_TUNABLES"),  # align.runtime.keep_freed_memory
     )
     return out, resume_from, False
 

@@ -15,6 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from align.runtime import MALLOC_TUNABLES
+
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = REPO / "configs" / "pipeline-tiny.yaml"
 STAGES = ("sft", "rm", "ppo", "dpo")
@@ -50,6 +52,7 @@ def test_the_chain_completes_with_lineage_evaluation_and_report(uninterrupted):
     for stage in STAGES:
         manifest = json.loads((uninterrupted / stage / "manifest.json").read_text())
         assert manifest["status"] == "complete", stage
+        assert manifest["malloc_tunables"] == os.environ.get("GLIBC_TUNABLES", MALLOC_TUNABLES), stage
     assert json.loads((uninterrupted / "ppo" / "manifest.json").read_text())["parents"]["policy"].endswith("tiny/sft")
     summary = (uninterrupted / "eval" / "summary.md").read_text()
     rows = [line.split(" | ")[0] for line in summary.splitlines()[2:6]]
