@@ -27,7 +27,7 @@ def configure_environment(threads: int | None = None) -> None:
 
 # glibc's malloc hands every block of 32 MiB or more back to the kernel when it is freed (mmap/munmap), and shrinks
 # its heap when the top is free: the logits, activations and gradients of every training step are then faulted in
-# again page by page, and a stage spends a tenth of its CPU time in the kernel (docs/SPEED.md, "Freed memory kept").
+# again page by page, and a stage spends much of its CPU time in the kernel (docs/SPEED.md, "Freed memory kept").
 # These tunables keep freed memory in the heap for the next step: no mmap for large blocks, no trimming.
 MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
