@@ -156,9 +156,16 @@ def wait_for(predicate, process, timeout=300.0) -> None:
     raise AssertionError("timed out")
 
 
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # gone (also between a check and the read)
+        return False
+
+
 def wait_until_gone(pid: int, timeout: float = 30.0) -> None:
     deadline = time.time() + timeout
-    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+    while alive(pid):
         assert time.time() < deadline, f"process {pid} outlived the pipeline that started it"
         time.sleep(0.05)
 
