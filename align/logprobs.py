@@ -107,6 +107,29 @@ def trunk_matches(model, layers: int, values: bool = False) -> bool:
     return torch.allclose(full.float(), split.float(), atol=1e-4, rtol=1e-4)
 
 
+@torch.no_grad()
+def same_trunk(model, other, layers: int) -> bool:
+    """Whether the first `layers` layers of two models compute the same thing: the same weights and buffers in their
+    embeddings, rotary embedding and those layers, and the same states for one short sequence (which covers what the
+    weights do not, such as the norms' epsilon). Then one trunk run serves both: a value model made from the policy,
+    or from a reward model trained only above those layers."""
+    bodies = decoder_body(model), decoder_body(other)
+    if type(bodies[0]) is not type(bodies[1]) or min(len(b.layers) for b in bodies) < layers:
+        return False
+    parts = [[b.embed_tokens, getattr(b, "rotary_emb", None), *list(b.layers)[:layers]] for b in bodies]
+    for mine, theirs in zip(*parts):
+        if (mine is None) != (theirs is None):
+            return False
+        if mine is None:
+            continue
+        tensors = [dict(m.named_parameters()) | dict(m.named_buffers()) for m in (mine, theirs)]
+        if tensors[0].keys() != tensors[1].keys() or not all(
+                torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0]):
+            return False
+    probe = [[11, 12, 13, 14, 15]]
+    return torch.equal(trunk_states(model, probe, layers, 64).states[0], trunk_states(other, probe, layers, 64).states[0])
+
+
 def frozen_trunk_layers(lora, model, values: bool = False) -> int | None:
     """How many layers of `model` lie below adapters on its top `lora.last_layers` layers (the model's
     `model.lora` section): frozen, so one run per iteration serves every later pass. None with full fine-tuning,

@@ -37,7 +37,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from align.config import ConfigError
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, response_values, trunk_states
+from align.logprobs import (FrozenReference, frozen_trunk_layers, response_logprobs, response_values, same_trunk,
+                            trunk_states)
 from align.losses import (POLICY_LOSSES, PolicyLossName, kl_per_token, masked_mean, rloo_advantages,
                           sequence_unlikelihood, value_loss)
 from align.loop import RLTrainConfig, Training
@@ -210,6 +211,7 @@ class PPOModels:
     generator: TextGenerator  # a copy of the policy that generates rollouts; refreshed every iteration
     tokenizer: object
     trunk_layers: tuple[int, int] | None  # frozen layers run once per iteration (`shared_trunk_layers`)
+    value_shares_trunk: bool  # the value model's frozen layers are the policy's (`align.logprobs.same_trunk`)
     rollout_logprobs: bool  # the copy computes in fp32: its log-probs of the sampled tokens are the old ones
 
 
@@ -223,10 +225,15 @@ def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenVa
     print(f"[align] ppo: policy {policy_path} ({count_parameters(policy)[0]:,} trainable), value model from "
           f"{value_path}, reference = {'policy without adapters' if cfg.model.lora.enabled else 'frozen copy'}")
     trunk_layers = shared_trunk_layers(cfg.model.lora, policy, value_model)
+    # A value model made from the policy (or from a reward model trained only above the trunk) has the policy's
+    # frozen layers: their states are computed once for both.
+    value_shares_trunk = bool(trunk_layers) and trunk_layers[0] == trunk_layers[1] and same_trunk(
+        policy, value_model, trunk_layers[0])
     if trunk_layers:
         print(f"[align] ppo: the frozen layers below the adapters ({trunk_layers[0]} of the policy, {trunk_layers[1]} "
-              f"of the value model) run once per iteration, shared by every pass")
-    models = PPOModels(reference, generator, tokenizer, trunk_layers, precision == "fp32")
+              f"of the value model) run once per iteration, shared by every pass"
+              + ("; the value model's are the policy's, run once for both" if value_shares_trunk else ""))
+    models = PPOModels(reference, generator, tokenizer, trunk_layers, value_shares_trunk, precision == "fp32")
     return policy, value_model, models, {"policy": policy_path, "reward_model": cfg.reward.reward_model,
                                          "value": value_path}
 
@@ -291,7 +298,8 @@ def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t:
     with gathered(policy, value_model), autocast(device, precision):  # FSDP2: shards gathered (align.sharding)
         if models.trunk_layers:
             sequences = [p + r for p, r in zip(prompts, responses)]
-            rollout.trunks = (trunk_states(policy, sequences, models.trunk_layers[0], t.pack_length, shared),
+            policy_trunk = trunk_states(policy, sequences, models.trunk_layers[0], t.pack_length, shared)
+            rollout.trunks = (policy_trunk, policy_trunk if models.value_shares_trunk else
                               trunk_states(value_model, sequences, models.trunk_layers[1], t.pack_length, shared))
         policy_trunk, value_trunk = rollout.trunks
         if models.rollout_logprobs:

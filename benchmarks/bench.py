@@ -57,6 +57,10 @@ CASES = {
     "grpo/align": "align grpo (align.grpo.train)",
     "grpo/trl": "TRL GRPOTrainer, set to the same work",
 }
+# The cases that run align's stages: they get the malloc settings the `align` command gives itself
+# (align.runtime.keep_freed_memory); the others run with glibc's defaults, as a plain user's script does.
+ALIGN_COMMAND_CASES = ("sft/align", "rm/align", "dpo/align", "ppo/align", "ppo/align-hf", "eval/align", "eval/hf",
+                       "grpo/align")
 
 
 @dataclass
@@ -181,13 +185,18 @@ def selected_cases(names: list[str]) -> list[str]:
     return ["machine"] + [case for case in CASES if case.split("/")[0] in names or case in names]
 
 
-def child_environment(threads: int, jobs: int = 1) -> dict[str, str]:
+def child_environment(threads: int, jobs: int = 1, case: str | None = None) -> dict[str, str]:
     """The same thread and logging settings for every run (recorded in bench.json). OpenMP's threads wait
     passively only when runs share the cores (`jobs` > 1), as align does for the ranks of a multi-process launch
-    (align.runtime): a run alone keeps OpenMP's default, or the caller's own OMP_WAIT_POLICY."""
+    (align.runtime): a run alone keeps OpenMP's default, or the caller's own OMP_WAIT_POLICY. A case of
+    `ALIGN_COMMAND_CASES` runs with the `align` command's malloc settings, unless the caller set GLIBC_TUNABLES."""
+    from align.runtime import MALLOC_TUNABLES
+
     env = dict(os.environ)
     if jobs > 1:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if case in ALIGN_COMMAND_CASES and "GLIBC_TUNABLES" not in env:
+        env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
     env.update({
         "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -213,7 +222,7 @@ def run_case(case: str, settings: BenchSettings, out: Path, timeout_s: float, jo
         with open(log_path, "w") as log:
             try:
                 code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(
-                    settings.threads, jobs), timeout=timeout_s).returncode
+                    settings.threads, jobs, case), timeout=timeout_s).returncode
             except subprocess.TimeoutExpired:
                 code = None
         process_s = time.perf_counter() - started
@@ -275,6 +284,8 @@ def environment(settings: BenchSettings, jobs: int) -> dict:
         "versions": {name: version(name) for name in ("torch", "transformers", "trl", "peft", "accelerate")},
         "child_env": {k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
                                           "TOKENIZERS_PARALLELISM")},
+        "glibc_tunables": {"align's cases": child_environment(settings.threads, jobs, ALIGN_COMMAND_CASES[0]).get(
+            "GLIBC_TUNABLES"), "the others": os.environ.get("GLIBC_TUNABLES")},
     }
 
 
@@ -380,6 +391,14 @@ def _repeated(repeats: int) -> str:
     return f"; every case ran {repeats} times, taking turns, and shows its median run" if repeats > 1 else ""
 
 
+def _malloc(tunables: dict | None) -> str:
+    if not tunables:
+        return ""
+    ours, others = (f"GLIBC_TUNABLES={value}" if value is not None else "glibc's malloc defaults"
+                    for value in tunables.values())
+    return f" Align's own cases ran with {ours} (as the `align` command runs), the others with {others}."
+
+
 def markdown(report: dict) -> str:
     s, env, machine = report["settings"], report["environment"], report.get("machine") or {}
     lines = [
@@ -391,7 +410,8 @@ def markdown(report: dict) -> str:
         f"fp32 {_gflops(machine.get('matmul_fp32_flop_per_s'))}, bf16 {_gflops(machine.get('matmul_bf16_flop_per_s'))} "
         f"(n={machine.get('matmul_size', '?')}). Load average (1, 5, 15 min) at start "
         f"{_loads(env['load_average_at_start'])}, at end {_loads(env.get('load_average_at_end'))}; "
-        f"{report['total_s']} s in all{_side_by_side(env.get('jobs', 1))}{_repeated(env.get('repeats', 1))}.",
+        f"{report['total_s']} s in all{_side_by_side(env.get('jobs', 1))}{_repeated(env.get('repeats', 1))}."
+        f"{_malloc(env.get('glibc_tunables'))}",
         "",
         "| case | ours | comparator | ratio | target | met? |",
         "|---|---|---|---|---|---|",

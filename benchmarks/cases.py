@@ -4,6 +4,7 @@ process per run: `python -m benchmarks.bench --one CASE`)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -28,5 +29,6 @@ def run_one(case: str, settings, result_path: Path, workdir: Path) -> None:
     started = time.perf_counter()
     result = ALL_CASES[case](settings, workdir)
     result.update(case=case, run_s=round(time.perf_counter() - started, 2), baseline_rss_mib=round(baseline, 1),
-                  peak_rss_mib=round(memory_mib("VmHWM"), 1), torch_threads=torch.get_num_threads())
+                  peak_rss_mib=round(memory_mib("VmHWM"), 1), torch_threads=torch.get_num_threads(),
+                  glibc_tunables=os.environ.get("GLIBC_TUNABLES"))
     result_path.write_text(json.dumps(result))

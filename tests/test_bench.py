@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import (CASES, STAGES, TARGETS, child_environment, compare, main, markdown, median_of_repeats,
-                              rescale_raw_ppo, selected_cases)
+from align.runtime import MALLOC_TUNABLES
+from benchmarks.bench import (ALIGN_COMMAND_CASES, CASES, STAGES, TARGETS, child_environment, compare, main, markdown,
+                              median_of_repeats, rescale_raw_ppo, selected_cases)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +89,16 @@ def test_runs_wait_passively_only_when_they_share_the_cores(monkeypatch):
     assert child_environment(2, jobs=1)["OMP_NUM_THREADS"] == "2"
 
 
+def test_aligns_cases_run_with_the_align_commands_malloc_settings_and_the_others_with_glibcs(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert set(ALIGN_COMMAND_CASES) <= set(CASES)
+    assert child_environment(2, case="ppo/align")["GLIBC_TUNABLES"] == MALLOC_TUNABLES
+    assert "GLIBC_TUNABLES" not in child_environment(2, case="ppo/raw")  # a plain user's script: glibc's defaults
+    assert "GLIBC_TUNABLES" not in child_environment(2, case="machine")
+    monkeypatch.setenv("GLIBC_TUNABLES", "")  # the caller's own setting wins, on every side
+    assert child_environment(2, case="ppo/align")["GLIBC_TUNABLES"] == ""
+
+
 def test_repeated_runs_report_each_fields_median_and_keep_what_varied():
     runs = [{"case": "eval/align", "seconds": 12.0, "new_tokens": 5000, "new_tokens_per_s": 416.7, "exact": True},
             {"case": "eval/align", "seconds": 20.0, "new_tokens": 5000, "new_tokens_per_s": 250.0, "exact": True},
@@ -110,7 +121,7 @@ def test_a_case_that_failed_in_any_repeat_is_reported_failed():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, "HF_HUB_OFFLINE": "1"}
     # Two runs at a time: this run checks the harness, its timings are not read.
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--jobs", "2",
                            "--out", str(out)],
@@ -132,11 +143,14 @@ def test_quick_run_measures_every_case_in_its_own_process(quick_run):
     threads = report["settings"]["threads"]
     assert report["environment"]["jobs"] == 2  # side by side, and the table says its timings measure nothing
     assert "2 runs at a time: these timings check the harness" in quick_run[1]
+    assert f"Align's own cases ran with GLIBC_TUNABLES={MALLOC_TUNABLES}" in quick_run[1]
+    assert "the others with glibc's malloc defaults" in quick_run[1]
     assert report["environment"]["child_env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert report["environment"]["child_env"]["OMP_NUM_THREADS"] == str(threads)
     for case, run in report["runs"].items():
         assert run["case"] == case and run["method"] and run["precision"], case
         assert run["torch_threads"] == threads, case
+        assert run["glibc_tunables"] == (MALLOC_TUNABLES if case in ALIGN_COMMAND_CASES else None), case
         assert 0 < run["baseline_rss_mib"] < run["peak_rss_mib"], case
         assert (out / "logs" / (case.replace("/", "_") + ".log")).is_file(), case
         if case == "eval/exact":  # a correctness check, not a throughput

@@ -6,6 +6,7 @@ from align.logprobs import (
     decoder_body,
     response_logprobs,
     response_values,
+    same_trunk,
     token_logprobs_and_entropy,
     trunk_matches,
     trunk_states,
@@ -108,6 +109,27 @@ def test_a_frozen_trunk_gives_the_same_log_probs_values_and_gradients(tiny_model
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert trunk_matches(policy, 1) and trunk_matches(values, 1, values=True)
     assert len(decoder_body(policy).layers) == 2  # the layers are back in place after every pass
+
+
+def test_a_value_model_from_the_policys_weights_shares_its_trunk_and_any_difference_below_the_adapters_is_seen(
+        tiny_model_dir):
+    """same_trunk: the value model made from the policy's own checkpoint (adapters on the top layer of both) has the
+    policy's bottom layer; one changed weight in it, a changed norm epsilon (not a weight), or a trunk deeper than
+    the model are not the same trunk. The adapters above the trunk may differ."""
+    from align.values import TokenValues, load_reward_backbone
+
+    cfg = ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1))
+    policy = lora_policy(tiny_model_dir)  # adapters moved off zero: they are above the trunk
+    values = TokenValues(load_reward_backbone(cfg, str(tiny_model_dir))[0])
+    assert same_trunk(policy, values, 1) and same_trunk(values, policy, 1)
+    assert not same_trunk(policy, values, 3)  # the tiny model has 2 layers
+    norm = decoder_body(values).layers[0].input_layernorm
+    norm.variance_epsilon, eps = 0.5, norm.variance_epsilon
+    assert not same_trunk(policy, values, 1)
+    norm.variance_epsilon = eps
+    with torch.no_grad():
+        decoder_body(values).layers[0].mlp.down_proj.weight[0, 0] += 1e-3
+    assert not same_trunk(policy, values, 1)
 
 
 def test_a_trunk_run_on_the_wrong_layers_is_caught(tiny_model_dir):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from align.config import ConfigError, load_config
-from align.logprobs import FrozenReference, response_logprobs, response_values
+from align.logprobs import FrozenReference, response_logprobs, response_values, same_trunk
 from align.models import LoraConfig, ModelConfig, load_model
 from align.ppo import (PPOConfig, PPOModels, PPOTrainConfig, Rollout, compute_advantages, evaluate_rollout,
                        generate_rollout, shared_trunk_layers)
@@ -24,7 +24,8 @@ TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ppo-tiny.yaml"
 ROWS = [{"prompt": "Write a short note."}, {"prompt": "List three colours."}, {"prompt": "Say hello in French."}]
 
 
-def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1, trunk: bool = False):
+def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1, trunk: bool = False,
+                value_shares_trunk: bool = False):
     """Steps 1 and 3 of an iteration from a policy whose adapters have moved off zero: (rollout, training)."""
     torch.manual_seed(0)  # peft draws lora_A
     cfg = ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1))
@@ -36,7 +37,9 @@ def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1
     value_model = TokenValues(load_reward_backbone(cfg, str(tiny_model_dir))[0])
     generator = rollout_generator(str(tiny_model_dir), tokenizer, GenerationConfig(backend=backend), CPU, "fp32")
     trunk_layers = shared_trunk_layers(cfg.lora, policy, value_model) if trunk else None
-    models = PPOModels(FrozenReference(policy, lora=True), generator, tokenizer, trunk_layers, rollout_logprobs)
+    assert not value_shares_trunk or same_trunk(policy, value_model, trunk_layers[0])  # both from the same weights
+    models = PPOModels(FrozenReference(policy, lora=True), generator, tokenizer, trunk_layers, value_shares_trunk,
+                       rollout_logprobs)
     training = SimpleNamespace(raw={"policy": policy, "value": value_model})
     t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8, completions_per_prompt=k)
     rollout = generate_rollout(training, models, ROWS, t, seed=3)
@@ -56,15 +59,18 @@ def test_fp32_old_logprobs_from_the_rollout_equal_the_training_forwards(tiny_mod
     assert not torch.allclose(recomputed.old_logprobs, recomputed.ref_logprobs, atol=1e-3)
 
 
-@pytest.mark.parametrize("trunk", [False, True])
-def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_model_dir, trunk):
+@pytest.mark.parametrize("trunk, value_shares_trunk", [(False, False), (True, False), (True, True)])
+def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_model_dir, trunk, value_shares_trunk):
     """k = 2: each prompt's row twice in a row, two different samples of it, and the values, old and reference
-    log-probs of the passes that compute each prompt once (through the frozen trunk or every layer) equal those of
-    laying every sequence out whole."""
-    rollout, training = first_steps(tiny_model_dir, "engine", rollout_logprobs=False, k=2, trunk=trunk)
+    log-probs of the passes that compute each prompt once (through the frozen trunk or every layer; the value
+    model's trunk its own or, made from the same weights, the policy's) equal those of laying every sequence out
+    whole."""
+    rollout, training = first_steps(tiny_model_dir, "engine", rollout_logprobs=False, k=2, trunk=trunk,
+                                    value_shares_trunk=value_shares_trunk)
     assert rollout.rows == [row for row in ROWS for _ in range(2)]
     assert any(rollout.response_ids[2 * i] != rollout.response_ids[2 * i + 1] for i in range(len(ROWS)))
     assert rollout.trunks[0] is not None if trunk else rollout.trunks == (None, None)
+    assert not trunk or (rollout.trunks[0] is rollout.trunks[1]) == value_shares_trunk
     policy, value_model = training.raw["policy"], training.raw["value"]
     prompts, responses = rollout.prompt_ids, rollout.response_ids
     with torch.no_grad():
