@@ -127,7 +127,8 @@ def same_trunk(model, other, layers: int) -> bool:
                 torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0]):
             return False
     probe = [[11, 12, 13, 14, 15]]
-    return torch.equal(trunk_states(model, probe, layers, 64).states[0], trunk_states(other, probe, layers, 64).states[0])
+    states = [trunk_states(m, probe, layers, 64).states[0] for m in (model, other)]
+    return torch.equal(*states)
 
 
 def frozen_trunk_layers(lora, model, values: bool = False) -> int | None:
