@@ -85,6 +85,16 @@ def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_mode
         torch.testing.assert_close(rollout.values[i, :n], values[i], rtol=1e-5, atol=1e-5)
 
 
+def test_a_value_model_sharing_the_policys_trunk_gets_exactly_the_values_of_its_own_trunk(tiny_model_dir):
+    """The shared trunk is only a saving: the same responses get the same values, old and reference log-probs to
+    the bit as when the value model's trunk runs on its own."""
+    own, _ = first_steps(tiny_model_dir, "engine", rollout_logprobs=False, k=2, trunk=True)
+    shared, _ = first_steps(tiny_model_dir, "engine", rollout_logprobs=False, k=2, trunk=True, value_shares_trunk=True)
+    assert own.response_ids == shared.response_ids and own.trunks[0] is not own.trunks[1]
+    for name in ("values", "old_logprobs", "ref_logprobs"):
+        assert torch.equal(getattr(own, name), getattr(shared, name)), name
+
+
 def test_unlikelihood_adds_its_weight_times_the_responses_unlikelihood_per_token_to_the_loss(tiny_model_dir):
     """train.unlikelihood c: the minibatch loss grows by c * (sum of the responses' token unlikelihood) / (their
     response tokens), and the statistic reports that per-token unlikelihood; at 0 the loss is PPO's alone."""
