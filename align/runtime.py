@@ -32,15 +32,23 @@ def configure_environment(threads: int | None = None) -> None:
 MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
 
-def keep_freed_memory() -> None:
-    """Restart this process (same PID, arguments and environment) with `MALLOC_TUNABLES`, where glibc reads them: at
-    start-up. Nothing is done where the C library is not glibc, or where GLIBC_TUNABLES is set already (the user's
-    own setting wins, an empty one keeps glibc's defaults; it is also how the restarted process knows)."""
+def freed_memory_tunables() -> str | None:
+    """`MALLOC_TUNABLES` where they apply and nobody chose otherwise; None where the C library is not glibc, or where
+    GLIBC_TUNABLES is set already (the user's own setting wins, an empty one keeps glibc's defaults)."""
     import platform
 
     if "GLIBC_TUNABLES" in os.environ or not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    return MALLOC_TUNABLES
+
+
+def keep_freed_memory() -> None:
+    """Restart this process (same PID, arguments and environment) with `freed_memory_tunables()`, where glibc reads
+    them: at start-up. Nothing is done where they do not apply (the restarted process finds GLIBC_TUNABLES set)."""
+    tunables = freed_memory_tunables()
+    if tunables is None:
         return
-    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    os.environ["GLIBC_TUNABLES"] = tunables
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 

@@ -189,14 +189,14 @@ def child_environment(threads: int, jobs: int = 1, case: str | None = None) -> d
     """The same thread and logging settings for every run (recorded in bench.json). OpenMP's threads wait
     passively only when runs share the cores (`jobs` > 1), as align does for the ranks of a multi-process launch
     (align.runtime): a run alone keeps OpenMP's default, or the caller's own OMP_WAIT_POLICY. A case of
-    `ALIGN_COMMAND_CASES` runs with the `align` command's malloc settings, unless the caller set GLIBC_TUNABLES."""
-    from align.runtime import MALLOC_TUNABLES
+    `ALIGN_COMMAND_CASES` runs with the `align` command's malloc settings where it would have them."""
+    from align.runtime import freed_memory_tunables
 
     env = dict(os.environ)
     if jobs > 1:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    if case in ALIGN_COMMAND_CASES and "GLIBC_TUNABLES" not in env:
-        env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    if case in ALIGN_COMMAND_CASES and (tunables := freed_memory_tunables()) is not None:
+        env["GLIBC_TUNABLES"] = tunables
     env.update({
         "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
