@@ -27,9 +27,10 @@ from benchmarks.measure import (
 
 def ppo_config(settings, workdir: Path, reward_dir: Path | None = None, *overrides: str):
     """configs/ppo.yaml at the benchmark's sizes (every iteration uses the same prompts: the data is exactly one
-    iteration's worth), its reward model replaced by `reward_dir`."""
+    iteration's worth), its reward model replaced by `reward_dir`, its value model made from the policy as there."""
     return stage_config("ppo", settings, workdir, "builtin:prompts:train", settings.ppo_prompts,
                         f"reward.reward_model={reward_dir}" if reward_dir else "reward.reward_model=null",
+                        f"value_model={model_path(settings)}",
                         f"train.iterations={settings.warmup_steps + settings.ppo_iterations}",
                         f"train.prompts_per_iteration={settings.ppo_prompts}",
                         f"generation.slots={settings.ppo_prompts}",
@@ -65,7 +66,8 @@ def case_ppo_align(settings, workdir: Path, backend: str = "auto") -> dict:
                   f"generation batch {settings.ppo_prompts}, max_new_tokens {settings.ppo_max_new_tokens}, "
                   f"temperature {cfg.train.temperature}, {cfg.train.ppo_epochs} PPO epochs of minibatch {settings.ppo_minibatch}, "
                   "reward = a reward model made from the base model (seeded random score head) + "
-                  "instruction_following, value model from it); per-iteration times are the stage's logged "
+                  "instruction_following; value model from the policy, a new head); per-iteration times are the "
+                  "stage's logged "
                   "ppo/time/{generate,score,logprobs,update} (generate includes syncing the rollout copy's "
                   "weights), new tokens = ppo/response_length x prompts, update tokens = PPO epochs x (prompt + "
                   "response tokens), each through the policy and the value model",
