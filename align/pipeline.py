@@ -247,9 +247,24 @@ def generalisation_warnings(results: dict[str, dict], parents: dict[str, str]) -
         parent = parent if parent in results else "base" if stage != "base" and "base" in results else None
         ours, theirs = split_metrics(result, "unseen"), parent and split_metrics(results[parent], "unseen")
         if ours and theirs and ours["prompt_level_loose"] < theirs["prompt_level_loose"]:
+            error = paired_standard_error(ours.get("per_prompt"), theirs.get("per_prompt"))
+            noise = f"; a standard error of {error:.3f} on these prompts" if error is not None else ""
             warnings.append(f"{stage} follows unseen constraint types worse than {parent}, the model it started from "
-                            f"(prompt-level loose {ours['prompt_level_loose']:.3f} < {theirs['prompt_level_loose']:.3f})")
+                            f"(prompt-level loose {ours['prompt_level_loose']:.3f} < {theirs['prompt_level_loose']:.3f}"
+                            f"{noise})")
     return warnings
+
+
+def paired_standard_error(ours: list[dict] | None, theirs: list[dict] | None) -> float | None:
+    """The standard error of the difference in prompt-level loose accuracy between two evaluations of the same
+    prompts (`per_prompt` of each: {"loose": [followed, ...]} per prompt), from the per-prompt differences d_i:
+    sd(d) / sqrt(n). None unless both cover the same number (> 1) of prompts."""
+    if not ours or not theirs or len(ours) != len(theirs) or len(ours) < 2:
+        return None
+    differences = [float(all(a["loose"])) - float(all(b["loose"])) for a, b in zip(ours, theirs)]
+    n = len(differences)
+    mean = sum(differences) / n
+    return (sum((d - mean) ** 2 for d in differences) / (n - 1) / n) ** 0.5
 
 
 def list_runs(root: Path) -> str:

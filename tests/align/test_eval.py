@@ -102,6 +102,26 @@ def test_a_stage_that_lowers_unseen_type_accuracy_below_its_parents_is_warned_ab
     results = {"base": scored(0.2), "sft": scored(0.1), "ppo": scored(0.15), "dpo": scored(0.3)}
     warnings = generalisation_warnings(results, {"sft": "smollm2-135m-instruct", "ppo": "sft", "dpo": "sft"})
     assert len(warnings) == 1 and warnings[0].startswith("sft follows unseen constraint types worse than base")
+    assert warnings[0].endswith("(prompt-level loose 0.100 < 0.200)")  # no per-prompt results: no standard error
+
+
+def test_the_unseen_type_warning_gives_the_standard_error_of_the_paired_difference():
+    from align.pipeline import generalisation_warnings, paired_standard_error
+
+    def scored(followed):  # one prompt of two instructions per entry; followed: whether the second was
+        per_prompt = [{"loose": [True, f]} for f in followed]
+        loose = sum(followed) / len(followed)
+        return {"budgets": [8], "splits": {"unseen": {"budget_8": {"prompt_level_loose": loose,
+                                                                   "per_prompt": per_prompt}}}}
+
+    # differences per prompt: 0, -1, 0, 0 -> mean -1/4, sample variance (3 x 1/16 + 9/16) / 3 = 1/4, SE sqrt(1/16)
+    ours, theirs = scored([True, False, False, True]), scored([True, True, False, True])
+    per_prompt = [split["splits"]["unseen"]["budget_8"]["per_prompt"] for split in (ours, theirs)]
+    assert paired_standard_error(*per_prompt) == 0.25
+    assert paired_standard_error(per_prompt[0], per_prompt[1][:3]) is None  # not the same prompts
+    warnings = generalisation_warnings({"sft": theirs, "ppo": ours}, {"ppo": "sft"})
+    assert warnings == ["ppo follows unseen constraint types worse than sft, the model it started from "
+                        "(prompt-level loose 0.500 < 0.750; a standard error of 0.250 on these prompts)"]
 
 
 def test_the_summary_shows_each_splits_loop_and_eos_shares_at_each_budget():
