@@ -48,8 +48,9 @@ from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
-                      last_metrics, log_samples, minibatch_updates, pad_right, penalised_scores, read_logged,
-                      rollout_generator, same_prompt, sample_completions, window_means)
+                      last_metrics, log_samples, minibatch_updates, old_logprobs_from_rollout, pad_right,
+                      penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
+                      window_means)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -113,7 +114,7 @@ class GRPOModels:
     generator: TextGenerator  # a copy of the policy that samples the completions; refreshed every iteration
     tokenizer: object
     trunk_layers: int | None  # frozen layers run once per iteration (`align.logprobs.frozen_trunk_layers`)
-    rollout_logprobs: bool  # the copy computes in fp32: its log-probs of the sampled tokens are the old ones
+    rollout_logprobs: bool  # the old log-probs are the rollout's own (fp32, or train.old_logprobs=rollout)
 
 
 def load_models(cfg: GRPOConfig, device, precision: str) -> tuple[object, GRPOModels, str]:
@@ -128,7 +129,8 @@ def load_models(cfg: GRPOConfig, device, precision: str) -> tuple[object, GRPOMo
     print(f"[align] grpo: policy {policy_path} ({count_parameters(policy)[0]:,} trainable), reference = "
           f"{reference_is}" + (f"; the {trunk_layers} frozen layers below the adapters run once per iteration"
                                if trunk_layers else ""))
-    return policy, GRPOModels(reference, generator, tokenizer, trunk_layers, precision == "fp32"), policy_path
+    rollout_logprobs = old_logprobs_from_rollout(precision, cfg.train.old_logprobs)
+    return policy, GRPOModels(reference, generator, tokenizer, trunk_layers, rollout_logprobs), policy_path
 
 
 # ---- the steps of an iteration ------------------------------------------------------------------------------------
@@ -184,8 +186,9 @@ def score_groups(groups: Groups, reward_fn, columns: list[str], missing_eos_pena
 @torch.no_grad()
 def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: GRPOTrainConfig, device,
                     precision: str) -> None:
-    """3. Log-probs of the policy that sampled (the rollout's own in fp32, else recomputed) and of the reference,
-    per completion token (no gradients); a frozen trunk runs once, here, for every later pass."""
+    """3. Log-probs of the policy that sampled (the rollout's own in fp32 or with train.old_logprobs=rollout, else
+    recomputed) and of the reference, per completion token (no gradients); a frozen trunk runs once, here, for every
+    later pass."""
     policy, prompts, responses = training.raw["policy"], groups.prompt_ids, groups.response_ids
     shared = same_prompt(range(len(responses)), groups.k)  # each prompt computed once, not k times
     with gathered(policy), autocast(device, precision):  # FSDP2: shards gathered (align.sharding)

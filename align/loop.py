@@ -78,6 +78,11 @@ class RLTrainConfig(TrainConfig):
     temperature: float = 1.0  # sampling temperature (also used for the log-probs)
     top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
     top_k: int = 0  # keep only the k most likely tokens; 0 = off
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"  # the log-probs of the policy that sampled, in the
+        # clipped ratio and the KL: recompute (a pass of the trained policy before the update) or rollout (those the
+        # generating copy computed as it sampled: one pass less; in bf16 they differ from the training pass's by
+        # rounding, and the ratio then corrects for that too). With fp32 rollouts both give the same numbers, and
+        # the rollout's are used
 
 
 def plan_steps(steps_per_epoch: int, cfg: DatasetTrainConfig, too_few: str) -> int:

@@ -48,9 +48,9 @@ from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns
 from align.distributed import (count_share, global_masked_mean, global_masked_whiten, global_mean, global_sum,
                                global_sums, token_share)
 from align.rl import (GreedyLoops, StepTimer, check_prompt_split, completion_metrics, global_completions,
-                      greedy_loops, iteration_prompts, last_metrics, log_samples, minibatch_updates, pad_right,
-                      penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
-                      window_means)
+                      greedy_loops, iteration_prompts, last_metrics, log_samples, minibatch_updates,
+                      old_logprobs_from_rollout, pad_right, penalised_scores, read_logged, rollout_generator,
+                      same_prompt, sample_completions, window_means)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -212,7 +212,7 @@ class PPOModels:
     tokenizer: object
     trunk_layers: tuple[int, int] | None  # frozen layers run once per iteration (`shared_trunk_layers`)
     value_shares_trunk: bool  # the value model's frozen layers are the policy's (`align.logprobs.same_trunk`)
-    rollout_logprobs: bool  # the copy computes in fp32: its log-probs of the sampled tokens are the old ones
+    rollout_logprobs: bool  # the old log-probs are the rollout's own (fp32, or train.old_logprobs=rollout)
 
 
 def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenValues, PPOModels, dict]:
@@ -233,7 +233,8 @@ def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenVa
         print(f"[align] ppo: the frozen layers below the adapters ({trunk_layers[0]} of the policy, {trunk_layers[1]} "
               f"of the value model) run once per iteration, shared by every pass"
               + ("; the value model's are the policy's, run once for both" if value_shares_trunk else ""))
-    models = PPOModels(reference, generator, tokenizer, trunk_layers, value_shares_trunk, precision == "fp32")
+    rollout_logprobs = old_logprobs_from_rollout(precision, cfg.train.old_logprobs)
+    models = PPOModels(reference, generator, tokenizer, trunk_layers, value_shares_trunk, rollout_logprobs)
     return policy, value_model, models, {"policy": policy_path, "reward_model": cfg.reward.reward_model,
                                          "value": value_path}
 
@@ -289,9 +290,9 @@ def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_p
 @torch.no_grad()
 def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t: PPOTrainConfig, device,
                      precision: str) -> None:
-    """3. Log-probs of the policy that generated (the rollout's own in fp32, else recomputed) and of the
-    reference, and values, per response token (no gradients); a frozen trunk runs once, here, for every later
-    pass."""
+    """3. Log-probs of the policy that generated (the rollout's own in fp32 or with train.old_logprobs=rollout, else
+    recomputed) and of the reference, and values, per response token (no gradients); a frozen trunk runs once, here,
+    for every later pass."""
     policy, value_model = training.raw["policy"], training.raw["value"]
     prompts, responses = rollout.prompt_ids, rollout.response_ids
     shared = same_prompt(range(len(responses)), t.completions_per_prompt)  # each prompt computed once, not k times

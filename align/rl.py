@@ -175,6 +175,12 @@ def rollout_generator(policy_path: str, tokenizer, generation, device, precision
     return TextGenerator(model.to(device), tokenizer, generation)
 
 
+def old_logprobs_from_rollout(precision: str, old_logprobs: str) -> bool:
+    """Whether the log-probs the rollout copy computed as it sampled serve as the old (behaviour) log-probs:
+    always in fp32, where they are the training forward's; in bf16 when `train.old_logprobs` is rollout."""
+    return precision == "fp32" or old_logprobs == "rollout"
+
+
 @torch.no_grad()
 def merged_weights(policy, adapted_layers_only: bool = False) -> dict[str, torch.Tensor]:
     """The policy's weights with LoRA deltas added (W + B A * scale), without modifying the policy itself.

@@ -15,7 +15,7 @@ from align.logprobs import FrozenReference, response_logprobs, response_values, 
 from align.models import LoraConfig, ModelConfig, load_model
 from align.ppo import (PPOConfig, PPOModels, PPOTrainConfig, Rollout, compute_advantages, evaluate_rollout,
                        generate_rollout, shared_trunk_layers)
-from align.rl import rollout_generator
+from align.rl import old_logprobs_from_rollout, pad_right, rollout_generator
 from align.rollout import GenerationConfig
 from align.values import TokenValues, load_reward_backbone
 
@@ -25,7 +25,7 @@ ROWS = [{"prompt": "Write a short note."}, {"prompt": "List three colours."}, {"
 
 
 def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1, trunk: bool = False,
-                value_shares_trunk: bool = False):
+                value_shares_trunk: bool = False, precision: str = "fp32"):
     """Steps 1 and 3 of an iteration from a policy whose adapters have moved off zero: (rollout, training)."""
     torch.manual_seed(0)  # peft draws lora_A
     cfg = ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1))
@@ -35,7 +35,7 @@ def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
     value_model = TokenValues(load_reward_backbone(cfg, str(tiny_model_dir))[0])
-    generator = rollout_generator(str(tiny_model_dir), tokenizer, GenerationConfig(backend=backend), CPU, "fp32")
+    generator = rollout_generator(str(tiny_model_dir), tokenizer, GenerationConfig(backend=backend), CPU, precision)
     trunk_layers = shared_trunk_layers(cfg.lora, policy, value_model) if trunk else None
     assert not value_shares_trunk or same_trunk(policy, value_model, trunk_layers[0])  # both from the same weights
     models = PPOModels(FrozenReference(policy, lora=True), generator, tokenizer, trunk_layers, value_shares_trunk,
@@ -43,7 +43,7 @@ def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1
     training = SimpleNamespace(raw={"policy": policy, "value": value_model})
     t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8, completions_per_prompt=k)
     rollout = generate_rollout(training, models, ROWS, t, seed=3)
-    evaluate_rollout(rollout, training, models, t, CPU, "fp32")
+    evaluate_rollout(rollout, training, models, t, CPU, precision)
     return rollout, training
 
 
@@ -57,6 +57,22 @@ def test_fp32_old_logprobs_from_the_rollout_equal_the_training_forwards(tiny_mod
     torch.testing.assert_close(from_rollout.old_logprobs, recomputed.old_logprobs, rtol=0, atol=1e-4)
     # the adapters moved the policy: the rollout sampled from it, not from the base weights it was loaded with
     assert not torch.allclose(recomputed.old_logprobs, recomputed.ref_logprobs, atol=1e-3)
+
+
+def test_bf16_old_logprobs_from_the_rollout_are_the_sampled_ones_within_bf16_rounding_of_the_training_forwards(
+        tiny_model_dir):
+    # train.old_logprobs=rollout: the log-probs the bf16 copy computed as it sampled, not a pass of their own
+    assert old_logprobs_from_rollout("bf16-autocast", "rollout")
+    assert not old_logprobs_from_rollout("bf16-autocast", "recompute")
+    assert old_logprobs_from_rollout("fp32", "recompute")
+    from_rollout, _ = first_steps(tiny_model_dir, "engine", rollout_logprobs=True, precision="bf16-autocast")
+    recomputed, _ = first_steps(tiny_model_dir, "engine", rollout_logprobs=False, precision="bf16-autocast")
+    assert from_rollout.response_ids == recomputed.response_ids
+    sampled = pad_right([torch.tensor(lp) for lp in from_rollout.sampled_logprobs])[0]
+    assert torch.equal(from_rollout.old_logprobs, sampled)
+    assert not torch.equal(from_rollout.old_logprobs, recomputed.old_logprobs)  # bf16 weights against autocast
+    # the bf16 tolerance of the engine's log-probs against the training forward's (tests/align/test_engine.py)
+    torch.testing.assert_close(from_rollout.old_logprobs, recomputed.old_logprobs, atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize("trunk, value_shares_trunk", [(False, False), (True, False), (True, True)])
