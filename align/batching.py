@@ -276,6 +276,26 @@ def shared_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
+SHARED_PREFIX_MIN = 8  # tokens two ungrouped sequences must start with in common to be computed once
+
+
+def prefix_units(sequences: list[list[int]], indices: list[int], max_tokens: int) -> list[list[tuple[int, int]]]:
+    """`indices` as units of `flat_passes`, each [(first, 0), (b, n_b), ...]: a sequence that starts with
+    SHARED_PREFIX_MIN or more tokens of the current unit's first (every conversation under a chat template with a
+    system prompt) joins that unit and reads those n_b tokens from it, while the unit stays within `max_tokens`;
+    any other starts a unit of its own."""
+    units, length = [], 0
+    for i in indices:
+        shared = shared_prefix_length(sequences[units[-1][0][0]], sequences[i]) if units else 0
+        if shared >= SHARED_PREFIX_MIN and length + len(sequences[i]) - shared <= max_tokens:
+            units[-1].append((i, shared))
+            length += len(sequences[i]) - shared
+        else:
+            units.append([(i, 0)])
+            length = len(sequences[i])
+    return units
+
+
 def flat_passes(sequences: list[list[int]], pack_length: int, groups: list[tuple[int, ...]] = (),
                 rows_per_pass: int = 4) -> list[FlatPass]:
     """Pack sequences (best fit into rows of `pack_length` tokens, `rows_per_pass` rows back to back per pass).
@@ -283,11 +303,12 @@ def flat_passes(sequences: list[list[int]], pack_length: int, groups: list[tuple
     Each group (a, b, c, ...) in `groups` is laid out as one unit [a | rest of b | rest of c | ...]: the rest of
     b attends to the prefix it has in common with a and continues its position ids, so a shared prompt is
     computed once: a preference pair's (its saving: docs/SPEED.md), or the k completions of one
-    prompt in critic-free RL."""
+    prompt in critic-free RL. The other sequences form such units by themselves where they start alike
+    (`prefix_units`: a chat template's system prompt)."""
     grouped = {i for group in groups for i in group}
     units = [[(group[0], 0)] + [(b, shared_prefix_length(sequences[group[0]], sequences[b])) for b in group[1:]]
              for group in groups]
-    units += [[(i, 0)] for i in range(len(sequences)) if i not in grouped]
+    units += prefix_units(sequences, [i for i in range(len(sequences)) if i not in grouped], pack_length)
     lengths = [sum(len(sequences[i]) - n for i, n in unit) for unit in units]
     rows = pack_best_fit(lengths, max([pack_length, *lengths]))
     passes = []

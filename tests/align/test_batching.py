@@ -7,8 +7,10 @@ from align.batching import (
     causal_lm_loss,
     collate_packed,
     TokenizedExample,
+    flat_passes,
     pack_best_fit,
     packed_batches,
+    prefix_units,
     repeated_line_negative,
     tokenize_conversation,
     tokenize_conversations,
@@ -56,6 +58,20 @@ def test_best_fit_decreasing_packs_tightly():
     2 fits A exactly (room 2), 1 goes to C (room 5, the only row with space) -> three rows of 10, 10, 6."""
     rows = pack_best_fit([5, 3, 8, 2, 7, 1], pack_length=10)
     assert rows == [[2, 3], [4, 1], [0, 5]]
+
+
+def test_sequences_that_start_alike_form_units_reading_their_common_start_from_the_first():
+    """A system prompt of 8 tokens (SHARED_PREFIX_MIN) starts 0, 1 and 3; 2 starts otherwise and breaks the run, so 3
+    opens a unit of its own; 4 shares only 7 tokens; the cap of 14 tokens stops 5 joining 3's unit (11 + 6 - 8)."""
+    system = list(range(100, 108))
+    sequences = [system + [1, 2], system + [3], [9] * 10, system + [4, 5, 6], system[:7] + [0, 1], system + [7] * 6]
+    assert prefix_units(sequences, [0, 1, 2, 3, 4], 64) == [[(0, 0), (1, 8)], [(2, 0)], [(3, 0)], [(4, 0)]]
+    assert prefix_units(sequences, [3, 5], 14) == [[(3, 0)], [(5, 0)]]
+    assert prefix_units(sequences, [3, 5], 17) == [[(3, 0), (5, 8)]]
+    # laid out once: the flat pass holds 0 whole and only the tokens of 1 after the system prompt
+    (flat,) = flat_passes(sequences[:2], 64)
+    assert flat.input_ids[0].tolist() == sequences[0] + [3] and flat.shared == [0, 8]
+    assert flat.token_index[1].tolist() == list(range(8)) + [10]
 
 
 def test_packed_rows_keep_conversations_apart(tiny_model_dir, tokenizer):

@@ -175,6 +175,42 @@ def test_completions_sharing_their_prompt_give_the_log_probs_and_gradients_of_se
             torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-5, atol=1e-6)
 
 
+def test_sequences_under_one_system_prompt_compute_it_once_and_get_what_lone_forwards_get(tiny_model_dir):
+    """No groups: three conversations that start with the same 10 tokens (a chat template's system prompt) lay it
+    out once (`align.batching.prefix_units`), and each response's log-probs, the adapters' gradients and each
+    sequence's value are those of running every sequence alone."""
+    from align.batching import flat_passes
+    from align.values import TokenValues, load_reward_backbone
+
+    policy = lora_policy(tiny_model_dir)
+    system = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    prompts, responses = [system + [20, 21], system + [30], system + [40, 41, 42]], [[50, 51], [52], [53, 54, 55]]
+    sequences = [p + r for p, r in zip(prompts, responses)]
+    assert sum(f.input_ids.shape[1] for f in flat_passes(sequences, 64)) == sum(map(len, sequences)) - 2 * 10
+
+    def lone(p, r):
+        return torch.log_softmax(policy(input_ids=torch.tensor([p + r])).logits[0].float(), -1)[
+            len(p) - 1 : -1].gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
+
+    policy.zero_grad()
+    torch.cat(response_logprobs(policy, prompts, responses, 64)).sum().backward()
+    shared_lps = [lp.detach() for lp in response_logprobs(policy, prompts, responses, 64)]
+    shared_grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+    policy.zero_grad()
+    lone_lps = [lone(p, r) for p, r in zip(prompts, responses)]
+    torch.cat(lone_lps).sum().backward()
+    for a, b in zip(shared_lps, lone_lps):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+    for name, grad in shared_grads.items():
+        torch.testing.assert_close(grad, dict(policy.named_parameters())[name].grad, rtol=1e-4, atol=1e-5)
+
+    values = TokenValues(load_reward_backbone(ModelConfig(name=str(tiny_model_dir)), str(tiny_model_dir))[0])
+    with torch.no_grad():
+        shared_values = response_values(values, prompts, responses, 64)
+        for p, r, v in zip(prompts, responses, shared_values):
+            torch.testing.assert_close(v, response_values(values, [p], [r], 64)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_gradients_through_shared_prompts_are_the_same_bits_every_time(tiny_model_dir):
     """Positions that predict several sequences' tokens (the last token of a shared prompt) must add their gradients
     in a fixed order: resuming a run bit for bit depends on it. (Fresh adapters: lora_B is 0.)"""
