@@ -18,7 +18,7 @@ overhead and small matrix products dominate:
   the rotary embedding with the cache write, SiLU(gate) * up), through align's kernels where the attention kernel
   runs; PyTorch runs each as several operations, and at a few dozen rows their fixed costs add up.
 Prefill runs whole prompts through the same weights with causal attention, several prompts at once, in chunks of
-at most PREFILL_TOKENS padded tokens.
+at most PREFILL_TOKENS padded tokens; the tokens all of them start with (a chat template's system prompt) run once.
 
 The engine runs on the device that holds the model's weights (a CPU, or a GPU where one is present: the same
 code, with plain products there instead of oneDNN's packed layout); the rows' bookkeeping stays on the CPU.
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from align import decode_kernels
+from align.batching import SHARED_PREFIX_MIN, shared_prefix_length
 
 ATTENTION_BUCKET = 32  # the attention length is rounded up to a multiple of this (fewer distinct shapes)
 MIN_WIDTH = 4  # the step width never shrinks below this many rows
@@ -291,35 +292,59 @@ class DecoderEngine:
     @torch.no_grad()
     def _prefill(self, rows: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Run whole prompts into cache rows `rows`, in chunks of at most PREFILL_TOKENS padded tokens (a chunk
-        holds one prompt at least); the logits after each prompt's last token: [n, vocab]."""
+        holds one prompt at least), the tokens they all start with once (`_shared_start`); the logits after each
+        prompt's last token: [n, vocab]."""
+        shared = self._shared_start(rows, prompts)
         logits, start = [], 0
         while start < len(prompts):
-            end, longest = start + 1, len(prompts[start])
-            while end < len(prompts) and (end + 1 - start) * max(longest, len(prompts[end])) <= PREFILL_TOKENS:
-                longest = max(longest, len(prompts[end]))
+            end, longest = start + 1, len(prompts[start]) - shared
+            while end < len(prompts) and (end + 1 - start) * max(longest, len(prompts[end]) - shared) <= PREFILL_TOKENS:
+                longest = max(longest, len(prompts[end]) - shared)
                 end += 1
-            logits.append(self._prefill_chunk(rows[start:end], prompts[start:end]))
+            logits.append(self._prefill_chunk(rows[start:end], prompts[start:end], shared))
             start = end
         return torch.cat(logits)
 
-    def _prefill_chunk(self, rows: list[int], prompts: list[list[int]]) -> torch.Tensor:
-        """`_prefill` of prompts right-padded to the longest, in one pass."""
-        n, width = len(prompts), max(len(p) for p in prompts)
+    def _shared_start(self, rows: list[int], prompts: list[list[int]]) -> int:
+        """How many tokens every prompt starts with (a chat template's system prompt), when at least
+        SHARED_PREFIX_MIN, else 0: they run once, into the first row, and their keys and values are copied into
+        the other rows."""
+        if len(prompts) < 2:
+            return 0
+        shared = min(shared_prefix_length(prompts[0], p) for p in prompts[1:])
+        if shared < SHARED_PREFIX_MIN:
+            return 0
+        self._prefill_chunk(rows[:1], [prompts[0][:shared]])
+        others = torch.tensor(rows[1:], device=self.device)
+        for cache in (self.keys, self.values):
+            cache[:, others, :, :shared] = cache[:, rows[0] : rows[0] + 1, :, :shared]
+        return shared
+
+    def _prefill_chunk(self, rows: list[int], prompts: list[list[int]], start: int = 0) -> torch.Tensor:
+        """`_prefill` of prompts right-padded to the longest, in one pass, from position `start` (the positions
+        before it are in the rows' cache already)."""
+        n, width = len(prompts), max(len(p) for p in prompts) - start
         ids = torch.zeros(n, width, dtype=torch.long)
         for i, prompt in enumerate(prompts):
-            ids[i, : len(prompt)] = torch.tensor(prompt)
+            ids[i, : len(prompt) - start] = torch.tensor(prompt[start:])
         ids, index = ids.to(self.device), torch.tensor(rows, device=self.device)
-        cos, sin = self.cos[:width, None], self.sin[:width, None]  # [P, 1, D]
+        cos, sin = self.cos[start : start + width, None], self.sin[start : start + width, None]  # [P, 1, D]
+        # Causal attention never lets a real token see the padding that follows it; after `start` cached positions
+        # token i sees positions [0, start + i].
+        mask = None if not start else torch.ones(width, start + width, dtype=torch.bool, device=self.device).tril(start)
         x = self.embed[ids]  # [n, P, hidden]
         for layer, weights in enumerate(self.layers):
             q, k, v = self._qkv(weights, x, cos, sin)  # [n, P, heads, D]
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [n, kv_heads, P, D]
-            self.keys[layer, index, :, :width], self.values[layer, index, :, :width] = k, v
-            # Causal attention never lets a real token see the padding that follows it.
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True, enable_gqa=True)
+            self.keys[layer, index, :, start : start + width] = k
+            self.values[layer, index, :, start : start + width] = v
+            if start:
+                k, v = self.keys[layer, index, :, : start + width], self.values[layer, index, :, : start + width]
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=not start,
+                                                 enable_gqa=True)
             x = x + weights.out(out.transpose(1, 2).flatten(2))
             x = self._mlp(weights, x)
-        ends = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        ends = torch.tensor([len(p) - 1 - start for p in prompts], device=self.device)
         last = x[torch.arange(n, device=self.device), ends]  # [n, hidden]
         return self.lm_head(self._norm(last, self.final_norm))
 

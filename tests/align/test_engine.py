@@ -158,6 +158,30 @@ def test_prompts_prefilled_in_chunks_give_the_logits_and_cache_of_one_pass(model
         torch.testing.assert_close(chunked.values[:, row, :, : len(prompt)], whole.values[:, row, :, : len(prompt)])
 
 
+def test_the_system_prompt_every_prompt_starts_with_is_prefilled_once_with_the_logits_and_cache_of_whole_prompts(
+        model, tokenizer, monkeypatch):
+    """The chat template's system prompt (24 tokens here) runs once, into the first row, and is copied into the
+    others: the same logits and cached keys and values as prefilling every prompt whole (fp32)."""
+    import align.engine as engine_module
+    from align.rollout import render_prompt
+
+    prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:5]]
+    rows = [4, 0, 3, 1, 2]
+    shared = DecoderEngine(model, slots=5)
+    shared._ensure_cache(max(map(len, prompts)))
+    assert shared._shared_start(rows, prompts) == 24
+    got = shared._prefill(rows, prompts)
+    monkeypatch.setattr(engine_module, "SHARED_PREFIX_MIN", 10**6)  # never shared
+    whole = DecoderEngine(model, slots=5)
+    whole._ensure_cache(max(map(len, prompts)))
+    assert whole._shared_start(rows, prompts) == 0
+    torch.testing.assert_close(got, whole._prefill(rows, prompts), rtol=1e-5, atol=1e-5)
+    for row, prompt in zip(rows, prompts):
+        for cache in ("keys", "values"):
+            torch.testing.assert_close(getattr(shared, cache)[:, row, :, : len(prompt)],
+                                       getattr(whole, cache)[:, row, :, : len(prompt)], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_load_weights_by_name_equals_an_engine_built_from_those_weights(model, tokenizer, device):
     model = on(model, device)
