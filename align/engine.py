@@ -295,11 +295,12 @@ class DecoderEngine:
         holds one prompt at least), the tokens they all start with once (`_shared_start`); the logits after each
         prompt's last token: [n, vocab]."""
         shared = self._shared_start(rows, prompts)
+        lengths = [len(p) - shared for p in prompts]  # the tokens each prompt still runs
         logits, start = [], 0
         while start < len(prompts):
-            end, longest = start + 1, len(prompts[start]) - shared
-            while end < len(prompts) and (end + 1 - start) * max(longest, len(prompts[end]) - shared) <= PREFILL_TOKENS:
-                longest = max(longest, len(prompts[end]) - shared)
+            end, longest = start + 1, lengths[start]
+            while end < len(prompts) and (end + 1 - start) * max(longest, lengths[end]) <= PREFILL_TOKENS:
+                longest = max(longest, lengths[end])
                 end += 1
             logits.append(self._prefill_chunk(rows[start:end], prompts[start:end], shared))
             start = end

@@ -41,9 +41,12 @@ RESPONSE_LENGTHS = [21, 27, 42, 65, 99, 125] + [128] * 10  # one iteration of th
 CPU = torch.device("cpu")
 
 
+SHARED_PREFIX_MIN = batching.SHARED_PREFIX_MIN  # align's own setting, restored for the "once" side
+
+
 def shared(on: bool) -> None:
     """Compute the common start once (on) or for every conversation (off), in the flat passes and the engine."""
-    batching.SHARED_PREFIX_MIN = engine.SHARED_PREFIX_MIN = 8 if on else 10**9
+    batching.SHARED_PREFIX_MIN = engine.SHARED_PREFIX_MIN = SHARED_PREFIX_MIN if on else 10**9
 
 
 def main() -> None:
@@ -83,18 +86,20 @@ def main() -> None:
 
     rows_of_cache = list(range(len(prompts)))
     seconds: dict[tuple[str, bool], list[float]] = {}
+
+    def timed(part: str, on: bool, measured: bool, run):
+        started = time.perf_counter()
+        result = run()
+        if measured:
+            seconds.setdefault((part, on), []).append(time.perf_counter() - started)
+        return result
+
     for round_ in range(args.rounds + 1):  # round 0 untimed
         for on in (False, True):
             shared(on)
-            trunk = without_gradients()  # the update's input, as the iteration's passes without gradients leave it
-            parts = {"passes without gradients (16 responses)": without_gradients,
-                     "update passes (8 responses)": lambda: update(trunk),
-                     "engine prefill (16 prompts)": lambda: decoder._prefill(rows_of_cache, prompts)}
-            for part, run in parts.items():
-                started = time.perf_counter()
-                run()
-                if round_:
-                    seconds.setdefault((part, on), []).append(time.perf_counter() - started)
+            trunk = timed("passes without gradients (16 responses)", on, round_ > 0, without_gradients)
+            timed("update passes (8 responses)", on, round_ > 0, lambda: update(trunk))
+            timed("engine prefill (16 prompts)", on, round_ > 0, lambda: decoder._prefill(rows_of_cache, prompts))
     print(f"16 conversations of {sum(map(len, sequences))} tokens; the common start: "
           f"{min(batching.shared_prefix_length(sequences[0], s) for s in sequences[1:])} tokens\n")
     print("| part | every conversation (s, each round) | the common start once | median ratio |\n|---|---|---|---|")
