@@ -250,7 +250,7 @@ def minibatch_loss(training: Training, groups: Groups, idx: torch.Tensor, t: GRP
     mask = groups.mask[idx, :width] * float(real)
     with autocast(device, precision):
         new_lp, entropy = response_logprobs(training.models["policy"], prompts, responses, t.pack_length,
-                                            t.temperature, with_entropy=True,
+                                            t.temperature, with_entropy=True, entropy_grad=False,  # logged only
                                             trunk=groups.trunk and groups.trunk.subset(idx))
     new_lp, entropy = pad_sequence(new_lp, batch_first=True).cpu(), pad_sequence(entropy, batch_first=True).cpu()
     old = new_lp.detach() if groups.old_logprobs is None else groups.old_logprobs[idx, :width]

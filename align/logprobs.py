@@ -20,25 +20,71 @@ import torch
 
 from align.attention import require_segments
 from align.batching import flat_passes
-from align.losses import token_unlikelihood
+from align.losses import answer_token_unlikelihood
 from align.sharding import pad_passes
 
 
-def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                               with_entropy: bool = True):
-    """logits [N, V], targets [N] -> (log p(target) [N], entropy [N] or None), in fp32.
+ROWS_AT_ONCE = 256  # rows of [N, V] logits turned into fp32 at once: bounds the copies to ROWS_AT_ONCE x V floats
 
-    log p(y) = z_y - logsumexp(z): no [N, V] log-softmax is materialised unless the entropy is asked for."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    normaliser = torch.logsumexp(logits, dim=-1)
-    chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser
+
+class GatheredLogprobs(torch.autograd.Function):
+    """log softmax(z / T) at chosen columns of every row of the logits z [N, V]: [N, C] in fp32, for z in its own
+    dtype (bf16 under autocast). Autograd through an fp32 log-softmax would keep an fp32 [N, V] tensor per pass
+    until the backward (4 bytes per response token and vocabulary entry); this keeps z as it came and the [N]
+    normalisers, works on ROWS_AT_ONCE rows at a time, and recomputes the softmax in the backward:
+        d log p_T(c) / d z_v = (1[v = c] - p_T(v)) / T."""
+
+    @staticmethod
+    def forward(ctx, logits, columns, temperature):
+        normalisers, gathered = [], []
+        for block, picked in zip(logits.split(ROWS_AT_ONCE), columns.split(ROWS_AT_ONCE)):
+            scaled = block.float() / temperature
+            normalisers.append(torch.logsumexp(scaled, dim=-1, keepdim=True))  # [n, 1]
+            gathered.append(scaled.gather(-1, picked) - normalisers[-1])
+        normaliser = torch.cat(normalisers)
+        ctx.save_for_backward(logits, columns, normaliser)
+        ctx.temperature = temperature
+        return torch.cat(gathered)
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [N, C]
+        logits, columns, normaliser = ctx.saved_tensors
+        temperature = ctx.temperature
+        grad_logits = torch.empty_like(logits)
+        for rows in torch.arange(logits.shape[0]).split(ROWS_AT_ONCE):
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            probs = (logits[lo:hi].float() / temperature - normaliser[lo:hi]).exp_()
+            g = grad[lo:hi]
+            block = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, columns[lo:hi], g)
+            grad_logits[lo:hi] = block / temperature
+        return grad_logits, None, None
+
+
+def gathered_logprobs(logits: torch.Tensor, columns: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """logits [N, V], columns [N, C] (token ids) -> log softmax(logits / T)[n, columns[n, c]]: [N, C] in fp32."""
+    return GatheredLogprobs.apply(logits, columns, temperature)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """logits [N, V] -> the entropy of softmax(logits / T) at every row [N], in fp32, ROWS_AT_ONCE rows at a time:
+    H = logsumexp(z) - sum_v p_v z_v."""
+    entropies = []
+    for block in logits.split(ROWS_AT_ONCE):
+        scaled = block.float() / temperature
+        entropies.append(torch.logsumexp(scaled, dim=-1) - (torch.softmax(scaled, dim=-1) * scaled).sum(-1))
+    return torch.cat(entropies)
+
+
+def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                               with_entropy: bool = True, entropy_grad: bool = True):
+    """logits [N, V], targets [N] -> (log p(target) [N], entropy [N] or None), in fp32. log p(y) = z_y -
+    logsumexp(z): no [N, V] log-softmax is kept. `entropy_grad` False: the entropy is for logging only, computed
+    without gradients (so nothing of it is kept for the backward)."""
+    chosen = gathered_logprobs(logits, targets[:, None], temperature)[:, 0]
     if not with_entropy:
         return chosen, None
-    probs = torch.softmax(logits, dim=-1)
-    entropy = normaliser - (probs * logits).sum(-1)  # H = logsumexp(z) - sum_v p_v z_v
-    return chosen, entropy
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        return chosen, token_entropy(logits, temperature)
 
 
 # ---- a frozen trunk, run once and shared --------------------------------------------------------------------------
@@ -166,10 +212,12 @@ def _top_layers(model, trunk: Trunk | None):
 
 
 def response_logprobs(model, prompts, responses, pack_length: int, temperature: float = 1.0, with_entropy=False,
-                      groups: list[tuple[int, ...]] = (), trunk: Trunk | None = None, with_unlikelihood=False):
+                      groups: list[tuple[int, ...]] = (), trunk: Trunk | None = None, with_unlikelihood=False,
+                      entropy_grad=True):
     """Per-token log-probs (and entropies) of each response under `model`: lists of [R_i] tensors; with
     `with_unlikelihood`, also each response's token-level unlikelihood (a scalar tensor each, at temperature 1:
-    align.losses.token_unlikelihood), after the entropies where those are asked for.
+    align.losses.token_unlikelihood), after the entropies where those are asked for; `entropy_grad` False: the
+    entropies carry no gradient (for logging).
     Each group of indices (chosen and rejected of one prompt; the completions of one prompt) computes its common
     prefix once (`align.batching.flat_passes`); `trunk` (states of these sequences from `trunk_states`) skips the
     layers below it."""
@@ -187,21 +235,23 @@ def response_logprobs(model, prompts, responses, pack_length: int, temperature: 
         # response token j of sequence i sits at token_index[P_i + j] and is predicted one position earlier
         predict_at = [flat.token_index[k][len(prompts[i]) - 1 : -1] for k, i in enumerate(flat.sequences)]
         keep, where = torch.unique(torch.cat(predict_at), return_inverse=True)  # [K] sorted positions
-        logits = forward(flat, keep.to(device))  # [1, K, V]
-        targets = torch.cat([torch.tensor(responses[i]) for i in flat.sequences])
         # index_select, not logits[0, where]: positions predicting several tokens (a shared prefix's last) repeat
         # in `where`, and the backward of advanced indexing adds their gradients in a thread-dependent order
-        predicting = logits[0].index_select(0, where.to(device))  # [N, V]
-        lp, ent = token_logprobs_and_entropy(predicting, targets.to(device), temperature, with_entropy)
+        predicting = forward(flat, keep.to(device))[0].index_select(0, where.to(device))  # [N, V]
+        targets = torch.cat([torch.tensor(responses[i]) for i in flat.sequences])
+        lp, ent = token_logprobs_and_entropy(predicting, targets.to(device), temperature, with_entropy,
+                                             entropy_grad)
         sizes = [len(responses[i]) for i in flat.sequences]
         for i, value in zip(flat.sequences, lp.split(sizes)):
             logprobs[i] = value
         if with_entropy:
             for i, value in zip(flat.sequences, ent.split(sizes)):
                 entropies[i] = value
-        if with_unlikelihood:
-            for i, answer in zip(flat.sequences, predicting.float().log_softmax(-1).split(sizes)):
-                unlikelihoods[i] = token_unlikelihood(answer, torch.tensor(responses[i], device=device))
+        if with_unlikelihood:  # each answer's tokens' log-probs at each of its steps, at temperature 1
+            for i, steps in zip(flat.sequences, predicting.split(sizes)):
+                answer = torch.tensor(responses[i], device=device)
+                columns = answer[None].expand(len(answer), -1)
+                unlikelihoods[i] = answer_token_unlikelihood(gathered_logprobs(steps, columns), answer)
     pad_passes(model, passes, forward, logprobs)  # FSDP2: as many passes as every other process (align.sharding)
     extras = [entropies] * with_entropy + [unlikelihoods] * with_unlikelihood
     return (logprobs, *extras) if extras else logprobs

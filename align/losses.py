@@ -30,11 +30,18 @@ def token_unlikelihood(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.T
     (each earlier token counted once). logprobs: [n, V] log-probs at the answer's n steps; targets: [n] its
     tokens. Returns the sum over steps (a scalar)."""
     n = targets.shape[0]
+    return answer_token_unlikelihood(logprobs.gather(1, targets[None, :].expand(n, n)), targets)
+
+
+def answer_token_unlikelihood(answer_logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`token_unlikelihood` from the log-probs of the answer's own tokens only: answer_logprobs [t, j] =
+    log p(y_j | y_<t, x), [n, n] (the only entries of the [n, V] log-probs that C_t can name)."""
+    n = targets.shape[0]
     earlier = torch.ones(n, n, dtype=torch.bool, device=targets.device).tril(-1)  # [t, j]: j < t
     same = targets[:, None] == targets[None, :]  # [t, j]: y_t == y_j
     first_use = ~(same & earlier).any(dim=1)  # [j]: y_j does not occur before j
     candidates = earlier & first_use[None, :] & ~same  # [t, j]: y_j is in C_t
-    p = logprobs.gather(1, targets[None, :].expand(n, n)).exp()  # [t, j]: p(y_j | y_<t, x)
+    p = answer_logprobs.exp()  # [t, j]: p(y_j | y_<t, x)
     return -torch.where(candidates, torch.log1p(-p.clamp(max=1.0 - 1e-6)), 0.0).sum()
 
 

@@ -342,7 +342,7 @@ def minibatch_loss(training: Training, rollout: Rollout, idx: torch.Tensor, t: P
     with autocast(device, precision):
         new_lp, entropy, *unlikelihoods = response_logprobs(
             training.models["policy"], prompts, responses, t.pack_length, t.temperature, with_entropy=True,
-            trunk=policy_trunk, with_unlikelihood=t.unlikelihood > 0)
+            trunk=policy_trunk, with_unlikelihood=t.unlikelihood > 0, entropy_grad=t.entropy_coef != 0)
         new_values = response_values(training.models["value"], prompts, responses, t.pack_length, trunk=value_trunk)
     new_lp, entropy = pad_sequence(new_lp, batch_first=True), pad_sequence(entropy, batch_first=True)
     new_values = pad_sequence(new_values, batch_first=True)
