@@ -51,12 +51,11 @@ class GatheredLogprobs(torch.autograd.Function):
         logits, columns, normaliser = ctx.saved_tensors
         temperature = ctx.temperature
         grad_logits = torch.empty_like(logits)
-        for rows in torch.arange(logits.shape[0]).split(ROWS_AT_ONCE):
-            lo, hi = int(rows[0]), int(rows[-1]) + 1
-            probs = (logits[lo:hi].float() / temperature - normaliser[lo:hi]).exp_()
-            g = grad[lo:hi]
-            block = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, columns[lo:hi], g)
-            grad_logits[lo:hi] = block / temperature
+        for lo in range(0, logits.shape[0], ROWS_AT_ONCE):
+            rows = slice(lo, lo + ROWS_AT_ONCE)
+            probs = (logits[rows].float() / temperature - normaliser[rows]).exp_()
+            g = grad[rows]
+            grad_logits[rows] = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, columns[rows], g) / temperature
         return grad_logits, None, None
 
 

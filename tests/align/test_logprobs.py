@@ -46,6 +46,9 @@ def test_gathered_logprobs_equal_autograd_through_a_log_softmax(monkeypatch, dty
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ours, logits.grad, rtol=1e-5, atol=1e-6)
+    empty = torch.zeros(0, 11, dtype=dtype, requires_grad=True)  # a pass without response tokens
+    gathered_logprobs(empty, columns[:0], temperature).sum().backward()
+    assert empty.grad.shape == (0, 11)
 
 
 def test_entropy_without_gradient_keeps_the_log_probs_gradient():
