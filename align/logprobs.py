@@ -20,58 +20,8 @@ import torch
 
 from align.attention import require_segments
 from align.batching import flat_passes
-from align.losses import answer_token_unlikelihood
+from align.losses import answer_token_unlikelihood, gathered_logprobs, token_entropy
 from align.sharding import pad_passes
-
-
-ROWS_AT_ONCE = 256  # rows of [N, V] logits turned into fp32 at once: bounds the copies to ROWS_AT_ONCE x V floats
-
-
-class GatheredLogprobs(torch.autograd.Function):
-    """log softmax(z / T) at chosen columns of every row of the logits z [N, V]: [N, C] in fp32, for z in its own
-    dtype (bf16 under autocast). Autograd through an fp32 log-softmax would keep an fp32 [N, V] tensor per pass
-    until the backward (4 bytes per response token and vocabulary entry); this keeps z as it came and the [N]
-    normalisers, works on ROWS_AT_ONCE rows at a time, and recomputes the softmax in the backward:
-        d log p_T(c) / d z_v = (1[v = c] - p_T(v)) / T."""
-
-    @staticmethod
-    def forward(ctx, logits, columns, temperature):
-        normalisers, gathered = [], []
-        for block, picked in zip(logits.split(ROWS_AT_ONCE), columns.split(ROWS_AT_ONCE)):
-            scaled = block.float() / temperature
-            normalisers.append(torch.logsumexp(scaled, dim=-1, keepdim=True))  # [n, 1]
-            gathered.append(scaled.gather(-1, picked) - normalisers[-1])
-        normaliser = torch.cat(normalisers)
-        ctx.save_for_backward(logits, columns, normaliser)
-        ctx.temperature = temperature
-        return torch.cat(gathered)
-
-    @staticmethod
-    def backward(ctx, grad):  # grad [N, C]
-        logits, columns, normaliser = ctx.saved_tensors
-        temperature = ctx.temperature
-        grad_logits = torch.empty_like(logits)
-        for lo in range(0, logits.shape[0], ROWS_AT_ONCE):
-            rows = slice(lo, lo + ROWS_AT_ONCE)
-            probs = (logits[rows].float() / temperature - normaliser[rows]).exp_()
-            g = grad[rows]
-            grad_logits[rows] = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, columns[rows], g) / temperature
-        return grad_logits, None, None
-
-
-def gathered_logprobs(logits: torch.Tensor, columns: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """logits [N, V], columns [N, C] (token ids) -> log softmax(logits / T)[n, columns[n, c]]: [N, C] in fp32."""
-    return GatheredLogprobs.apply(logits, columns, temperature)
-
-
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """logits [N, V] -> the entropy of softmax(logits / T) at every row [N], in fp32, ROWS_AT_ONCE rows at a time:
-    H = logsumexp(z) - sum_v p_v z_v."""
-    entropies = []
-    for block in logits.split(ROWS_AT_ONCE):
-        scaled = block.float() / temperature
-        entropies.append(torch.logsumexp(scaled, dim=-1) - (torch.softmax(scaled, dim=-1) * scaled).sum(-1))
-    return torch.cat(entropies)
 
 
 def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,

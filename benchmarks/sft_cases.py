@@ -30,11 +30,11 @@ def sft_config(settings, workdir: Path):
 
 
 def case_sft_align(settings, workdir: Path) -> dict:
-    from align.batching import packed_batches, tokenize_conversations
+    from align.batching import packed_batches
     from align.distributed import epoch_step, epoch_steps
     from align.loop import epoch_generator
     from align.models import load_tokenizer
-    from align.sft import train
+    from align.sft import load_conversations, train
 
     cfg = sft_config(settings, workdir)
     out = train(cfg)
@@ -42,8 +42,7 @@ def case_sft_align(settings, workdir: Path) -> dict:
     # The tokens of each step, from the stage's own batching (same seed per epoch as align/sft.py).
     t, path = cfg.train, model_path(settings)
     tokenizer = load_tokenizer(path)
-    rows = rows_of("builtin:sft:train", "sft", settings.sft_conversations)
-    examples, _ = tokenize_conversations(tokenizer, [r["messages"] for r in rows], t.max_length, t.on_overflow)
+    examples = load_conversations(cfg, tokenizer)[2]  # the stage's own examples (its negatives included)
     epochs: dict[int, list] = {}
 
     def batches(epoch: int):

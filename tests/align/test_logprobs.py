@@ -1,11 +1,9 @@
 """Log-probs and values on flat passes, and the frozen trunk that PPO runs once per iteration."""
 
-import pytest
 import torch
 
 from align.logprobs import (
     decoder_body,
-    gathered_logprobs,
     response_logprobs,
     response_values,
     same_trunk,
@@ -23,32 +21,6 @@ def test_token_logprobs_and_entropy_by_hand():
     torch.testing.assert_close(lp, torch.log(torch.tensor([0.75])))
     expected = -(0.25 * torch.log(torch.tensor(0.25)) + 0.75 * torch.log(torch.tensor(0.75)))
     torch.testing.assert_close(entropy, expected.reshape(1))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("temperature", [1.0, 0.8])
-def test_gathered_logprobs_equal_autograd_through_a_log_softmax(monkeypatch, dtype, temperature):
-    """Values and gradients equal those of gather(log_softmax(z.float() / T)), in blocks of rows (3 at a time
-    here, over 7 rows) and with a column chosen twice in a row (its gradients add)."""
-    import align.logprobs
-
-    monkeypatch.setattr(align.logprobs, "ROWS_AT_ONCE", 3)
-    torch.manual_seed(0)
-    logits = (torch.randn(7, 11) * 3).to(dtype).requires_grad_()
-    columns = torch.randint(0, 11, (7, 4))
-    columns[:, 1] = columns[:, 0]
-    weights = torch.randn(7, 4)
-    got = gathered_logprobs(logits, columns, temperature)
-    (got * weights).sum().backward()
-    ours, logits.grad = logits.grad, None
-    expected = (logits.float() / temperature).log_softmax(-1).gather(-1, columns)
-    (expected * weights).sum().backward()
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(ours, logits.grad, rtol=1e-5, atol=1e-6)
-    empty = torch.zeros(0, 11, dtype=dtype, requires_grad=True)  # a pass without response tokens
-    gathered_logprobs(empty, columns[:0], temperature).sum().backward()
-    assert empty.grad.shape == (0, 11)
 
 
 def test_entropy_without_gradient_keeps_the_log_probs_gradient():

@@ -20,6 +20,7 @@ from align.losses import (
     dr_grpo_advantages,
     dr_grpo_loss,
     equal_groups,
+    gathered_logprobs,
     group_policy_loss,
     grpo_advantages,
     grpo_loss,
@@ -63,6 +64,32 @@ def test_ipo_loss_by_hand():
     pol_c, pol_r = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -2.0])
     ref = torch.tensor([-2.0, -2.0])
     torch.testing.assert_close(ipo_loss(pol_c, pol_r, ref, ref, 0.25), torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_gathered_logprobs_equal_autograd_through_a_log_softmax(monkeypatch, dtype, temperature):
+    """Values and gradients equal those of gather(log_softmax(z.float() / T)), in blocks of rows (3 at a time
+    here, over 7 rows) and with a column chosen twice in a row (its gradients add)."""
+    import align.losses
+
+    monkeypatch.setattr(align.losses, "ROWS_AT_ONCE", 3)
+    torch.manual_seed(0)
+    logits = (torch.randn(7, 11) * 3).to(dtype).requires_grad_()
+    columns = torch.randint(0, 11, (7, 4))
+    columns[:, 1] = columns[:, 0]
+    weights = torch.randn(7, 4)
+    got = gathered_logprobs(logits, columns, temperature)
+    (got * weights).sum().backward()
+    ours, logits.grad = logits.grad, None
+    expected = (logits.float() / temperature).log_softmax(-1).gather(-1, columns)
+    (expected * weights).sum().backward()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours, logits.grad, rtol=1e-5, atol=1e-6)
+    empty = torch.zeros(0, 11, dtype=dtype, requires_grad=True)  # a pass without response tokens
+    gathered_logprobs(empty, columns[:0], temperature).sum().backward()
+    assert empty.grad.shape == (0, 11)
 
 
 def test_token_unlikelihood_by_hand():
