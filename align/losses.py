@@ -1,4 +1,5 @@
-"""Every training loss of align, each a small function quoting its equation, and the registries that name them.
+"""Every training loss of align, each a small function quoting its equation, the registries that name them, and
+the log-probabilities over the vocabulary that the token-level losses read (`gathered_logprobs`).
 
 A registry's keys are the allowed values of the config key that selects from it (`train.loss` of DPO and of GRPO,
 `train.policy_loss` of PPO, `train.advantages` of GRPO): a new loss is a new function here plus one registry line.
