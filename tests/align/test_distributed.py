@@ -202,10 +202,14 @@ def test_ppo_on_two_processes_equals_one(run_root, tmp_path, data_parallel):
     process may hold all, some or none of a minibatch), 2 passes, 2 iterations.
     Sampling at temperature 1: each prompt draws from its own stream, so both runs sample the same responses;
     then the running reward normalisation, the advantage whitening, the token means of the losses, the adaptive KL
-    controller and every logged mean must cover both processes' responses for the weights and the logs to agree."""
+    controller and every logged mean must cover both processes' responses for the weights and the logs to agree.
+    Among the 8 likeliest tokens only (top_k): the tiny model's distribution is near uniform over its vocabulary,
+    where the float rounding between one process's products and two's (~1e-8 in the weights after an iteration)
+    would move a second iteration's sampled token across a neighbour's boundary now and then."""
     common = [f"model.name={run_root / 'tiny' / 'sft'}", "reward.reward_model=null", f"reward.functions={PPO_REWARD}",
               "reward.normalize=running", "data.eval=null", "train.iterations=2", "train.prompts_per_iteration=8",
-              "train.minibatch_size=3", "train.temperature=1.0", "train.adaptive_kl=true", "train.kl_horizon=100",
+              "train.minibatch_size=3", "train.temperature=1.0", "train.top_k=8", "train.adaptive_kl=true",
+              "train.kl_horizon=100",
               "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000",
               "train.loop_unlikelihood=1.0"]  # the greedy decodes too (the tiny model's never loop: nothing to push)
     one, two = run_one("ppo", tmp_path, *common), run_two("ppo", tmp_path, *common, f"run.data_parallel={data_parallel}")
