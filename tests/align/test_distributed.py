@@ -204,8 +204,8 @@ def test_ppo_on_two_processes_equals_one(run_root, tmp_path, data_parallel):
     then the running reward normalisation, the advantage whitening, the token means of the losses, the adaptive KL
     controller and every logged mean must cover both processes' responses for the weights and the logs to agree.
     Among the 8 likeliest tokens only (top_k): the tiny model's distribution is near uniform over its vocabulary,
-    where the float rounding between one process's products and two's (~1e-8 in the weights after an iteration)
-    would move a second iteration's sampled token across a neighbour's boundary now and then."""
+    where the float rounding between one process's products and two's (far below ATOL in the weights after an
+    iteration) would move a second iteration's sampled token across a neighbour's boundary now and then."""
     common = [f"model.name={run_root / 'tiny' / 'sft'}", "reward.reward_model=null", f"reward.functions={PPO_REWARD}",
               "reward.normalize=running", "data.eval=null", "train.iterations=2", "train.prompts_per_iteration=8",
               "train.minibatch_size=3", "train.temperature=1.0", "train.top_k=8", "train.adaptive_kl=true",
