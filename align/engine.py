@@ -146,11 +146,14 @@ def _layer(weights: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.d
 @dataclass
 class Completion:
     """One prompt's generated tokens (EOS included when the model stopped), whether it stopped, and the log-prob
-    of each generated token under the sampling distribution (temperature applied, before top-k/top-p)."""
+    of each generated token under the sampling distribution (temperature applied, before top-k/top-p). `states`,
+    when `generate` is asked for them: the input of one layer at every position the engine ran, [P + n - 1,
+    hidden] for a prompt of P tokens and n generated ones (the last generated token is sampled, never run)."""
 
     token_ids: list[int]
     finished: bool
     logprobs: list[float]
+    states: torch.Tensor | None = None
 
 
 class DecoderEngine:
@@ -182,6 +185,7 @@ class DecoderEngine:
         self.load_weights(dict(model.named_parameters(remove_duplicate=False)), release=release_model)
         self.keys = self.values = self.cos = self.sin = None
         self.cache_length = 0
+        self.states_at, self.states = None, None  # during a `generate` that keeps states: the layer, [slots, L, hidden]
         if attention not in ("auto", "reference"):
             raise ValueError(f"attention must be 'auto' or 'reference', not {attention!r}")
         self.use_kernel = (attention == "auto" and decode_kernels.kernel_runs(
@@ -263,6 +267,8 @@ class DecoderEngine:
     def _move_row(self, source: int, target: int, length: int) -> None:
         self.keys[:, target, :, :length] = self.keys[:, source, :, :length]
         self.values[:, target, :, :length] = self.values[:, source, :, :length]
+        if self.states is not None:
+            self.states[target, :length] = self.states[source, :length]
 
     # -- the model ---------------------------------------------------------------------------------------------------
 
@@ -319,6 +325,8 @@ class DecoderEngine:
         others = torch.tensor(rows[1:], device=self.device)
         for cache in (self.keys, self.values):
             cache[:, others, :, :shared] = cache[:, rows[0] : rows[0] + 1, :, :shared]
+        if self.states is not None:
+            self.states[others, :shared] = self.states[rows[0] : rows[0] + 1, :shared]
         return shared
 
     def _prefill_chunk(self, rows: list[int], prompts: list[list[int]], start: int = 0) -> torch.Tensor:
@@ -335,6 +343,8 @@ class DecoderEngine:
         mask = None if not start else torch.ones(width, start + width, dtype=torch.bool, device=self.device).tril(start)
         x = self.embed[ids]  # [n, P, hidden]
         for layer, weights in enumerate(self.layers):
+            if layer == self.states_at:
+                self.states[index, start : start + width] = x
             q, k, v = self._qkv(weights, x, cos, sin)  # [n, P, heads, D]
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [n, kv_heads, P, D]
             self.keys[layer, index, :, start : start + width] = k
@@ -365,6 +375,8 @@ class DecoderEngine:
         x, delta = self.embed[tokens], None  # [W, hidden]; delta: what the last sublayer adds to x
         for layer, weights in enumerate(self.layers):
             x, normed = self._add_norm(x, delta, weights.input_norm)
+            if layer == self.states_at:
+                self.states[torch.arange(width, device=device), positions] = x
             q = self._rotary_into_cache(layer, weights.qkv(normed), cos, sin, positions)  # [W, heads, D]
             keys, values = self.keys[layer, :width, :, :length], self.values[layer, :width, :, :length]
             # The query heads that share a key head are that head's `groups` queries: each row's keys and values are
@@ -402,13 +414,28 @@ class DecoderEngine:
 
     # -- continuous batching -----------------------------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, sample, eos_token_id: int) -> list[Completion]:
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, sample, eos_token_id: int,
+                 states_at: int | None = None) -> list[Completion]:
         """Complete every prompt (token ids): up to `max_new_tokens` each, stopping at `eos_token_id`; `sample`
         maps logits [n, vocab] and the rows' requests (prompt indices) to (tokens [n], their log-probs [n]).
-        Prompts enter free rows as others finish."""
+        Prompts enter free rows as others finish. `states_at`: keep the input of that layer at every position
+        each completion ran (`Completion.states`, in the engine's dtype), e.g. the frozen layers' output that a
+        training pass above them starts from."""
         if not prompts:
             return []
+        if states_at is not None and not 0 <= states_at < len(self.layers):
+            raise ValueError(f"states_at must name one of the {len(self.layers)} layers, not {states_at}")
         self._ensure_cache(max(len(p) for p in prompts) + max_new_tokens)
+        if states_at is not None:
+            self.states_at = states_at
+            self.states = torch.empty(self.slots, self.cache_length, self.embed.shape[1], dtype=self.dtype,
+                                      device=self.device)
+        try:
+            return self._generate(prompts, max_new_tokens, sample, eos_token_id)
+        finally:
+            self.states_at, self.states = None, None
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, sample, eos_token_id: int) -> list[Completion]:
         state = _Rows(self.slots, min(self.slots, len(prompts)), max_new_tokens, eos_token_id)
         waiting = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         waiting.reverse()  # popped from the end: shortest prompts first, as the reference loop orders them
@@ -420,6 +447,7 @@ class DecoderEngine:
                 tokens, logprobs = sample(self._prefill(rows, [prompts[i] for i in taken]), taken)
                 for row, request, token, logprob in zip(rows, taken, tokens.tolist(), logprobs.tolist()):
                     state.start(row, request, len(prompts[request]), token, logprob)
+                    self._keep_states(state, row, request, prompts)
             if not state.live:
                 continue
             if not waiting:
@@ -429,10 +457,20 @@ class DecoderEngine:
             length = _bucketed(int(positions.max() + 1))  # <= the cache's
             logits = self._decode(state.tokens[:width], positions, length)
             live = sorted(state.live)
-            tokens, logprobs = sample(logits[live], [state.live[row] for row in live])
-            for row, token, logprob in zip(live, tokens.tolist(), logprobs.tolist()):
+            requests = [state.live[row] for row in live]
+            tokens, logprobs = sample(logits[live], requests)
+            for row, request, token, logprob in zip(live, requests, tokens.tolist(), logprobs.tolist()):
                 state.advance(row, token, logprob)
+                self._keep_states(state, row, request, prompts)
         return [state.done[i] for i in range(len(prompts))]
+
+    def _keep_states(self, state: "_Rows", row: int, request: int, prompts: list[list[int]]) -> None:
+        """When `row` has just finished `request` and states are kept: copy out the states of the positions it
+        ran (its prompt and every generated token but the last)."""
+        if self.states is None or request not in state.done:
+            return
+        completion = state.done[request]
+        completion.states = self.states[row, : len(prompts[request]) + len(completion.token_ids) - 1].clone()
 
 
 class _Rows:

@@ -39,7 +39,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from align.data import DataConfig, data_fingerprint, load_rows
-from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs, trunk_states
+from align.logprobs import FrozenReference, frozen_trunk_layers, response_logprobs
 from align.distributed import count_share, global_mean, global_sum, token_share
 from align.losses import (ADVANTAGES, GRPO_TOKEN_MEANS, AdvantageName, GRPOLossName, equal_groups, group_policy_loss,
                           kl_per_token, masked_mean)
@@ -48,9 +48,9 @@ from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
-                      last_metrics, log_samples, minibatch_updates, old_logprobs_from_rollout, pad_right,
-                      penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
-                      window_means)
+                      iteration_trunk, last_metrics, log_samples, minibatch_updates, old_logprobs_from_rollout,
+                      pad_right, penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
+                      trunk_from_rollout, window_means)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -115,6 +115,7 @@ class GRPOModels:
     tokenizer: object
     trunk_layers: int | None  # frozen layers run once per iteration (`align.logprobs.frozen_trunk_layers`)
     rollout_logprobs: bool  # the old log-probs are the rollout's own (fp32, or train.old_logprobs=rollout)
+    rollout_trunk: bool  # the frozen-trunk states are the rollout copy's (`align.rl.trunk_from_rollout`)
 
 
 def load_models(cfg: GRPOConfig, device, precision: str) -> tuple[object, GRPOModels, str]:
@@ -130,7 +131,9 @@ def load_models(cfg: GRPOConfig, device, precision: str) -> tuple[object, GRPOMo
           f"{reference_is}" + (f"; the {trunk_layers} frozen layers below the adapters run once per iteration"
                                if trunk_layers else ""))
     rollout_logprobs = old_logprobs_from_rollout(precision, cfg.train.old_logprobs)
-    return policy, GRPOModels(reference, generator, tokenizer, trunk_layers, rollout_logprobs), policy_path
+    rollout_trunk = trunk_from_rollout(cfg.train.trunk_states, trunk_layers, generator, "grpo")
+    models = GRPOModels(reference, generator, tokenizer, trunk_layers, rollout_logprobs, rollout_trunk)
+    return policy, models, policy_path
 
 
 # ---- the steps of an iteration ------------------------------------------------------------------------------------
@@ -148,6 +151,7 @@ class Groups:
     texts: list[str]  # the completions as text
     finished: list[bool]  # emitted EOS before max_new_tokens
     sampled_logprobs: list[list[float]]  # 1. the rollout copy's log-prob of each sampled token
+    sampled_states: list[torch.Tensor] | None = None  # 1. the rollout copy's frozen-trunk states, or None
     breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
     reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
@@ -171,7 +175,9 @@ def sample_groups(training: Training, models: GRPOModels, rows: list[dict], t: G
     """1. k completions of each prompt from the current policy's rollout copy (`align.rl.sample_completions`; the
     rows are prompts `first`, `first` + 1, ... of the iteration)."""
     k = t.completions_per_prompt
-    repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, k, t, seed, first)
+    states_at = models.trunk_layers if models.rollout_trunk else None
+    repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, k, t, seed, first,
+                                           states_at)
     return Groups(repeated, k, *sampled)
 
 
@@ -188,13 +194,13 @@ def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: G
                     precision: str) -> None:
     """3. Log-probs of the policy that sampled (the rollout's own in fp32 or with train.old_logprobs=rollout, else
     recomputed) and of the reference, per completion token (no gradients); a frozen trunk runs once, here, for every
-    later pass."""
+    later pass (or comes from the rollout copy: train.trunk_states)."""
     policy, prompts, responses = training.raw["policy"], groups.prompt_ids, groups.response_ids
     shared = same_prompt(range(len(responses)), groups.k)  # each prompt computed once, not k times
     with gathered(policy), autocast(device, precision):  # FSDP2: shards gathered (align.sharding)
         if models.trunk_layers:
-            groups.trunk = trunk_states(policy, [p + r for p, r in zip(prompts, responses)], models.trunk_layers,
-                                        t.pack_length, shared)
+            groups.trunk = iteration_trunk(policy, models.trunk_layers, [p + r for p, r in zip(prompts, responses)],
+                                           groups.sampled_states, t.pack_length, shared)
         if models.rollout_logprobs:
             old = [torch.tensor(lp) for lp in groups.sampled_logprobs]
         elif one_step_on_policy(t):

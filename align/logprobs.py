@@ -91,6 +91,20 @@ def trunk_states(model, sequences: list[list[int]], layers: int, pack_length: in
     return Trunk(layers, states)
 
 
+def rollout_trunk(layers: int, states: list[torch.Tensor], sequences: list[list[int]], dtype: torch.dtype) -> Trunk:
+    """A `Trunk` from the states the generation engine kept as it sampled (`align.engine.Completion.states`: the
+    input of layer `layers` at every position of a sequence but the last, whose token was sampled, never run).
+    The last position gets zeros: nothing that is read comes from it, since attention looks only backwards and no
+    log-prob or value is read at a sequence's last position (it would predict what follows the response)."""
+    kept = []
+    for sequence, state in zip(sequences, states, strict=True):
+        if len(state) != len(sequence) - 1:
+            raise ValueError(f"rollout_trunk: {len(state)} states for a sequence of {len(sequence)} tokens; "
+                             f"expected one for each token but the last")
+        kept.append(torch.cat([state.to(dtype), state.new_zeros(1, state.shape[-1], dtype=dtype)]))
+    return Trunk(layers, kept)
+
+
 @torch.no_grad()
 def trunk_matches(model, layers: int, values: bool = False) -> bool:
     """Whether running `model` as trunk + top layers gives what a full run gives (a model whose forward does more

@@ -83,6 +83,11 @@ class RLTrainConfig(TrainConfig):
         # generating copy computed as it sampled: one pass less; in bf16 they differ from the training pass's by
         # rounding, and the ratio then corrects for that too). With fp32 rollouts both give the same numbers, and
         # the rollout's are used
+    trunk_states: Literal["recompute", "rollout"] = "recompute"  # with adapters on the top layers only
+        # (model.lora.last_layers): where the frozen layers' output that every pass of an iteration starts from
+        # comes from: recompute (one run of those layers over the prompts and responses after sampling) or rollout
+        # (what the generation engine's copy computed there as it sampled: that run is saved; in bf16 it differs
+        # from the training pass's by rounding). Needs generation.backend engine; with hf the layers run
 
 
 def plan_steps(steps_per_epoch: int, cfg: DatasetTrainConfig, too_few: str) -> int:

@@ -49,8 +49,8 @@ from align.distributed import (count_share, global_masked_mean, global_masked_wh
                                global_sums, token_share)
 from align.rl import (GreedyLoops, StepTimer, check_prompt_split, completion_metrics, global_completions,
                       greedy_loops, iteration_prompts, last_metrics, log_samples, minibatch_updates,
-                      old_logprobs_from_rollout, pad_right, penalised_scores, read_logged, rollout_generator,
-                      same_prompt, sample_completions, window_means)
+                      iteration_trunk, old_logprobs_from_rollout, pad_right, penalised_scores, read_logged,
+                      rollout_generator, same_prompt, sample_completions, trunk_from_rollout, window_means)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -213,6 +213,7 @@ class PPOModels:
     trunk_layers: tuple[int, int] | None  # frozen layers run once per iteration (`shared_trunk_layers`)
     value_shares_trunk: bool  # the value model's frozen layers are the policy's (`align.logprobs.same_trunk`)
     rollout_logprobs: bool  # the old log-probs are the rollout's own (fp32, or train.old_logprobs=rollout)
+    rollout_trunk: bool  # the policy's frozen-trunk states are the rollout copy's (`align.rl.trunk_from_rollout`)
 
 
 def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenValues, PPOModels, dict]:
@@ -234,7 +235,10 @@ def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenVa
               f"of the value model) run once per iteration, shared by every pass"
               + ("; the value model's are the policy's, run once for both" if value_shares_trunk else ""))
     rollout_logprobs = old_logprobs_from_rollout(precision, cfg.train.old_logprobs)
-    models = PPOModels(reference, generator, tokenizer, trunk_layers, value_shares_trunk, rollout_logprobs)
+    rollout_trunk = trunk_from_rollout(cfg.train.trunk_states, trunk_layers and trunk_layers[0], generator,
+                                       "ppo")
+    models = PPOModels(reference, generator, tokenizer, trunk_layers, value_shares_trunk, rollout_logprobs,
+                       rollout_trunk)
     return policy, value_model, models, {"policy": policy_path, "reward_model": cfg.reward.reward_model,
                                          "value": value_path}
 
@@ -252,6 +256,7 @@ class Rollout:
     texts: list[str]  # the responses as text
     finished: list[bool]  # emitted EOS before max_new_tokens
     sampled_logprobs: list[list[float]]  # 1. the rollout copy's log-prob of each sampled token
+    sampled_states: list[torch.Tensor] | None = None  # 1. the rollout copy's frozen-trunk states, or None
     breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
     reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
@@ -274,8 +279,9 @@ def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t:
                      first: int = 0) -> Rollout:
     """1. `completions_per_prompt` responses of each prompt from the current policy's rollout copy
     (`align.rl.sample_completions`; the rows are prompts `first`, `first` + 1, ... of the iteration)."""
+    states_at = models.trunk_layers[0] if models.rollout_trunk else None
     repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, t.completions_per_prompt,
-                                           t, seed, first)
+                                           t, seed, first, states_at)
     return Rollout(repeated, *sampled)
 
 
@@ -292,14 +298,15 @@ def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t:
                      precision: str) -> None:
     """3. Log-probs of the policy that generated (the rollout's own in fp32 or with train.old_logprobs=rollout, else
     recomputed) and of the reference, and values, per response token (no gradients); a frozen trunk runs once, here,
-    for every later pass."""
+    for every later pass (or comes from the rollout copy: train.trunk_states)."""
     policy, value_model = training.raw["policy"], training.raw["value"]
     prompts, responses = rollout.prompt_ids, rollout.response_ids
     shared = same_prompt(range(len(responses)), t.completions_per_prompt)  # each prompt computed once, not k times
     with gathered(policy, value_model), autocast(device, precision):  # FSDP2: shards gathered (align.sharding)
         if models.trunk_layers:
             sequences = [p + r for p, r in zip(prompts, responses)]
-            policy_trunk = trunk_states(policy, sequences, models.trunk_layers[0], t.pack_length, shared)
+            policy_trunk = iteration_trunk(policy, models.trunk_layers[0], sequences, rollout.sampled_states,
+                                           t.pack_length, shared)
             rollout.trunks = (policy_trunk, policy_trunk if models.value_shares_trunk else
                               trunk_states(value_model, sequences, models.trunk_layers[1], t.pack_length, shared))
         policy_trunk, value_trunk = rollout.trunks

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 from align.config import ConfigError
+from align.logprobs import Trunk, rollout_trunk, trunk_states
 from align.loop import epoch_permutation
 from align.sharding import gathered, state_of
 
@@ -222,25 +223,53 @@ class Completions(NamedTuple):
     texts: list[str]
     finished: list[bool]
     sampled_logprobs: list[list[float]]
+    sampled_states: list[torch.Tensor] | None  # with `states_at`: the input of that layer at every position the
+    # rollout copy ran, [P + R - 1, hidden] (all but the last token), or None
 
 
-def sample_completions(policy, generator, rows: list[dict], k: int, t, seed: int,
-                       first: int) -> tuple[list[dict], Completions]:
+def sample_completions(policy, generator, rows: list[dict], k: int, t, seed: int, first: int,
+                       states_at: int | None = None) -> tuple[list[dict], Completions]:
     """k completions of each of `rows` from the current policy: its adapted layers (LoRA merged; every weight with
     full fine-tuning) are copied into the rollout copy `generator`, which samples with `t`'s settings and `seed`.
     The rows are prompts `first`, `first` + 1, ... of the iteration; completion j of prompt i is request
-    (first + i) * k + j (`align.rollout.Sampler`). Returns each completion's row (every row k times in a row) and
-    the completions."""
+    (first + i) * k + j (`align.rollout.Sampler`). `states_at`: also keep that layer's input as the rollout copy
+    ran it (`trunk_from_rollout`). Returns each completion's row (every row k times in a row) and the
+    completions."""
     with gathered(policy):  # FSDP2: every process gathers the policy's shards (align.sharding)
         generator.load_weights(merged_weights(policy, adapted_layers_only=True))
     repeated = [row for row in rows for _ in range(k)]
     gens = generator.generate([row["prompt"] for row in repeated], max_new_tokens=t.max_new_tokens,
                               temperature=t.temperature, top_p=t.top_p, top_k=t.top_k, seed=seed,
-                              first_request=first * k)
-    # a completion without tokens reads as an immediate EOS, its log-prob 0
+                              first_request=first * k, states_at=states_at)
+    # a completion without tokens reads as an immediate EOS, its log-prob 0 (the engine, the only backend that
+    # keeps states, always samples one token at least)
     response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
     sampled = [lp or [0.0] for lp in gens.logprobs]
-    return repeated, Completions(gens.prompt_ids, response_ids, gens.texts, gens.finished, sampled)
+    return repeated, Completions(gens.prompt_ids, response_ids, gens.texts, gens.finished, sampled, gens.states)
+
+
+def trunk_from_rollout(trunk_states: str, trunk_layers: int | None, generator, stage: str) -> bool:
+    """Whether the frozen trunk's states come from the rollout copy (`train.trunk_states` rollout, a frozen trunk
+    to run, and a generator that keeps states); said once."""
+    if trunk_states != "rollout" or not trunk_layers:
+        return False
+    if not generator.keeps_states:
+        print(f"[align] {stage}: train.trunk_states is rollout, but generation.backend {generator.backend} keeps no "
+              f"states; the frozen layers run after sampling")
+        return False
+    print(f"[align] {stage}: the frozen layers' output comes from the rollout copy as it samples "
+          f"(train.trunk_states: rollout)")
+    return True
+
+
+def iteration_trunk(policy, layers: int, sequences: list[list[int]], sampled_states, pack_length: int,
+                    groups: list[tuple[int, ...]]) -> Trunk:
+    """Step 3's frozen-trunk states of `sequences` (prompt + response): those the rollout copy kept as it sampled
+    (`sampled_states`, `align.logprobs.rollout_trunk`), else one run of the policy's frozen layers."""
+    if sampled_states is not None:
+        dtype = policy.get_input_embeddings().weight.dtype  # what the policy's own layers pass on
+        return rollout_trunk(layers, sampled_states, sequences, dtype)
+    return trunk_states(policy, sequences, layers, pack_length, groups)
 
 
 class GreedyLoops(NamedTuple):

@@ -45,6 +45,8 @@ class Generations:
     new_tokens: int  # generated tokens in total (what throughput is measured in)
     logprobs: list[list[float]]  # per generated token: its log-prob at the sampling temperature (before top-k/p)
     prompt_ids: list[list[int]]  # the rendered prompts' token ids, as generation read them
+    states: list[torch.Tensor] | None = None  # with `states_at`: per prompt, that layer's input at every position
+    # the engine ran, [P + n - 1, hidden] (`align.engine.Completion.states`)
 
 
 def prompt_messages(prompt) -> list[dict]:
@@ -180,21 +182,31 @@ class TextGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: list, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, first_request: int = 0) -> Generations:
+                 top_k: int = 0, seed: int | None = None, first_request: int = 0,
+                 states_at: int | None = None) -> Generations:
         """One completion per prompt (a string or chat messages). temperature 0 means greedy decoding. Prompt i
         samples as request `first_request + i` (`Sampler`): a process generating its shard of a larger batch
-        passes the shard's first index there."""
+        passes the shard's first index there. `states_at` (engine only: `keeps_states`): also return the input
+        of that layer at every position each completion ran."""
         rendered = [render_prompt(self.tokenizer, p) for p in prompts]
         encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
         sample, eos = Sampler(temperature, top_p, top_k, seed, first_request), self.tokenizer.eos_token_id
         if self.engine is not None:
-            completions = self.engine.generate(encoded, max_new_tokens, sample, eos)
+            completions = self.engine.generate(encoded, max_new_tokens, sample, eos, states_at)
+        elif states_at is not None:
+            raise ValueError("only the engine backend keeps a layer's states as it generates")
         else:
             completions = self._reference(encoded, max_new_tokens, sample, eos)
         token_ids = [c.token_ids for c in completions]
         return Generations(rendered, [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids],
                            token_ids, [c.finished for c in completions], sum(map(len, token_ids)),
-                           [c.logprobs for c in completions], encoded)
+                           [c.logprobs for c in completions], encoded,
+                           [c.states for c in completions] if states_at is not None else None)
+
+    @property
+    def keeps_states(self) -> bool:
+        """Whether `generate` can keep a layer's states (`states_at`): on the engine backend."""
+        return self.engine is not None
 
     def _reference(self, encoded: list[list[int]], max_new_tokens: int, sample: Sampler, eos: int):
         """The hf backend: length-sorted batches of `slots` prompts."""

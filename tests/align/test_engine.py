@@ -114,6 +114,41 @@ def test_fp32_log_probs_equal_the_training_forward_to_float_precision(model, tok
         torch.testing.assert_close(torch.tensor(engine_lp), forward_lp.cpu(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("prefill_tokens", [1024, 64])
+def test_the_states_kept_at_a_layer_are_that_layers_input_in_a_training_pass(model, tokenizer, monkeypatch,
+                                                                             prefill_tokens):
+    """`states_at` keeps the input of a layer at every position a completion ran: its prompt's (a shared system
+    prompt copied into every row; prompts prefilled in chunks with 64) and each generated token's but the last.
+    With 10 prompts in 6 rows, rows are refilled and moved as the width shrinks. In fp32 they equal the states
+    `align.logprobs.trunk_states` computes for prompt + completion, and layer 0's input is the embedding."""
+    import align.engine as engine_module
+    from align.attention import attend_by_segments
+    from align.logprobs import trunk_states
+
+    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", prefill_tokens)
+    fp32 = attend_by_segments(copy.deepcopy(model))
+    tok = copy.deepcopy(tokenizer)  # an EOS some rows reach, so that rows finish at different steps
+    tok.eos_token = tok.convert_ids_to_tokens(an_eos_some_rows_reach(fp32, tokenizer, PROMPTS, 12))
+    generator = TextGenerator(fp32, tok, GenerationConfig(backend="engine", slots=6))
+    assert generator.keeps_states
+    out = generator.generate(PROMPTS, max_new_tokens=12, states_at=1)
+    plain = generator.generate(PROMPTS, max_new_tokens=12)
+    assert out.token_ids == plain.token_ids and plain.states is None  # keeping states changes nothing else
+    sequences = [p + r for p, r in zip(out.prompt_ids, out.token_ids)]
+    assert len({len(r) for r in out.token_ids}) > 1  # rows finished at different steps
+    expected = trunk_states(fp32, sequences, 1, 1024).states
+    for sequence, kept, states in zip(sequences, out.states, expected):
+        assert kept.shape == (len(sequence) - 1, states.shape[-1])
+        torch.testing.assert_close(kept, states[:-1], rtol=1e-5, atol=1e-5)
+    embedded = generator.generate(PROMPTS[:2], max_new_tokens=4, states_at=0).states
+    for sequence, kept in zip(sequences, embedded):
+        torch.testing.assert_close(kept, fp32.model.embed_tokens.weight[sequence[: len(kept)]], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="states_at must name one of the 2 layers"):
+        generator.generate(PROMPTS[:1], max_new_tokens=2, states_at=2)
+    with pytest.raises(ValueError, match="only the engine backend"):
+        TextGenerator(fp32, tok, GenerationConfig(backend="hf")).generate(PROMPTS[:1], states_at=1)
+
+
 def test_bf16_engines_decode_with_the_kernel_where_it_runs_as_close_to_fp32_as_the_reference_attention(model):
     """On an AVX-512 CPU a bf16 engine decodes through align's kernel by default (fp32 engines and other CPUs use
     the reference attention): its next-token logits for a batch of prompts of different lengths are no further

@@ -316,3 +316,30 @@ def test_one_step_on_every_completion_takes_the_old_log_probs_from_the_loss_itse
         torch.testing.assert_close(skipped[name] - start[name], moved[name], atol=1e-4, rtol=0.02)
     assert skipped_log[3]["grpo/kl"] > 0 and all(row["grpo/clip_fraction"] == 0 for row in skipped_log.values())
     assert skipped_log[3]["grpo/kl"] == pytest.approx(computed_log[3]["grpo/kl"], rel=0.01)
+
+
+def test_trunk_states_from_the_rollout_end_where_the_trunks_own_run_ends_in_fp32(tmp_path, capsys):
+    """train.trunk_states=rollout: the frozen layer's output comes from the fp32 rollout copy, which computed it as
+    it sampled, instead of a run of its own: the same update to float precision (top-8 sampling, so that rounding
+    of that size cannot move a sampled token of the near-uniform tiny model). With generation.backend hf, which
+    keeps no states, the layer runs after sampling, and the run says so."""
+    from safetensors.torch import load_file
+
+    from align.models import resolve_model_path
+
+    def run(name: str, *extra: str) -> dict:
+        cfg = load_config(GRPOConfig, CONFIG, [
+            f"run.root={tmp_path / name}", "model.name=tiny-random", "data.max_rows=8", "train.iterations=2",
+            "train.max_new_tokens=8", "train.top_k=8", "train.precision=fp32", *extra])
+        return load_file(train(cfg) / "model.safetensors")
+
+    recomputed = run("recomputed")
+    assert "comes from the rollout copy" not in capsys.readouterr().out
+    kept = run("kept", "train.trunk_states=rollout")
+    assert "the frozen layers' output comes from the rollout copy" in capsys.readouterr().out
+    start = load_file(Path(resolve_model_path("tiny-random")) / "model.safetensors")
+    assert max(float((recomputed[name] - start[name]).abs().max()) for name in start) > 1e-3
+    for name in start:
+        torch.testing.assert_close(kept[name], recomputed[name], atol=1e-5, rtol=1e-5)
+    run("hf", "train.trunk_states=rollout", "generation.backend=hf")
+    assert "generation.backend hf keeps no states" in capsys.readouterr().out

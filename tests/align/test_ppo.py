@@ -25,7 +25,7 @@ ROWS = [{"prompt": "Write a short note."}, {"prompt": "List three colours."}, {"
 
 
 def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1, trunk: bool = False,
-                value_shares_trunk: bool = False, precision: str = "fp32"):
+                value_shares_trunk: bool = False, precision: str = "fp32", rollout_trunk: bool = False):
     """Steps 1 and 3 of an iteration from a policy whose adapters have moved off zero: (rollout, training)."""
     torch.manual_seed(0)  # peft draws lora_A
     cfg = ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1))
@@ -39,7 +39,7 @@ def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1
     trunk_layers = shared_trunk_layers(cfg.lora, policy, value_model) if trunk else None
     assert not value_shares_trunk or same_trunk(policy, value_model, trunk_layers[0])  # both from the same weights
     models = PPOModels(FrozenReference(policy, lora=True), generator, tokenizer, trunk_layers, value_shares_trunk,
-                       rollout_logprobs)
+                       rollout_logprobs, rollout_trunk)
     training = SimpleNamespace(raw={"policy": policy, "value": value_model})
     t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8, completions_per_prompt=k)
     rollout = generate_rollout(training, models, ROWS, t, seed=3)
@@ -75,14 +75,18 @@ def test_bf16_old_logprobs_from_the_rollout_are_the_sampled_ones_within_bf16_rou
     torch.testing.assert_close(from_rollout.old_logprobs, recomputed.old_logprobs, atol=0.05, rtol=0.02)
 
 
-@pytest.mark.parametrize("trunk, value_shares_trunk", [(False, False), (True, False), (True, True)])
-def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_model_dir, trunk, value_shares_trunk):
+@pytest.mark.parametrize("trunk, value_shares_trunk, rollout_trunk",
+                         [(False, False, False), (True, False, False), (True, True, False), (True, True, True)])
+def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_model_dir, trunk, value_shares_trunk,
+                                                                       rollout_trunk):
     """k = 2: each prompt's row twice in a row, two different samples of it, and the values, old and reference
     log-probs of the passes that compute each prompt once (through the frozen trunk or every layer; the value
-    model's trunk its own or, made from the same weights, the policy's) equal those of laying every sequence out
-    whole."""
+    model's trunk its own or, made from the same weights, the policy's; the trunk's states run after sampling or,
+    train.trunk_states=rollout, kept by the fp32 rollout copy as it sampled) equal those of laying every sequence
+    out whole."""
     rollout, training = first_steps(tiny_model_dir, "engine", rollout_logprobs=False, k=2, trunk=trunk,
-                                    value_shares_trunk=value_shares_trunk)
+                                    value_shares_trunk=value_shares_trunk, rollout_trunk=rollout_trunk)
+    assert (rollout.sampled_states is not None) == rollout_trunk
     assert rollout.rows == [row for row in ROWS for _ in range(2)]
     assert any(rollout.response_ids[2 * i] != rollout.response_ids[2 * i + 1] for i in range(len(ROWS)))
     assert rollout.trunks[0] is not None if trunk else rollout.trunks == (None, None)
@@ -99,6 +103,20 @@ def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_mode
         torch.testing.assert_close(rollout.old_logprobs[i, :n], old[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(rollout.ref_logprobs[i, :n], ref[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(rollout.values[i, :n], values[i], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_trunk_states_from_the_rollout_are_within_bf16_rounding_of_the_trunks_own_run(tiny_model_dir):
+    """train.trunk_states=rollout with a bf16 rollout copy: the reference log-probs and values start from the states
+    the copy kept as it sampled, which differ from a run of the trunk under autocast by bf16 rounding only."""
+    kept, _ = first_steps(tiny_model_dir, "engine", rollout_logprobs=True, k=2, trunk=True, value_shares_trunk=True,
+                          precision="bf16-autocast", rollout_trunk=True)
+    run, _ = first_steps(tiny_model_dir, "engine", rollout_logprobs=True, k=2, trunk=True, value_shares_trunk=True,
+                         precision="bf16-autocast")
+    assert kept.response_ids == run.response_ids and run.sampled_states is None
+    assert kept.trunks[0].states[0].dtype == run.trunks[0].states[0].dtype  # as the policy's own layers pass on
+    for name in ("ref_logprobs", "values"):
+        assert not torch.equal(getattr(kept, name), getattr(run, name)), name  # bf16 weights against autocast
+        torch.testing.assert_close(getattr(kept, name), getattr(run, name), atol=0.05, rtol=0.02)
 
 
 def test_a_value_model_sharing_the_policys_trunk_gets_exactly_the_values_of_its_own_trunk(tiny_model_dir):
