@@ -25,6 +25,21 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
 ROWS_AT_ONCE = 256  # rows of [N, V] logits turned into fp32 at once: bounds the copies to ROWS_AT_ONCE x V floats
 
 
+def scaled_logsumexp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """logits [n, V] in any float dtype -> logsumexp(logits / T) over each row: [n, 1] in fp32, computed as
+    m + log sum_v exp(z_v / T - m) with m = max_v z_v / T. The bf16 logits are read as they are: each pass over
+    [n, V] turns them into fp32 inside the operation, with no fp32 copy of its own first (a pass is a copy of the
+    rows, and on a CPU these passes, not the arithmetic, are what costs)."""
+    top = logits.amax(-1, keepdim=True).float() / temperature  # [n, 1]
+    return torch.add(-top, logits, alpha=1 / temperature).exp_().sum(-1, keepdim=True).log() + top
+
+
+def scaled_probs(logits: torch.Tensor, normaliser: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / T) [n, V] in fp32, given the rows' `scaled_logsumexp` [n, 1]: exp(z / T - lse), one pass
+    over the logits as they are (see `scaled_logsumexp`)."""
+    return torch.add(-normaliser, logits, alpha=1 / temperature).exp_()
+
+
 class GatheredLogprobs(torch.autograd.Function):
     """log softmax(z / T) at chosen columns of every row of the logits z [N, V]: [N, C] in fp32, for z in its own
     dtype (bf16 under autocast). Autograd through an fp32 log-softmax would keep an fp32 [N, V] tensor per pass
@@ -36,9 +51,8 @@ class GatheredLogprobs(torch.autograd.Function):
     def forward(ctx, logits, columns, temperature):
         normalisers, gathered = [], []
         for block, picked in zip(logits.split(ROWS_AT_ONCE), columns.split(ROWS_AT_ONCE)):
-            scaled = block.float() / temperature
-            normalisers.append(torch.logsumexp(scaled, dim=-1, keepdim=True))  # [n, 1]
-            gathered.append(scaled.gather(-1, picked) - normalisers[-1])
+            normalisers.append(scaled_logsumexp(block, temperature))  # [n, 1]
+            gathered.append(block.gather(-1, picked).float() / temperature - normalisers[-1])
         normaliser = torch.cat(normalisers)
         ctx.save_for_backward(logits, columns, normaliser)
         ctx.temperature = temperature
@@ -51,9 +65,9 @@ class GatheredLogprobs(torch.autograd.Function):
         grad_logits = torch.empty_like(logits)
         for lo in range(0, logits.shape[0], ROWS_AT_ONCE):
             rows = slice(lo, lo + ROWS_AT_ONCE)
-            probs = (logits[rows].float() / temperature - normaliser[rows]).exp_()
-            g = grad[rows]
-            grad_logits[rows] = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, columns[rows], g) / temperature
+            g = grad[rows] / temperature  # the 1 / T of the derivative, on [n, C] instead of [n, V]
+            probs = scaled_probs(logits[rows], normaliser[rows], temperature)
+            grad_logits[rows] = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, columns[rows], g)
         return grad_logits, None, None
 
 
@@ -64,11 +78,14 @@ def gathered_logprobs(logits: torch.Tensor, columns: torch.Tensor, temperature: 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """logits [N, V] -> the entropy of softmax(logits / T) at every row [N], in fp32, ROWS_AT_ONCE rows at a time:
-    H = logsumexp(z) - sum_v p_v z_v."""
+    H = logsumexp(z / T) - sum_v p_v z_v / T."""
     entropies = []
     for block in logits.split(ROWS_AT_ONCE):
-        scaled = block.float() / temperature
-        entropies.append(torch.logsumexp(scaled, dim=-1) - (torch.softmax(scaled, dim=-1) * scaled).sum(-1))
+        if block.requires_grad:  # an entropy bonus: one fp32 copy, so that the gradient is rounded to bf16 only once
+            block = block.float()
+        normaliser = scaled_logsumexp(block, temperature)  # [n, 1]
+        weighted = (scaled_probs(block, normaliser, temperature) * block).sum(-1)  # sum_v p_v z_v: [n]
+        entropies.append(normaliser[:, 0] - weighted / temperature)
     return torch.cat(entropies)
 
 
