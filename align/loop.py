@@ -87,7 +87,7 @@ class RLTrainConfig(TrainConfig):
         # (model.lora.last_layers): where the frozen layers' output that every pass of an iteration starts from
         # comes from: recompute (one run of those layers over the prompts and responses after sampling) or rollout
         # (what the generation engine's copy computed there as it sampled: that run is saved; in bf16 it differs
-        # from the training pass's by rounding). Needs generation.backend engine; with hf the layers run
+        # from the training pass's by rounding). Needs generation.backend engine; with hf the layers run after sampling
 
 
 def plan_steps(steps_per_epoch: int, cfg: DatasetTrainConfig, too_few: str) -> int:

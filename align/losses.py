@@ -27,16 +27,16 @@ ROWS_AT_ONCE = 256  # rows of [N, V] logits turned into fp32 at once: bounds the
 
 def scaled_logsumexp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """logits [n, V] in any float dtype -> logsumexp(logits / T) over each row: [n, 1] in fp32, computed as
-    m + log sum_v exp(z_v / T - m) with m = max_v z_v / T. The bf16 logits are read as they are: each pass over
-    [n, V] turns them into fp32 inside the operation, with no fp32 copy of its own first (a pass is a copy of the
-    rows, and on a CPU these passes, not the arithmetic, are what costs)."""
+    m + log sum_v exp(z_v / T - m) with m = max_v z_v / T: the scaling and the shift in one operation (an add with
+    alpha, which takes bf16 logits as they are) and the exponential in place. On a CPU the passes over [n, V], not
+    the arithmetic, are what costs, and this makes fewer than a copy, a division and a logsumexp."""
     top = logits.amax(-1, keepdim=True).float() / temperature  # [n, 1]
     return torch.add(-top, logits, alpha=1 / temperature).exp_().sum(-1, keepdim=True).log() + top
 
 
 def scaled_probs(logits: torch.Tensor, normaliser: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """softmax(logits / T) [n, V] in fp32, given the rows' `scaled_logsumexp` [n, 1]: exp(z / T - lse), one pass
-    over the logits as they are (see `scaled_logsumexp`)."""
+    """softmax(logits / T) [n, V] in fp32, given the rows' `scaled_logsumexp` [n, 1]: exp(z / T - lse), as
+    `scaled_logsumexp` computes its terms."""
     return torch.add(-normaliser, logits, alpha=1 / temperature).exp_()
 
 
