@@ -45,7 +45,7 @@ from align.losses import (ADVANTAGES, GRPO_TOKEN_MEANS, AdvantageName, GRPOLossN
                           kl_per_token, masked_mean)
 from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
-from align.precision import FrozenWeightCasts, autocast
+from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
                       iteration_trunk, last_metrics, log_samples, minibatch_updates, old_logprobs_from_rollout,
@@ -310,7 +310,6 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
     # models (policy trained; reference and rollout copy frozen), prompts and the composite reward, checked now
     # rather than at the first step
     policy, models, policy_path = load_models(cfg, device, stage.precision)
-    frozen = FrozenWeightCasts([policy], stage.precision)
     rows, report = load_rows(cfg.data.train, "prompt", cfg.data)
     columns = dataset_columns(rows)
     reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
@@ -335,18 +334,17 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
         # 2. composite reward of each completion
         score_groups(groups, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))
         timer.lap("score")
-        with frozen.swapped():  # 3-5 read the frozen weights as bf16 copies made once (align.precision)
-            # 3. old and reference log-probs; 4. KL, group-relative advantages
-            evaluate_groups(groups, training, models, t, device, stage.precision)
-            group_advantages(groups, t)
-            timer.lap("logprobs")
-            # 5. updates_per_batch passes over minibatches
-            training.plan_learning_rate()
-            stats = minibatch_updates(training, groups.train_index, t.updates_per_batch, t.minibatch_size,
-                                      cfg.run.seed * 7919 + iteration,
-                                      lambda idx, real, g=groups: minibatch_loss(training, g, idx, t, device,
-                                                                                 stage.precision, real))
-            timer.lap("update")
+        # 3. old and reference log-probs; 4. KL, group-relative advantages
+        evaluate_groups(groups, training, models, t, device, stage.precision)
+        group_advantages(groups, t)
+        timer.lap("logprobs")
+        # 5. updates_per_batch passes over minibatches
+        training.plan_learning_rate()
+        stats = minibatch_updates(training, groups.train_index, t.updates_per_batch, t.minibatch_size,
+                                  cfg.run.seed * 7919 + iteration,
+                                  lambda idx, real, g=groups: minibatch_loss(training, g, idx, t, device,
+                                                                             stage.precision, real))
+        timer.lap("update")
         groups.timings = timer.seconds
         training.count(len(groups.rows))
 

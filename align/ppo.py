@@ -43,7 +43,7 @@ from align.losses import (POLICY_LOSSES, PolicyLossName, kl_per_token, masked_me
                           sequence_unlikelihood, value_loss)
 from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
-from align.precision import FrozenWeightCasts, autocast
+from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.distributed import (count_share, global_masked_mean, global_masked_whiten, global_mean, global_sum,
                                global_sums, token_share)
@@ -443,7 +443,6 @@ def proximal_policy_optimisation(stage: Stage) -> None:
     # models (policy and value model trained; reference and rollout copy frozen), prompts and the composite reward,
     # checked now rather than at the first step
     policy, value_model, models, parents = load_models(cfg, device, stage.precision)
-    frozen = FrozenWeightCasts([policy, value_model], stage.precision)
     rows, _ = load_rows(cfg.data.train, "prompt", cfg.data)
     columns = dataset_columns(rows)
     reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
@@ -472,17 +471,16 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         # 2. composite reward at the end of each response
         score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))
         timer.lap("score")
-        with frozen.swapped():  # 3-5 read the frozen weights as bf16 copies made once (align.precision)
-            # 3. old and reference log-probs, values; 4. KL-shaped rewards, advantages and returns
-            evaluate_rollout(rollout, training, models, t, device, stage.precision)
-            compute_advantages(rollout, kl["coef"], t)
-            timer.lap("logprobs")
-            # 5. PPO epochs over minibatches
-            training.plan_learning_rate()
-            loop_stats = push_down_loops(training, loops, t, device, stage.precision) if loops is not None else {}
-            stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
-            stats.update(loop_stats)
-            timer.lap("update")
+        # 3. old and reference log-probs, values; 4. KL-shaped rewards, advantages and returns
+        evaluate_rollout(rollout, training, models, t, device, stage.precision)
+        compute_advantages(rollout, kl["coef"], t)
+        timer.lap("logprobs")
+        # 5. PPO epochs over minibatches
+        training.plan_learning_rate()
+        loop_stats = push_down_loops(training, loops, t, device, stage.precision) if loops is not None else {}
+        stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
+        stats.update(loop_stats)
+        timer.lap("update")
         rollout.timings = timer.seconds
         # 6. adapt beta; log, checkpoint
         if t.adaptive_kl:  # the KL of every process's responses, so every process keeps the same beta

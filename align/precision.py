@@ -29,7 +29,6 @@ all-reduce the fp32 master gradients themselves before each optimiser step (`Mas
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Literal, get_args
 
 import torch
@@ -66,41 +65,6 @@ def autocast(device: torch.device, precision: str):
     nothing for fp32."""
     check_precision(precision)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision != "fp32")
-
-
-class FrozenWeightCasts:
-    """bf16 copies of the frozen fp32 `nn.Linear` weights of `models`, made once, for passes under bf16 autocast.
-
-    Autocast keeps a weight's bf16 cast for the rest of its region only for weights that train (leaf tensors that
-    require grad): every frozen one (the layers below LoRA adapters, the base of every adapted product, the LM head)
-    is cast again at every product of every pass. Inside `swapped()` the modules hold the copies instead, so autocast
-    has nothing left to cast and the products are the same to the bit; outside, their own fp32 weights are back (for
-    merging adapters into the rollout copy and for saving). Nothing is copied for fp32, for weights that are not
-    fp32, or for sharded ones (FSDP2's DTensors, gathered only for a pass)."""
-
-    def __init__(self, models, precision: str):
-        self.swaps: list[tuple[torch.nn.Linear, torch.nn.Parameter, torch.nn.Parameter]] = []
-        if precision == "fp32":
-            return
-        from torch.distributed.tensor import DTensor
-
-        for model in models:
-            for module in model.modules():
-                weight = getattr(module, "weight", None)
-                if (isinstance(module, torch.nn.Linear) and not weight.requires_grad
-                        and weight.dtype == torch.float32 and not isinstance(weight, DTensor)):
-                    cast = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
-                    self.swaps.append((module, weight, cast))
-
-    @contextmanager
-    def swapped(self):
-        for module, _, cast in self.swaps:
-            module.weight = cast
-        try:
-            yield
-        finally:
-            for module, weight, _ in self.swaps:
-                module.weight = weight
 
 
 def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
