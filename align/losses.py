@@ -25,19 +25,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
 ROWS_AT_ONCE = 256  # rows of [N, V] logits turned into fp32 at once: bounds the copies to ROWS_AT_ONCE x V floats
 
 
+def scaled_exp(logits: torch.Tensor, shift: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """logits [n, V] in any float dtype, shift [n, 1] -> exp(z / T - shift): [n, V] in fp32, the scaling and the
+    shift in one operation (an add with alpha, which takes bf16 logits as they are) and the exponential in place.
+    On a CPU the passes over [n, V], not the arithmetic, are what costs, and this makes fewer than a copy, a
+    division, a subtraction and an exponential into new tensors. With the rows' `scaled_logsumexp` as the shift:
+    softmax(z / T)."""
+    return torch.add(-shift, logits, alpha=1 / temperature).exp_()
+
+
 def scaled_logsumexp(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """logits [n, V] in any float dtype -> logsumexp(logits / T) over each row: [n, 1] in fp32, computed as
-    m + log sum_v exp(z_v / T - m) with m = max_v z_v / T: the scaling and the shift in one operation (an add with
-    alpha, which takes bf16 logits as they are) and the exponential in place. On a CPU the passes over [n, V], not
-    the arithmetic, are what costs, and this makes fewer than a copy, a division and a logsumexp."""
+    m + log sum_v exp(z_v / T - m) with m = max_v z_v / T (`scaled_exp`)."""
     top = logits.amax(-1, keepdim=True).float() / temperature  # [n, 1]
-    return torch.add(-top, logits, alpha=1 / temperature).exp_().sum(-1, keepdim=True).log() + top
-
-
-def scaled_probs(logits: torch.Tensor, normaliser: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """softmax(logits / T) [n, V] in fp32, given the rows' `scaled_logsumexp` [n, 1]: exp(z / T - lse), as
-    `scaled_logsumexp` computes its terms."""
-    return torch.add(-normaliser, logits, alpha=1 / temperature).exp_()
+    return scaled_exp(logits, top, temperature).sum(-1, keepdim=True).log() + top
 
 
 class GatheredLogprobs(torch.autograd.Function):
@@ -66,7 +67,7 @@ class GatheredLogprobs(torch.autograd.Function):
         for lo in range(0, logits.shape[0], ROWS_AT_ONCE):
             rows = slice(lo, lo + ROWS_AT_ONCE)
             g = grad[rows] / temperature  # the 1 / T of the derivative, on [n, C] instead of [n, V]
-            probs = scaled_probs(logits[rows], normaliser[rows], temperature)
+            probs = scaled_exp(logits[rows], normaliser[rows], temperature)  # softmax(z / T)
             grad_logits[rows] = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, columns[rows], g)
         return grad_logits, None, None
 
@@ -84,7 +85,7 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
         if block.requires_grad:  # an entropy bonus: one fp32 copy, so that the gradient is rounded to bf16 only once
             block = block.float()
         normaliser = scaled_logsumexp(block, temperature)  # [n, 1]
-        weighted = (scaled_probs(block, normaliser, temperature) * block).sum(-1)  # sum_v p_v z_v: [n]
+        weighted = (scaled_exp(block, normaliser, temperature) * block).sum(-1)  # sum_v p_v z_v: [n]
         entropies.append(normaliser[:, 0] - weighted / temperature)
     return torch.cat(entropies)
 
