@@ -122,7 +122,7 @@ def load_models(cfg: GRPOConfig, device, precision: str) -> tuple[object, GRPOMo
     """(policy, the other models, the policy's path)."""
     policy_path = resolve_stage_model(cfg.model.name, cfg.run)
     policy, tokenizer = load_model(dataclasses.replace(cfg.model, name=policy_path))
-    reference = FrozenReference(policy, lora=cfg.model.lora.enabled) if cfg.train.kl_in != "none" else None
+    reference = FrozenReference(policy, cfg.model.lora.enabled, precision) if cfg.train.kl_in != "none" else None
     generator = rollout_generator(policy_path, tokenizer, cfg.generation, device, precision)
     trunk_layers = frozen_trunk_layers(cfg.model.lora, policy)
     reference_is = ("none (kl_in: none)" if reference is None else

@@ -220,7 +220,7 @@ def load_models(cfg: PPOConfig, device, precision: str) -> tuple[object, TokenVa
     """(policy, value model, the other models, the lineage for the manifest)."""
     policy_path = resolve_stage_model(cfg.model.name, cfg.run)
     policy, tokenizer = load_model(dataclasses.replace(cfg.model, name=policy_path))
-    reference = FrozenReference(policy, lora=cfg.model.lora.enabled)
+    reference = FrozenReference(policy, cfg.model.lora.enabled, precision)
     generator = rollout_generator(policy_path, tokenizer, cfg.generation, device, precision)
     value_model, value_path = load_value_model(cfg, policy_path)
     print(f"[align] ppo: policy {policy_path} ({count_parameters(policy)[0]:,} trainable), value model from "

@@ -34,7 +34,7 @@ from typing import Literal, get_args
 import torch
 
 Precision = Literal["auto", "bf16", "bf16-autocast", "fp32"]
-AutocastPrecision = Literal["auto", "bf16-autocast", "fp32"]  # for stages that keep no fp32 masters (PPO, GRPO)
+RLPrecision = Literal["auto", "bf16-autocast", "bf16", "fp32"]  # PPO and GRPO: auto picks bf16 autocast first
 PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")  # what "auto" resolves to, and the explicit ones
 
 
@@ -52,12 +52,13 @@ def fast_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, fast: bool, accepted: tuple[str, ...] = PRECISIONS) -> str:
-    """`auto` -> where bf16 is fast (`fast_bf16`) the first of `bf16` (bf16 weights, fp32 masters) and
-    `bf16-autocast` that the stage accepts, else `fp32`. Explicit choices are kept."""
+    """`auto` -> where bf16 is fast (`fast_bf16`) the first bf16 mode the stage lists in `accepted` (its config's
+    Literal, in order: `Precision` puts bf16 masters first, `RLPrecision` bf16 autocast), else `fp32`. Explicit
+    choices are kept."""
     if precision != "auto":
         check_precision(precision)
         return precision
-    return next((p for p in ("bf16", "bf16-autocast") if fast and p in accepted), "fp32")
+    return next((p for p in accepted if fast and p.startswith("bf16")), "fp32")
 
 
 def autocast(device: torch.device, precision: str):

@@ -14,7 +14,7 @@ import torch
 
 from align.config import ConfigError, load_config
 from align.grpo import GRPOConfig, GRPOTrainConfig, Groups, group_advantages, train
-from align.precision import AutocastPrecision, fast_bf16, resolve_precision
+from align.precision import RLPrecision, fast_bf16, resolve_precision
 from tests.align.test_pipeline import align, finish, wait_for, weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def test_stage_directory_holds_merged_model_manifest_and_aligns_own_checkpoints(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "grpo" and manifest["status"] == "complete" and manifest["steps"] == ITERATIONS
     # precision auto: what it resolves to on this CPU for a stage without fp32 masters (test_precision checks the rule)
-    auto = resolve_precision("auto", fast_bf16(torch.device("cpu")), get_args(AutocastPrecision))
+    auto = resolve_precision("auto", fast_bf16(torch.device("cpu")), get_args(RLPrecision))
     assert manifest["base_model"] == str(tiny_model_dir) and manifest["precision"] == auto
     assert manifest["parents"] == {"policy": str(tiny_model_dir), "reward_model": None}
     assert manifest["data"]["prompts"] == 16 and len(manifest["data_fingerprint"]) == 16
@@ -271,10 +271,11 @@ def test_groups_with_equal_rewards_everywhere_are_all_skipped_and_the_policy_sta
 
 
 @pytest.mark.parametrize(("loss", "advantages", "kl_in", "precision"), [
-    ("dapo", "rloo", "none", "fp32"), ("dr_grpo", "dr_grpo", "reward", "bf16-autocast")])
+    ("dapo", "rloo", "none", "fp32"), ("dr_grpo", "dr_grpo", "reward", "bf16")])
 def test_the_variants_run_and_log(tmp_path, loss, advantages, kl_in, precision):
     """DAPO's loss with clip-higher and RLOO's baseline without a reference (no KL logged); Dr. GRPO with the KL in
-    the reward and a bf16 rollout copy (whose log-probs are then recomputed in the training forward)."""
+    the reward, bf16 weights trained through fp32 masters and a bf16 rollout copy (whose log-probs are then
+    recomputed in the training forward). The other runs here train under bf16 autocast (precision auto)."""
     cfg = load_config(GRPOConfig, CONFIG, [
         f"run.root={tmp_path}", "model.name=tiny-random", "data.max_rows=8", "train.iterations=2",
         "train.max_new_tokens=4", f"train.loss={loss}", f"train.advantages={advantages}", f"train.kl_in={kl_in}",

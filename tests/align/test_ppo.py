@@ -4,6 +4,7 @@ for the same responses (so skipping that pass changes nothing but the time); wit
 passes that compute each prompt once give what separate sequences give."""
 
 import dataclasses
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -217,3 +218,33 @@ def test_leave_one_out_baseline_needs_two_responses_per_prompt():
                     ["train.score_baseline=leave_one_out", "train.completions_per_prompt=1"])
     load_config(PPOConfig, TINY_CONFIG,
                 ["train.score_baseline=leave_one_out", "train.completions_per_prompt=2"])
+
+
+def test_bf16_precision_trains_bf16_weights_from_fp32_masters_and_saves_fp32(tmp_path, monkeypatch):
+    """`train.precision: bf16` in PPO: the policy and the value model compute with bf16 weights (the frozen trunk and
+    the reference, the policy without adapters, with them) while the optimiser updates fp32 masters of the adapters
+    and the value head; in the first iteration the policy is still the reference, so their KL is exactly 0; the
+    saved model is fp32."""
+    import align.ppo
+    from safetensors import safe_open
+
+    seen = []
+    update = align.ppo.ppo_update
+
+    def spy(training, rollout, *args):
+        policy_dtypes = {p.dtype for p in training.raw["policy"].parameters()}
+        value_dtypes = {p.dtype for p in training.raw["value"].parameters()}
+        seen.append((policy_dtypes, value_dtypes, {p.dtype for p in training.parameters()}))
+        return update(training, rollout, *args)
+
+    monkeypatch.setattr(align.ppo, "ppo_update", spy)
+    cfg = load_config(PPOConfig, TINY_CONFIG, [
+        f"run.root={tmp_path}", "model.name=tiny-random", "reward.reward_model=null", "train.iterations=2",
+        "train.precision=bf16", "train.max_new_tokens=8", "data.max_rows=8",
+        "reward.functions=[{name: length_in_range, kwargs: {min_words: 0, max_words: 3}}]"])
+    out = align.ppo.train(cfg)
+    assert seen == [({torch.bfloat16}, {torch.bfloat16}, {torch.float32})] * 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "ppo/kl" in line]
+    assert rows[0]["ppo/kl"] == 0.0 and json.loads((out / "manifest.json").read_text())["precision"] == "bf16"
+    with safe_open(str(out / "model.safetensors"), "pt") as saved:
+        assert {saved.get_tensor(name).dtype for name in saved.keys()} == {torch.float32}

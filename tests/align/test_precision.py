@@ -141,12 +141,14 @@ def test_fp32_and_autocast_train_the_model_itself_and_bf16_keeps_masters_on_seve
 def test_auto_precision_is_bf16_only_where_bf16_products_are_native():
     """auto -> bf16 masters (or bf16 autocast for a stage without masters) with native bf16, fp32 without; explicit
     choices pass through; the stage's own accepted values decide."""
-    from align.precision import AutocastPrecision, Precision, fast_bf16, resolve_precision
+    from align.precision import Precision, RLPrecision, fast_bf16, resolve_precision
 
-    all_values, autocast_only = typing.get_args(Precision), typing.get_args(AutocastPrecision)
+    all_values, rl_values = typing.get_args(Precision), typing.get_args(RLPrecision)
     assert resolve_precision("auto", True, all_values) == "bf16"
-    assert resolve_precision("auto", True, autocast_only) == "bf16-autocast"
-    assert resolve_precision("auto", False, all_values) == resolve_precision("auto", False, autocast_only) == "fp32"
+    assert resolve_precision("auto", True, rl_values) == "bf16-autocast"  # the RL stages list autocast first
+    assert resolve_precision("auto", True, ("auto", "fp32")) == "fp32"  # a stage without bf16 modes
+    assert resolve_precision("auto", False, all_values) == resolve_precision("auto", False, rl_values) == "fp32"
+    assert resolve_precision("bf16", False, rl_values) == "bf16"
     assert resolve_precision("bf16-autocast", False, all_values) == "bf16-autocast"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", True, all_values)
