@@ -87,14 +87,18 @@ def case_ppo_align(settings, workdir: Path, backend: str = "auto") -> dict:
 
 def precision_label(cfg) -> str:
     """What both PPO sides compute in: the precision align's stage resolves on this machine (bf16 weights for the
-    rollouts and bf16 autocast for the update where bf16 products are native, fp32 for both elsewhere)."""
-    if resolved_precision(cfg) == "bf16-autocast":
+    rollouts and bf16 autocast for the update where bf16 products are native, fp32 for both elsewhere; with
+    `train.precision: bf16`, bf16 weights with fp32 masters for the update)."""
+    precision = resolved_precision(cfg)
+    if precision == "bf16-autocast":
         return "rollouts: bf16 weights; update: bf16 autocast, fp32 weights"
+    if precision == "bf16":
+        return "rollouts: bf16 weights; update: bf16 weights, fp32 masters"
     return "fp32 (rollouts and update; bf16 products are not native here)"
 
 
 def peak_dtype(cfg) -> str:
-    return "bf16" if resolved_precision(cfg) == "bf16-autocast" else "fp32"
+    return "fp32" if resolved_precision(cfg) == "fp32" else "bf16"
 
 
 def reward_model_dir(path: str, out: Path, seed: int) -> Path:
