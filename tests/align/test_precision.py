@@ -139,8 +139,8 @@ def test_fp32_and_autocast_train_the_model_itself_and_bf16_keeps_masters_on_seve
 
 
 def test_auto_precision_is_bf16_only_where_bf16_products_are_native():
-    """auto -> bf16 masters (or bf16 autocast for a stage without masters) with native bf16, fp32 without; explicit
-    choices pass through; the stage's own accepted values decide."""
+    """auto -> bf16 masters (bf16 autocast first for GRPO, which lists it first) with native bf16, fp32 without;
+    explicit choices pass through; the stage's own accepted values decide."""
     from align.precision import Precision, RLPrecision, fast_bf16, resolve_precision
 
     all_values, rl_values = typing.get_args(Precision), typing.get_args(RLPrecision)
@@ -149,6 +149,14 @@ def test_auto_precision_is_bf16_only_where_bf16_products_are_native():
     assert resolve_precision("auto", True, ("auto", "fp32")) == "fp32"  # a stage without bf16 modes
     assert resolve_precision("auto", False, all_values) == resolve_precision("auto", False, rl_values) == "fp32"
     assert resolve_precision("bf16", False, rl_values) == "bf16"
+    from align.grpo import GRPOTrainConfig
+    from align.ppo import PPOTrainConfig
+
+    def stage_values(cfg):
+        return typing.get_args(typing.get_type_hints(cfg)["precision"])
+
+    assert resolve_precision("auto", True, stage_values(PPOTrainConfig)) == "bf16"  # PPO: bf16 masters first
+    assert resolve_precision("auto", True, stage_values(GRPOTrainConfig)) == "bf16-autocast"
     assert resolve_precision("bf16-autocast", False, all_values) == "bf16-autocast"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", True, all_values)
@@ -163,3 +171,8 @@ def test_a_stage_records_the_precision_auto_chose(capsys):
     chosen = stage_precision(SFTConfig(), torch.device("cpu"))
     assert chosen == ("bf16" if fast_bf16(torch.device("cpu")) else "fp32")
     assert f"precision auto -> {chosen}" in capsys.readouterr().out
+    # FSDP2 keeps no fp32 masters (align.loop.shard_models refuses them): there auto takes bf16 autocast instead
+    sharded = SFTConfig()
+    sharded.run.data_parallel = "fsdp2"
+    assert stage_precision(sharded, torch.device("cpu")) == ("bf16-autocast" if fast_bf16(torch.device("cpu"))
+                                                             else "fp32")
