@@ -258,7 +258,7 @@ def stage_precision(cfg, device) -> str | None:
     fast = fast_bf16(device)
     accepted = typing.get_args(typing.get_type_hints(type(cfg.train))["precision"])  # what this stage supports
     if getattr(getattr(cfg, "run", None), "data_parallel", None) == "fsdp2":  # FSDP2 keeps no fp32 masters yet
-        accepted = tuple(p for p in accepted if p != "bf16")  # (align.loop.shard_models): auto passes them by
+        accepted = tuple(p for p in accepted if p != "bf16")  # (align.loop.shard_models): auto skips them
     resolved = resolve_precision(chosen, fast, accepted)
     if chosen == "auto":
         why = "bf16 products are native here" if fast else "this device has no native bf16 products"
