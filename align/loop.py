@@ -71,7 +71,7 @@ class RLTrainConfig(TrainConfig):
     lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
     precision: RLPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast | bf16
         # (bf16 weights, fp32 masters of the trained ones, as SFT's default; the reference and the frozen trunk
-        # compute in bf16 too) | fp32
+        # compute in bf16 too) | fp32. PPO's own field lists bf16 first (align.ppo.PPOTrainConfig)
     log_every: int = 1
     save_every: int = 10
     iterations: int = 30  # sample -> score -> update cycles

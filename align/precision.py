@@ -34,7 +34,7 @@ from typing import Literal, get_args
 import torch
 
 Precision = Literal["auto", "bf16", "bf16-autocast", "fp32"]
-RLPrecision = Literal["auto", "bf16-autocast", "bf16", "fp32"]  # PPO and GRPO: auto picks bf16 autocast first
+RLPrecision = Literal["auto", "bf16-autocast", "bf16", "fp32"]  # GRPO: auto picks bf16 autocast first (PPO: Precision)
 PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")  # what "auto" resolves to, and the explicit ones
 
 
