@@ -248,22 +248,30 @@ class Stage:
 
 def stage_precision(cfg, device) -> str | None:
     """The precision a stage trains in: its `train.precision`, with `auto` resolved for this device (said once)."""
+    from align.precision import fast_bf16
+
+    chosen = getattr(getattr(cfg, "train", None), "precision", None)
+    resolved = resolved_precision(cfg, fast_bf16(device))
+    if chosen == "auto":
+        why = "bf16 products are native here" if fast_bf16(device) else "this device has no native bf16 products"
+        print(f"[align] {cfg.stage}: precision auto -> {resolved} ({why})")
+    return resolved
+
+
+def resolved_precision(cfg, fast_bf16: bool) -> str | None:
+    """`train.precision` with `auto` resolved in the order of the stage's own config type (what it accepts, first
+    choice first), on a device with or without native bf16 products; None for a stage without the field."""
     import typing
 
-    from align.precision import fast_bf16, resolve_precision
+    from align.precision import resolve_precision
 
     chosen = getattr(getattr(cfg, "train", None), "precision", None)
     if chosen is None:
         return None
-    fast = fast_bf16(device)
     accepted = typing.get_args(typing.get_type_hints(type(cfg.train))["precision"])  # what this stage supports
     if getattr(getattr(cfg, "run", None), "data_parallel", None) == "fsdp2":  # FSDP2 keeps no fp32 masters yet
         accepted = tuple(p for p in accepted if p != "bf16")  # (align.loop.shard_models): auto skips them
-    resolved = resolve_precision(chosen, fast, accepted)
-    if chosen == "auto":
-        why = "bf16 products are native here" if fast else "this device has no native bf16 products"
-        print(f"[align] {cfg.stage}: precision auto -> {resolved} ({why})")
-    return resolved
+    return resolve_precision(chosen, fast_bf16, accepted)
 
 
 def start_stage(cfg, restart: bool = False) -> Stage:

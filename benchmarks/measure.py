@@ -198,9 +198,10 @@ def bf16_autocast():
 
 def resolved_precision(cfg) -> str:
     """The precision align's stage trains in on this machine (`auto` resolved as the stage resolves it)."""
-    from align.precision import fast_bf16, resolve_precision
+    from align.precision import fast_bf16
+    from align.stage import resolved_precision as stage_resolved
 
-    return resolve_precision(cfg.train.precision, fast_bf16(torch.device("cpu")), ("bf16-autocast",))
+    return stage_resolved(cfg, fast_bf16(torch.device("cpu")))
 
 
 def median_ms_in_turns(sides: dict, rounds: int, warmup: int = 1) -> dict[str, float]:

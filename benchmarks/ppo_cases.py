@@ -86,15 +86,23 @@ def case_ppo_align(settings, workdir: Path, backend: str = "auto") -> dict:
 
 
 def precision_label(cfg) -> str:
-    """What both PPO sides compute in: the precision align's stage resolves on this machine (bf16 weights for the
-    rollouts and bf16 autocast for the update where bf16 products are native, fp32 for both elsewhere; with
-    `train.precision: bf16`, bf16 weights with fp32 masters for the update)."""
+    """What align's PPO computes in: the precision its stage resolves on this machine (bf16 weights for the
+    rollouts where bf16 products are native, and for the update bf16 weights with fp32 masters or bf16 autocast over
+    fp32 weights; fp32 for both elsewhere)."""
     precision = resolved_precision(cfg)
     if precision == "bf16-autocast":
         return "rollouts: bf16 weights; update: bf16 autocast, fp32 weights"
     if precision == "bf16":
         return "rollouts: bf16 weights; update: bf16 weights, fp32 masters"
     return "fp32 (rollouts and update; bf16 products are not native here)"
+
+
+def raw_precision_label(cfg) -> str:
+    """What the raw side computes in: bf16 weights for generate and bf16 autocast over fp32 weights for training (a
+    hand-written loop's usual choice) wherever align's stage uses bf16 at all, else fp32."""
+    if resolved_precision(cfg) == "fp32":
+        return "fp32 (rollouts and update; bf16 products are not native here)"
+    return "rollouts: bf16 weights; update: bf16 autocast, fp32 weights"
 
 
 def peak_dtype(cfg) -> str:
@@ -123,7 +131,7 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
     path, ppo = model_path(settings), ppo_config(settings, workdir)
     t = ppo.train
     tokenizer = AutoTokenizer.from_pretrained(path)
-    bf16 = resolved_precision(ppo) == "bf16-autocast"
+    bf16 = resolved_precision(ppo) != "fp32"
     generator_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     value = value_model(path, tokenizer.pad_token_id)
@@ -178,7 +186,7 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
     n_policy, n_value = matmul_parameters(path, "causal"), matmul_parameters(path, "value")
     return {
         "what": "raw generate + hand-written PPO-shaped training",
-        "precision": precision_label(ppo), "peak_dtype": peak_dtype(ppo),
+        "precision": raw_precision_label(ppo), "peak_dtype": peak_dtype(ppo),
         "method": f"raw model.generate on left-padded batches of {settings.ppo_prompts} (the same prompts, order, "
                   "seeds, sampling and max_new_tokens as align's rollouts; no weight sync into the generating copy), then "
                   f"{t.ppo_epochs} epochs of policy + value forward/backward over minibatches of "

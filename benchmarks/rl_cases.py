@@ -130,7 +130,7 @@ def case_grpo_trl(settings, workdir: Path) -> dict:
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, lr_scheduler_type="constant",
         beta=t.kl_coef if t.kl_in == "loss" else 0.0, epsilon=t.clip_range, epsilon_high=t.clip_range_high,
         loss_type=t.loss, scale_rewards="group" if t.advantages == "grpo" else "none",
-        num_iterations=t.updates_per_batch, bf16=resolved_precision(cfg) == "bf16-autocast",
+        num_iterations=t.updates_per_batch, bf16=resolved_precision(cfg) != "fp32",
         activation_checkpointing=False, dataloader_num_workers=0)
     clock = LoggedClock()
     trainer = trl.GRPOTrainer(

@@ -238,3 +238,33 @@ def test_int8_benchmark_reads_the_engines_product_shapes_and_stays_close_to_bf16
     for name, bf16_ms, int8_ms, error, runs in measure(products, rows=3, repeats=1):
         assert bf16_ms > 0 and int8_ms > 0 and runs == shapes[name][1]
         assert error < 0.03, name  # one step of 127 per row: products within a few percent of the bf16 ones
+
+
+# ---- benchmarks/generation_profile.py and the PPO case's labels ---------------------------------------------------
+
+
+def test_generation_profile_counts_the_weights_a_decode_steps_products_read():
+    from transformers import LlamaConfig
+
+    from benchmarks.generation_profile import product_weight_bytes
+
+    config = LlamaConfig(hidden_size=8, num_attention_heads=2, num_key_value_heads=1, intermediate_size=16,
+                         num_hidden_layers=3, vocab_size=10)
+    # head_dim 4 -> per layer q 8x8, k 4x8, v 4x8, output 8x8, gate 16x8, up 16x8, down 8x16 = 576 weights; head 10x8
+    assert product_weight_bytes(config, 2) == (3 * 576 + 80) * 2
+
+
+def test_the_ppo_cases_say_the_precision_each_side_computes_in():
+    import torch
+
+    from align.ppo import PPOConfig
+    from align.precision import fast_bf16
+    from benchmarks.ppo_cases import precision_label, raw_precision_label
+
+    cfg = PPOConfig()
+    if not fast_bf16(torch.device("cpu")):
+        assert precision_label(cfg) == raw_precision_label(cfg) and precision_label(cfg).startswith("fp32")
+        return
+    # PPO's auto is bf16 weights with fp32 masters where bf16 is native; the raw loop trains under bf16 autocast
+    assert precision_label(cfg) == "rollouts: bf16 weights; update: bf16 weights, fp32 masters"
+    assert raw_precision_label(cfg) == "rollouts: bf16 weights; update: bf16 autocast, fp32 weights"

@@ -149,14 +149,14 @@ def test_auto_precision_is_bf16_only_where_bf16_products_are_native():
     assert resolve_precision("auto", True, ("auto", "fp32")) == "fp32"  # a stage without bf16 modes
     assert resolve_precision("auto", False, all_values) == resolve_precision("auto", False, rl_values) == "fp32"
     assert resolve_precision("bf16", False, rl_values) == "bf16"
-    from align.grpo import GRPOTrainConfig
-    from align.ppo import PPOTrainConfig
+    from align.grpo import GRPOConfig
+    from align.ppo import PPOConfig
+    from align.stage import resolved_precision
 
-    def stage_values(cfg):
-        return typing.get_args(typing.get_type_hints(cfg)["precision"])
-
-    assert resolve_precision("auto", True, stage_values(PPOTrainConfig)) == "bf16"  # PPO: bf16 masters first
-    assert resolve_precision("auto", True, stage_values(GRPOTrainConfig)) == "bf16-autocast"
+    # auto in the order of each stage's own config type, on a device with and without native bf16 products
+    assert resolved_precision(PPOConfig(), True) == "bf16"  # PPO: bf16 weights with fp32 masters first
+    assert resolved_precision(GRPOConfig(), True) == "bf16-autocast"
+    assert resolved_precision(PPOConfig(), False) == resolved_precision(GRPOConfig(), False) == "fp32"
     assert resolve_precision("bf16-autocast", False, all_values) == "bf16-autocast"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", True, all_values)
