@@ -29,7 +29,7 @@ import torch
 from align.checkpoint import save_checkpoint
 from align.config import ConfigError
 from align.distributed import global_sum
-from align.precision import Precision, RLPrecision, training_weights
+from align.precision import Precision, training_weights
 from align.sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard, shard_like,
                             shard_optimizer_state, units)
 
@@ -69,9 +69,10 @@ class RLTrainConfig(TrainConfig):
     learning_rate: float = 5.0e-5
     warmup_ratio: float = 0.0
     lr_schedule: Literal["cosine", "linear", "constant"] = "constant"  # over the iterations
-    precision: RLPrecision = "auto"  # auto (bf16-autocast where bf16 is native, else fp32) | bf16-autocast | bf16
-        # (bf16 weights, fp32 masters of the trained ones, as SFT's default; the reference and the frozen trunk
-        # compute in bf16 too) | fp32. PPO's own field lists bf16 first (align.ppo.PPOTrainConfig)
+    precision: Precision = "auto"  # auto: bf16 (bf16 weights, fp32 masters of the trained ones: the adapters, PPO's
+        # value head; the reference and the frozen trunk compute in bf16 too) where bf16 products are native, else
+        # fp32 | bf16-autocast (fp32 weights under bf16 autocast: slower, the same accuracy on the validation splits,
+        # docs/RESULTS.md) | fp32
     log_every: int = 1
     save_every: int = 10
     iterations: int = 30  # sample -> score -> update cycles

@@ -43,7 +43,7 @@ from align.losses import (POLICY_LOSSES, PolicyLossName, kl_per_token, masked_me
                           sequence_unlikelihood, value_loss)
 from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
-from align.precision import Precision, autocast
+from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.distributed import (count_share, global_masked_mean, global_masked_whiten, global_mean, global_sum,
                                global_sums, token_share)
@@ -60,9 +60,6 @@ from align.values import TokenValues, load_reward_backbone
 
 @dataclass
 class PPOTrainConfig(RLTrainConfig):
-    precision: Precision = "auto"  # auto: bf16 (bf16 weights, fp32 masters of the adapters and the value head)
-        # where bf16 products are native, else fp32 | bf16-autocast (fp32 weights under bf16 autocast, GRPO's auto:
-        # slower, the same accuracy on the validation splits, docs/RESULTS.md) | fp32
     prompts_per_iteration: int = 16  # prompts generated for, scored and trained on per iteration (all processes)
     completions_per_prompt: int = 1  # k responses sampled per prompt (OpenRLHF's n_samples_per_prompt): the value
         # model sees k returns of each prompt, and the passes without gradients compute each prompt once

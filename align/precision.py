@@ -34,7 +34,6 @@ from typing import Literal, get_args
 import torch
 
 Precision = Literal["auto", "bf16", "bf16-autocast", "fp32"]
-RLPrecision = Literal["auto", "bf16-autocast", "bf16", "fp32"]  # GRPO: auto picks bf16 autocast first (PPO: Precision)
 PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")  # what "auto" resolves to, and the explicit ones
 
 
@@ -53,8 +52,7 @@ def fast_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: str, fast: bool, accepted: tuple[str, ...] = PRECISIONS) -> str:
     """`auto` -> where bf16 is fast (`fast_bf16`) the first bf16 mode the stage lists in `accepted` (its config's
-    Literal, in order: `Precision` puts bf16 masters first, `RLPrecision` bf16 autocast), else `fp32`. Explicit
-    choices are kept."""
+    Literal, in order: `Precision` puts bf16 masters first), else `fp32`. Explicit choices are kept."""
     if precision != "auto":
         check_precision(precision)
         return precision
@@ -167,14 +165,40 @@ class MasterWeights:
             p.copy_(master)
 
     def fp32_model(self):
-        """The model with fp32 weights again (masters for the trained ones), for saving: a LoRA merge then
-        happens in fp32. Training cannot go on after this."""
+        """The model with fp32 weights again, for saving: masters for the trained ones, and the frozen ones as the
+        model's own safetensors held them (`restore_frozen_weights`), so that a LoRA merge happens in fp32 over the
+        parent's weights, not over their bf16 rounding. Training cannot go on after this."""
         for (_, p), master in zip(self.named, self.masters):
             p.data = master.data
+        restore_frozen_weights(self.model, {id(p) for _, p in self.named})
         for p in self.model.parameters():
             if p.dtype != torch.float32:
                 p.data = p.data.float()
         return self.model
+
+
+def restore_frozen_weights(model, trained: set[int]) -> int:
+    """Give the bf16 weights not in `trained` (parameter ids) back the values of the safetensors files in the
+    directory the model was loaded from (`config._name_or_path`), each only where it rounds to what the model
+    holds (so a weight that changed since is kept); names as a PEFT wrapper gives them are mapped to the file's.
+    Returns how many were restored (0 where the model came from no local directory)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    source = getattr(getattr(model, "config", None), "_name_or_path", "") or ""  # "" for a model made in memory
+    files = sorted(Path(source).glob("*.safetensors")) if source and Path(source).is_dir() else []
+    frozen = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): p
+              for name, p in model.named_parameters() if id(p) not in trained and p.dtype == torch.bfloat16}
+    restored = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            for key in set(weights.keys()) & set(frozen):
+                tensor, p = weights.get_tensor(key), frozen[key]
+                if tensor.shape == p.shape and torch.equal(tensor.to(p.device, torch.bfloat16), p.data):
+                    p.data = tensor.to(p.device, torch.float32)
+                    restored += 1
+    return restored
 
 
 def weights_dtype(precision: str) -> torch.dtype:

@@ -14,7 +14,7 @@ import torch
 
 from align.config import ConfigError, load_config
 from align.grpo import GRPOConfig, GRPOTrainConfig, Groups, group_advantages, train
-from align.precision import RLPrecision, fast_bf16, resolve_precision
+from align.precision import Precision, fast_bf16, resolve_precision
 from tests.align.test_pipeline import align, finish, wait_for, weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +71,8 @@ def test_stage_directory_holds_merged_model_manifest_and_aligns_own_checkpoints(
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "grpo" and manifest["status"] == "complete" and manifest["steps"] == ITERATIONS
-    # precision auto: what it resolves to on this CPU for a stage without fp32 masters (test_precision checks the rule)
-    auto = resolve_precision("auto", fast_bf16(torch.device("cpu")), get_args(RLPrecision))
+    # precision auto: what it resolves to on this CPU (test_precision checks the rule)
+    auto = resolve_precision("auto", fast_bf16(torch.device("cpu")), get_args(Precision))
     assert manifest["base_model"] == str(tiny_model_dir) and manifest["precision"] == auto
     assert manifest["parents"] == {"policy": str(tiny_model_dir), "reward_model": None}
     assert manifest["data"]["prompts"] == 16 and len(manifest["data_fingerprint"]) == 16

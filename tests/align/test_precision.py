@@ -124,6 +124,38 @@ def test_the_saved_model_is_fp32_with_lora_merged_in_fp32():
     assert not torch.equal(q, base)
 
 
+def test_the_saved_model_keeps_the_parents_fp32_frozen_weights(tmp_path):
+    """A model loaded from a directory and trained with bf16 weights holds its frozen weights in bf16 only; at save
+    (fp32_model) they are read back from the directory's safetensors, so a LoRA merge adds the delta to the parent's
+    own fp32 weight and an untouched weight saves as it was loaded, bit for bit. A frozen weight that changed since
+    it was loaded (its bf16 value no longer the file's, rounded) is kept as it is."""
+    import peft
+    from transformers import LlamaForCausalLM
+
+    llama().save_pretrained(tmp_path)
+    parent = LlamaForCausalLM.from_pretrained(tmp_path).state_dict()
+    model = peft.get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path),
+                                peft.LoraConfig(r=2, target_modules=["q_proj"], lora_alpha=2))
+    weights = MasterWeights(model)
+    masters = dict(weights.named_parameters())
+    q_proj = "base_model.model.model.layers.0.self_attn.q_proj"
+    with torch.no_grad():
+        masters[f"{q_proj}.lora_B.default.weight"].fill_(1e-3)
+        model.base_model.model.model.layers[1].mlp.up_proj.weight.add_(1.0)  # a frozen weight changed in bf16
+    weights.step_done()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    delta = (masters[f"{q_proj}.lora_B.default.weight"] @ masters[f"{q_proj}.lora_A.default.weight"]).detach()
+    changed = model.base_model.model.model.layers[1].mlp.up_proj.weight.detach().float().clone()
+    saved = weights.fp32_model().merge_and_unload().state_dict()
+    torch.testing.assert_close(saved["model.layers.0.self_attn.q_proj.weight"],
+                               parent["model.layers.0.self_attn.q_proj.weight"] + delta * layer.scaling["default"],
+                               rtol=0, atol=1e-7)
+    assert torch.equal(saved["model.layers.1.mlp.up_proj.weight"], changed)  # not the parent's: it had changed
+    untouched = [name for name in parent if "q_proj" not in name and "up_proj" not in name]
+    assert untouched and all(torch.equal(saved[name], parent[name]) for name in untouched)
+    assert any(not torch.equal(parent[name].bfloat16().float(), parent[name]) for name in untouched)  # not bf16 already
+
+
 def test_fp32_and_autocast_train_the_model_itself_and_bf16_keeps_masters_on_several_processes():
     model = llama()
     for precision in ("fp32", "bf16-autocast"):
@@ -139,23 +171,22 @@ def test_fp32_and_autocast_train_the_model_itself_and_bf16_keeps_masters_on_seve
 
 
 def test_auto_precision_is_bf16_only_where_bf16_products_are_native():
-    """auto -> bf16 masters (bf16 autocast first for GRPO, which lists it first) with native bf16, fp32 without;
+    """auto -> the first bf16 mode the stage lists (bf16 masters in `Precision`) with native bf16, fp32 without;
     explicit choices pass through; the stage's own accepted values decide."""
-    from align.precision import Precision, RLPrecision, fast_bf16, resolve_precision
+    from align.precision import Precision, fast_bf16, resolve_precision
 
-    all_values, rl_values = typing.get_args(Precision), typing.get_args(RLPrecision)
+    all_values = typing.get_args(Precision)
     assert resolve_precision("auto", True, all_values) == "bf16"
-    assert resolve_precision("auto", True, rl_values) == "bf16-autocast"  # the RL stages list autocast first
+    assert resolve_precision("auto", True, ("auto", "bf16-autocast", "bf16", "fp32")) == "bf16-autocast"  # in order
     assert resolve_precision("auto", True, ("auto", "fp32")) == "fp32"  # a stage without bf16 modes
-    assert resolve_precision("auto", False, all_values) == resolve_precision("auto", False, rl_values) == "fp32"
-    assert resolve_precision("bf16", False, rl_values) == "bf16"
+    assert resolve_precision("auto", False, all_values) == "fp32"
+    assert resolve_precision("bf16", False, all_values) == "bf16"
     from align.grpo import GRPOConfig
     from align.ppo import PPOConfig
     from align.stage import resolved_precision
 
     # auto in the order of each stage's own config type, on a device with and without native bf16 products
-    assert resolved_precision(PPOConfig(), True) == "bf16"  # PPO: bf16 weights with fp32 masters first
-    assert resolved_precision(GRPOConfig(), True) == "bf16-autocast"
+    assert resolved_precision(PPOConfig(), True) == resolved_precision(GRPOConfig(), True) == "bf16"  # fp32 masters
     assert resolved_precision(PPOConfig(), False) == resolved_precision(GRPOConfig(), False) == "fp32"
     assert resolve_precision("bf16-autocast", False, all_values) == "bf16-autocast"
     with pytest.raises(ValueError, match="precision must be one of"):
