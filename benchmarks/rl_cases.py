@@ -37,7 +37,7 @@ def grpo_config(settings, workdir: Path):
 
 
 def grpo_result(what: str, method: str, cfg, settings, iteration_seconds: list[float], mean_lengths: list[float],
-                **extra) -> dict:
+                precision: str | None = None, **extra) -> dict:
     """Steady-state figures of measured iterations: seconds per iteration and per optimiser step, completions and
     new tokens per second, model FLOP/s by one formula for both sides."""
     t, path = cfg.train, model_path(settings)
@@ -49,7 +49,7 @@ def grpo_result(what: str, method: str, cfg, settings, iteration_seconds: list[f
     seconds, n = sum(iteration_seconds), len(iteration_seconds)
     n_params = matmul_parameters(path, "causal")
     passes = 2 + 2 * (t.kl_in != "none") + 6 * t.updates_per_batch  # generate, reference, updates: per token
-    precision = resolved_precision(cfg)
+    precision = precision or resolved_precision(cfg)  # a side's own, else what align's stage resolves
     return {
         "what": what, "method": method, "precision": f"{precision} (generation and training)",
         "peak_dtype": "fp32" if precision == "fp32" else "bf16", "iterations_measured": n,
@@ -152,7 +152,7 @@ def case_grpo_trl(settings, workdir: Path) -> dict:
         "generation batch of every completion per iteration, gradient checkpointing off as align has none, "
         "transformers' generate); an iteration's seconds = its optimiser steps' times from the previous step's "
         "end (generation included), new tokens = TRL's logged completions/mean_length x completions", cfg,
-        settings, iterations, lengths, trl_config=chosen)
+        settings, iterations, lengths, precision="bf16-autocast" if args.bf16 else "fp32", trl_config=chosen)
 
 
 RL_CASES = {"grpo/align": case_grpo_align, "grpo/trl": case_grpo_trl}
