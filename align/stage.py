@@ -250,10 +250,10 @@ def stage_precision(cfg, device) -> str | None:
     """The precision a stage trains in: its `train.precision`, with `auto` resolved for this device (said once)."""
     from align.precision import fast_bf16
 
-    chosen = getattr(getattr(cfg, "train", None), "precision", None)
-    resolved = resolved_precision(cfg, fast_bf16(device))
-    if chosen == "auto":
-        why = "bf16 products are native here" if fast_bf16(device) else "this device has no native bf16 products"
+    fast = fast_bf16(device)
+    resolved = resolved_precision(cfg, fast)
+    if getattr(getattr(cfg, "train", None), "precision", None) == "auto":
+        why = "bf16 products are native here" if fast else "this device has no native bf16 products"
         print(f"[align] {cfg.stage}: precision auto -> {resolved} ({why})")
     return resolved
 

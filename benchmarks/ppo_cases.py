@@ -101,7 +101,7 @@ def raw_precision_label(cfg) -> str:
     """What the raw side computes in: bf16 weights for generate and bf16 autocast over fp32 weights for training (a
     hand-written loop's usual choice) wherever align's stage uses bf16 at all, else fp32."""
     if resolved_precision(cfg) == "fp32":
-        return "fp32 (rollouts and update; bf16 products are not native here)"
+        return precision_label(cfg)  # fp32 on both sides
     return "rollouts: bf16 weights; update: bf16 autocast, fp32 weights"
 
 
