@@ -178,20 +178,17 @@ class MasterWeights:
 
 
 def restore_frozen_weights(model, trained: set[int]) -> int:
-    """Give the bf16 weights not in `trained` (parameter ids) back the values of the safetensors files in the
-    directory the model was loaded from (`config._name_or_path`), each only where it rounds to what the model
-    holds (so a weight that changed since is kept); names as a PEFT wrapper gives them are mapped to the file's.
-    Returns how many were restored (0 where the model came from no local directory)."""
-    from pathlib import Path
-
+    """Give the bf16 weights not in `trained` (parameter ids) back the values of the safetensors files the model was
+    loaded from (`config._name_or_path`: a directory, or a hub id in the local Hugging Face cache), each only where
+    it rounds to what the model holds (so a weight that changed since is kept); names as a PEFT wrapper gives them
+    are mapped to the file's. Returns how many were restored (0 where no such files are on this machine)."""
     from safetensors import safe_open
 
     source = getattr(getattr(model, "config", None), "_name_or_path", "") or ""  # "" for a model made in memory
-    files = sorted(Path(source).glob("*.safetensors")) if source and Path(source).is_dir() else []
     frozen = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): p
               for name, p in model.named_parameters() if id(p) not in trained and p.dtype == torch.bfloat16}
     restored = 0
-    for file in files:
+    for file in _safetensors_files(source):
         with safe_open(str(file), framework="pt") as weights:
             for key in set(weights.keys()) & set(frozen):
                 tensor, p = weights.get_tensor(key), frozen[key]
@@ -199,6 +196,25 @@ def restore_frozen_weights(model, trained: set[int]) -> int:
                     p.data = tensor.to(p.device, torch.float32)
                     restored += 1
     return restored
+
+
+def _safetensors_files(source: str) -> list:
+    """The safetensors files of a model directory, or of a hub id's snapshot in the local Hugging Face cache (never
+    downloaded: a model trained here was loaded from that cache); [] where there are none."""
+    from pathlib import Path
+
+    if not source:
+        return []
+    if Path(source).is_dir():
+        return sorted(Path(source).glob("*.safetensors"))
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        snapshot = snapshot_download(source, allow_patterns=["*.safetensors"], local_files_only=True)
+    except (HFValidationError, LocalEntryNotFoundError):  # not a hub id, or not in this machine's cache
+        return []
+    return sorted(Path(snapshot).glob("*.safetensors"))
 
 
 def weights_dtype(precision: str) -> torch.dtype:

@@ -156,6 +156,27 @@ def test_the_saved_model_keeps_the_parents_fp32_frozen_weights(tmp_path):
     assert any(not torch.equal(parent[name].bfloat16().float(), parent[name]) for name in untouched)  # not bf16 already
 
 
+def test_a_model_named_by_a_hub_id_gets_its_frozen_weights_back_from_the_local_hub_cache(tmp_path, monkeypatch):
+    """A model loaded by hub id (`config._name_or_path` is the id, not a directory) is restored from its snapshot
+    in the local Hugging Face cache, laid out as the hub client lays it out; nothing is downloaded."""
+    import huggingface_hub.constants
+    from transformers import LlamaForCausalLM
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "models--tiny--llama" / "snapshots" / commit
+    llama().save_pretrained(snapshot)
+    (tmp_path / "hub" / "models--tiny--llama" / "refs").mkdir()
+    (tmp_path / "hub" / "models--tiny--llama" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = LlamaForCausalLM.from_pretrained("tiny/llama", cache_dir=str(tmp_path / "hub"))
+    assert model.config._name_or_path == "tiny/llama"
+    parent = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    model.requires_grad_(False)
+    saved = MasterWeights(model).fp32_model().state_dict()
+    assert all(torch.equal(saved[name], parent[name]) for name in parent)  # not rounded to bf16
+    assert any(not torch.equal(tensor.bfloat16().float(), tensor) for tensor in parent.values())
+
+
 def test_fp32_and_autocast_train_the_model_itself_and_bf16_keeps_masters_on_several_processes():
     model = llama()
     for precision in ("fp32", "bf16-autocast"):
