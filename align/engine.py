@@ -17,8 +17,9 @@ overhead and small matrix products dominate:
 - **One pass for each piece of elementwise work** between the products (the residual add with the next RMSNorm,
   the rotary embedding with the cache write, SiLU(gate) * up), through align's kernels where the attention kernel
   runs; PyTorch runs each as several operations, and at a few dozen rows their fixed costs add up.
-Prefill runs whole prompts through the same weights with causal attention, several prompts at once, in chunks of
-at most PREFILL_TOKENS padded tokens; the tokens all of them start with (a chat template's system prompt) run once.
+Prefill runs whole prompts through the same weights with causal attention, several prompts at once, packed back
+to back without padding, in chunks of at most PREFILL_TOKENS tokens; the tokens all of them start with (a chat
+template's system prompt) run once.
 
 The engine runs on the device that holds the model's weights (a CPU, or a GPU where one is present: the same
 code, with plain products there instead of oneDNN's packed layout); the rows' bookkeeping stays on the CPU.
@@ -42,7 +43,7 @@ from align.batching import SHARED_PREFIX_MIN, shared_prefix_length
 
 ATTENTION_BUCKET = 32  # the attention length is rounded up to a multiple of this (fewer distinct shapes)
 MIN_WIDTH = 4  # the step width never shrinks below this many rows
-# Prompts are prefilled in chunks of at most this many (padded) tokens, so that a prefill's activations stay small
+# Prompts are prefilled in chunks of at most this many tokens, so that a prefill's activations stay small
 # whatever the prompts' lengths: a pass over many long prompts at once needs far more memory and runs slower per
 # token (docs/BENCHMARK.md, "Prefill in chunks").
 PREFILL_TOKENS = 1024
@@ -297,16 +298,16 @@ class DecoderEngine:
 
     @torch.no_grad()
     def _prefill(self, rows: list[int], prompts: list[list[int]]) -> torch.Tensor:
-        """Run whole prompts into cache rows `rows`, in chunks of at most PREFILL_TOKENS padded tokens (a chunk
-        holds one prompt at least), the tokens they all start with once (`_shared_start`); the logits after each
+        """Run whole prompts into cache rows `rows`, in chunks of at most PREFILL_TOKENS tokens (a chunk holds one
+        prompt at least), the tokens they all start with once (`_shared_start`); the logits after each
         prompt's last token: [n, vocab]."""
         shared = self._shared_start(rows, prompts)
         lengths = [len(p) - shared for p in prompts]  # the tokens each prompt still runs
         logits, start = [], 0
         while start < len(prompts):
-            end, longest = start + 1, lengths[start]
-            while end < len(prompts) and (end + 1 - start) * max(longest, lengths[end]) <= PREFILL_TOKENS:
-                longest = max(longest, lengths[end])
+            end, tokens = start + 1, lengths[start]
+            while end < len(prompts) and tokens + lengths[end] <= PREFILL_TOKENS:
+                tokens += lengths[end]
                 end += 1
             logits.append(self._prefill_chunk(rows[start:end], prompts[start:end], shared))
             start = end
@@ -330,34 +331,34 @@ class DecoderEngine:
         return shared
 
     def _prefill_chunk(self, rows: list[int], prompts: list[list[int]], start: int = 0) -> torch.Tensor:
-        """`_prefill` of prompts right-padded to the longest, in one pass, from position `start` (the positions
-        before it are in the rows' cache already)."""
-        n, width = len(prompts), max(len(p) for p in prompts) - start
-        ids = torch.zeros(n, width, dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            ids[i, : len(prompt) - start] = torch.tensor(prompt[start:])
-        ids, index = ids.to(self.device), torch.tensor(rows, device=self.device)
-        cos, sin = self.cos[start : start + width, None], self.sin[start : start + width, None]  # [P, 1, D]
-        # Causal attention never lets a real token see the padding that follows it; after `start` cached positions
-        # token i sees positions [0, start + i].
-        mask = None if not start else torch.ones(width, start + width, dtype=torch.bool, device=self.device).tril(start)
-        x = self.embed[ids]  # [n, P, hidden]
+        """`_prefill` of prompts packed back to back, no padding, from position `start` (the positions before it
+        are in the rows' cache already): the products run on every prompt's tokens at once, the attention prompt
+        by prompt over its own cache row."""
+        lengths = [len(p) - start for p in prompts]
+        ids = torch.tensor([t for p in prompts for t in p[start:]], device=self.device)  # [N]
+        positions = torch.cat([torch.arange(start, len(p)) for p in prompts]).to(self.device)  # [N]
+        owners = torch.tensor(rows).repeat_interleave(torch.tensor(lengths)).to(self.device)  # each token's row
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [N, 1, D]
+        # Causal attention within each prompt; after `start` cached positions token i sees positions [0, start + i].
+        masks = {n: torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start) for n in lengths}
+        x = self.embed[ids]  # [N, hidden]
         for layer, weights in enumerate(self.layers):
             if layer == self.states_at:
-                self.states[index, start : start + width] = x
-            q, k, v = self._qkv(weights, x, cos, sin)  # [n, P, heads, D]
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [n, kv_heads, P, D]
-            self.keys[layer, index, :, start : start + width] = k
-            self.values[layer, index, :, start : start + width] = v
-            if start:
-                k, v = self.keys[layer, index, :, : start + width], self.values[layer, index, :, : start + width]
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=not start,
-                                                 enable_gqa=True)
-            x = x + weights.out(out.transpose(1, 2).flatten(2))
+                self.states[owners, positions] = x
+            q, k, v = self._qkv(weights, x, cos, sin)  # [N, heads, D], [N, kv_heads, D]
+            self.keys[layer][owners, :, positions] = k
+            self.values[layer][owners, :, positions] = v
+            out = []
+            for row, query, n in zip(rows, q.split(lengths), lengths):
+                keys = self.keys[layer, row : row + 1, :, : start + n]  # [1, kv_heads, start + n, D]
+                values = self.values[layer, row : row + 1, :, : start + n]
+                out.append(F.scaled_dot_product_attention(query.transpose(0, 1)[None], keys, values,
+                                                          attn_mask=masks[n] if start else None,
+                                                          is_causal=not start, enable_gqa=True)[0])
+            x = x + weights.out(torch.cat(out, dim=1).transpose(0, 1).flatten(1))
             x = self._mlp(weights, x)
-        ends = torch.tensor([len(p) - 1 - start for p in prompts], device=self.device)
-        last = x[torch.arange(n, device=self.device), ends]  # [n, hidden]
-        return self.lm_head(self._norm(last, self.final_norm))
+        ends = torch.tensor(lengths, device=self.device).cumsum(0) - 1
+        return self.lm_head(self._norm(x[ends], self.final_norm))  # after each prompt's last token: [n, vocab]
 
     @torch.no_grad()
     def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
