@@ -150,8 +150,16 @@ def add_chat_command(commands) -> None:
     sub.add_argument("--seed", type=int, default=None, help="seed of the sampling (with --temperature > 0)")
 
 
+def keeps_freed_memory(args: list[str]) -> bool:
+    """Whether the command `args` (argv without the program) restarts itself with glibc's tunables that keep freed
+    memory (`align.runtime.keep_freed_memory`): the training stages, whose steps free and take back the same large
+    blocks. Generation allocates its cache once and gains nothing, and `align pipeline` lets each stage's process
+    decide (its own setting would reach them all)."""
+    return bool(args) and args[0] in STAGES
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the process's own command line, not a call from Python
+    if argv is None and keeps_freed_memory(sys.argv[1:]):  # the process's own command line, not a call from Python
         keep_freed_memory()
     die_with_parent()
     configure_environment()

@@ -57,10 +57,9 @@ CASES = {
     "grpo/align": "align grpo (align.grpo.train)",
     "grpo/trl": "TRL GRPOTrainer, set to the same work",
 }
-# The cases that run align's stages: they get the malloc settings the `align` command gives itself
-# (align.runtime.keep_freed_memory); the others run with glibc's defaults, as a plain user's script does.
-ALIGN_COMMAND_CASES = ("sft/align", "rm/align", "dpo/align", "ppo/align", "ppo/align-hf", "eval/align", "eval/hf",
-                       "grpo/align")
+# The cases that run align's training stages: they get the malloc settings the `align` command gives itself there
+# (align.cli.keeps_freed_memory); the others, align's evaluation included, run with glibc's defaults.
+ALIGN_COMMAND_CASES = ("sft/align", "rm/align", "dpo/align", "ppo/align", "ppo/align-hf", "grpo/align")
 
 
 @dataclass
@@ -159,9 +158,10 @@ ASSUMPTIONS = [
     "Peak memory is the run process's VmHWM (peak resident set), imports included; baseline_rss_mib is the "
     "resident set after importing torch and transformers.",
     "Precision: TRL and the hand-written loops train with bf16 autocast over fp32 weights (TRL's default "
-    "bf16=True); align's sft, rm and dpo with their default precision: bf16 (bf16 weights, fp32 master weights in "
-    "the optimiser, align.precision) and ppo's update with bf16 autocast: matmuls in bf16 and fp32 optimiser state "
-    "on every side. Generation with bf16 weights on every side.",
+    "bf16=True); align's stages with their default precision, `auto`, which resolves to bf16 where bf16 products "
+    "are native (bf16 weights, fp32 master weights in the optimiser, align.precision; each run's precision column "
+    "says what it ran): matmuls in bf16 and fp32 optimiser state on every side. Generation with bf16 weights on "
+    "every side.",
     "The same parameterisation on every side: full fine-tuning (TRL's default), or LoRA r=16 on the same modules "
     "everywhere with --lora (on the last N layers only with --last-layers N, as configs/ppo.yaml does).",
     "Sampled lengths differ between align's PPO rollouts and raw generate once align's policy has moved, so the "
@@ -396,7 +396,8 @@ def _malloc(tunables: dict | None) -> str:
         return ""
     ours, others = (f"GLIBC_TUNABLES={value}" if value is not None else "glibc's malloc defaults"
                     for value in tunables.values())
-    return f" Align's own cases ran with {ours} (as the `align` command runs), the others with {others}."
+    return (f" Align's training cases ran with {ours} (as the `align` command runs its training stages), the others "
+            f"(align's evaluation included) with {others}.")
 
 
 def markdown(report: dict) -> str:

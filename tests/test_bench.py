@@ -94,6 +94,7 @@ def test_aligns_cases_run_with_the_align_commands_malloc_settings_and_the_others
     assert set(ALIGN_COMMAND_CASES) <= set(CASES)
     assert child_environment(2, case="ppo/align")["GLIBC_TUNABLES"] == MALLOC_TUNABLES
     assert "GLIBC_TUNABLES" not in child_environment(2, case="ppo/raw")  # a plain user's script: glibc's defaults
+    assert "GLIBC_TUNABLES" not in child_environment(2, case="eval/align")  # as `align eval` runs
     assert "GLIBC_TUNABLES" not in child_environment(2, case="machine")
     monkeypatch.setenv("GLIBC_TUNABLES", "")  # the caller's own setting wins, on every side
     assert child_environment(2, case="ppo/align")["GLIBC_TUNABLES"] == ""
@@ -143,8 +144,8 @@ def test_quick_run_measures_every_case_in_its_own_process(quick_run):
     threads = report["settings"]["threads"]
     assert report["environment"]["jobs"] == 2  # side by side, and the table says its timings measure nothing
     assert "2 runs at a time: these timings check the harness" in quick_run[1]
-    assert f"Align's own cases ran with GLIBC_TUNABLES={MALLOC_TUNABLES}" in quick_run[1]
-    assert "the others with glibc's malloc defaults" in quick_run[1]
+    assert f"Align's training cases ran with GLIBC_TUNABLES={MALLOC_TUNABLES}" in quick_run[1]
+    assert "the others (align's evaluation included) with glibc's malloc defaults" in quick_run[1]
     assert report["environment"]["child_env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert report["environment"]["child_env"]["OMP_NUM_THREADS"] == str(threads)
     for case, run in report["runs"].items():
