@@ -339,8 +339,10 @@ class DecoderEngine:
         positions = torch.cat([torch.arange(start, len(p)) for p in prompts]).to(self.device)  # [N]
         owners = torch.tensor(rows).repeat_interleave(torch.tensor(lengths)).to(self.device)  # each token's row
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [N, 1, D]
-        # Causal attention within each prompt; after `start` cached positions token i sees positions [0, start + i].
-        masks = {n: torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start) for n in lengths}
+        # Causal attention within each prompt (is_causal where nothing is cached before it); after `start` cached
+        # positions token i sees positions [0, start + i].
+        masks = {n: torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start)
+                 for n in lengths} if start else {}
         x = self.embed[ids]  # [N, hidden]
         for layer, weights in enumerate(self.layers):
             if layer == self.states_at:
@@ -353,7 +355,7 @@ class DecoderEngine:
                 keys = self.keys[layer, row : row + 1, :, : start + n]  # [1, kv_heads, start + n, D]
                 values = self.values[layer, row : row + 1, :, : start + n]
                 out.append(F.scaled_dot_product_attention(query.transpose(0, 1)[None], keys, values,
-                                                          attn_mask=masks[n] if start else None,
+                                                          attn_mask=masks.get(n),
                                                           is_causal=not start, enable_gqa=True)[0])
             x = x + weights.out(torch.cat(out, dim=1).transpose(0, 1).flatten(1))
             x = self._mlp(weights, x)

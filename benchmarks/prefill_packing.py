@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable (
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from align.engine import DecoderEngine  # noqa: E402
+from align.engine import PREFILL_TOKENS, DecoderEngine  # noqa: E402
 from align.rollout import GenerationConfig, load_generator, render_prompt  # noqa: E402
 from benchmarks.measure import rows_of  # noqa: E402
 
@@ -68,7 +68,7 @@ def padded_prefill(self, rows: list[int], prompts: list[list[int]]) -> torch.Ten
     logits, start = [], 0
     while start < len(prompts):
         end, longest = start + 1, lengths[start]
-        while end < len(prompts) and (end + 1 - start) * max(longest, lengths[end]) <= 1024:
+        while end < len(prompts) and (end + 1 - start) * max(longest, lengths[end]) <= PREFILL_TOKENS:
             longest = max(longest, lengths[end])
             end += 1
         logits.append(self._prefill_chunk(rows[start:end], prompts[start:end], shared))
@@ -120,7 +120,7 @@ def main() -> None:
     print("| prefill | PPO rollout s | its prefill s | rollout new tokens/s | first wave of an evaluation: 64 "
           "prompts' prefill s |\n|---|---|---|---|---|")
     for side, rows in runs.items():
-        rollout, prefill, tokens, wave_s = (statistics.median(column) for column in zip(*rows))
+        rollout, prefill, _, wave_s = (statistics.median(column) for column in zip(*rows))
         rates = statistics.median(t / r for r, _, t, _ in rows)
         print(f"| {side} | {rollout:.2f} | {prefill:.2f} | {rates:.0f} | {wave_s:.2f} |")
 
