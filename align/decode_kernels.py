@@ -17,6 +17,11 @@ Where `kernel` runs, the elementwise work between the step's matrix products run
 each where PyTorch runs several operations (at a few dozen rows a step pays each operation's fixed cost, not its
 arithmetic): `add_rms_norm`, `rotary_into_cache` and `silu_mul`. Each rounds to bf16 where transformers' bf16
 arithmetic does (tests/align/test_decode_kernels.py checks them against transformers' Llama modules).
+
+The step's matrix products run through the module's `linear` (`PackedLinear`) where the CPU has AVX512_BF16 and no
+AMX: its dot product of bf16 pairs over a weight laid out for it reads the weights in one stream at every row count,
+where oneDNN's packed products read them at about half the speed at the few rows of a rollout's decode steps
+(docs/BENCHMARK.md, "Products through AVX512_BF16's dot product"). Where the CPU has AMX, oneDNN uses its tiles.
 """
 
 from __future__ import annotations
@@ -59,15 +64,43 @@ def load_kernel():
     """The compiled kernels' module, built on first use; None (with a warning) where it cannot be built."""
     from torch.utils import cpp_extension
 
+    flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"]
+    try:  # with OpenMP, or at::parallel_for runs every loop on one thread
+        return cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False,
+                                  extra_cflags=flags + ["-fopenmp"], extra_ldflags=["-fopenmp"])
+    except Exception:  # a compiler without OpenMP: the kernels still beat PyTorch's operations on one thread
+        pass
     try:
-        return cpp_extension.load(
-            "align_decode_kernels", [str(SOURCE)], verbose=False,
-            extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"])
+        module = cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False, extra_cflags=flags)
+        warnings.warn("align's decode kernels were built without OpenMP: each runs on one thread", stacklevel=2)
+        return module
     except Exception as error:  # no compiler, no ninja, a failed build: the reference attention still runs
         reason = str(error).strip().splitlines()
         warnings.warn(f"align's decode kernels could not be built ({reason[-1] if reason else error!r}); "
                       f"generation uses PyTorch's operations", stacklevel=2)
         return None
+
+
+def linear_runs(weight: torch.Tensor) -> bool:
+    """Whether `linear` serves products with this weight [N, K] (it may still fail to build): bf16 on a CPU with
+    AVX512_BF16's dot product and without AMX, N a multiple of 32 and K even."""
+    return (weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and weight.dim() == 2
+            and weight.shape[0] % 32 == 0 and weight.shape[1] % 2 == 0
+            and torch.backends.cpu.get_cpu_capability() == "AVX512"
+            and load_kernel() is not None and load_kernel().linear_serves_cpu())
+
+
+class PackedLinear:
+    """x @ weight^T (+ bias) through the kernels' `linear` (see `linear_runs`): the weight laid out once for it, the
+    bias kept in fp32 (the sums are; the output is rounded to bf16 once). Any number of rows; x [..., K] bf16."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.packed = load_kernel().pack_linear_weight(weight.detach())
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = load_kernel().linear(x.reshape(-1, x.shape[-1]).contiguous(), self.packed, self.bias)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def kernel(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

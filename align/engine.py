@@ -8,7 +8,9 @@ overhead and small matrix products dominate:
   that empties as its answers end. When no prompt waits, the live rows move to the front and the step runs on
   just them, so finished rows cost no steps.
 - **Fewer, larger matrix products.** The query, key and value projections are one matrix, the gate and up
-  projections another: each layer runs four products instead of seven.
+  projections another: each layer runs four products instead of seven. With bf16 weights on a CPU with
+  AVX512_BF16 (and no AMX) they run through align's product kernel, which streams each weight once at any row
+  count (`align.decode_kernels.PackedLinear`); elsewhere through oneDNN's packed layout (on a GPU, plain products).
 - **Attention for one query over a preallocated cache.** New keys and values are written in place (no growing
   `cat`); the query heads that share a key head attend together, reading each row's keys and values in place:
   with bf16 weights on an AVX-512 CPU through align's decode-attention kernel, which reads only each row's own
@@ -95,18 +97,25 @@ def _packed(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 class Projection:
-    """x @ weight^T (+ bias) with the weight kept in the fastest layout for the device (`_packed`).
+    """x @ weight^T (+ bias) with the weight kept in the fastest layout for the device: align's kernel where it
+    serves the weight and `kernel` asks for it (`align.decode_kernels.PackedLinear`), else `_packed`.
 
-    It never keeps the caller's tensor itself: the packed layout is a copy, and a plain weight is copied unless
+    It never keeps the caller's tensor itself: a packed layout is a copy, and a plain weight is copied unless
     `owned` says it already is one (a fused concatenation). A view of a model's weight would keep the model's
     storage alive (for weights loaded from safetensors, the whole memory-mapped file) and follow its changes."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, owned: bool = False):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, owned: bool = False,
+                 kernel: bool = False):
         self.bias = bias
-        self.packed = _packed(weight)
-        self.weight = None if self.packed is not None else weight if owned else weight.clone()
+        serve = kernel and decode_kernels.linear_runs(weight)
+        self.kernel = decode_kernels.PackedLinear(weight, bias) if serve else None
+        self.packed = _packed(weight) if self.kernel is None else None
+        plain = self.kernel is None and self.packed is None
+        self.weight = (weight if owned else weight.clone()) if plain else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:
+            return self.kernel(x)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -133,15 +142,17 @@ LAYER_PARAMETERS = {
 QKV_BIASES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")
 
 
-def _layer(weights: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device) -> LayerWeights:
-    """A layer from its parameters (`LAYER_PARAMETERS` roles, plus `q_bias`/`k_bias`/`v_bias` if it has them)."""
+def _layer(weights: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device, kernel: bool) -> LayerWeights:
+    """A layer from its parameters (`LAYER_PARAMETERS` roles, plus `q_bias`/`k_bias`/`v_bias` if it has them);
+    `kernel`: its products through align's kernel where it serves them (`Projection`)."""
     w = {role: tensor.detach().to(device, dtype) for role, tensor in weights.items()}  # views where dtype and
     # device are the same, so the norms are copied and the products make their own (`Projection`)
     bias = torch.cat([w["q_bias"], w["k_bias"], w["v_bias"]]) if "q_bias" in w else None
     return LayerWeights(input_norm=w["input_norm"].clone(), post_norm=w["post_norm"].clone(),
-                        qkv=Projection(torch.cat([w["q"], w["k"], w["v"]]), bias, owned=True),
-                        out=Projection(w["out"]), gate_up=Projection(torch.cat([w["gate"], w["up"]]), owned=True),
-                        down=Projection(w["down"]))
+                        qkv=Projection(torch.cat([w["q"], w["k"], w["v"]]), bias, owned=True, kernel=kernel),
+                        out=Projection(w["out"], kernel=kernel),
+                        gate_up=Projection(torch.cat([w["gate"], w["up"]]), owned=True, kernel=kernel),
+                        down=Projection(w["down"], kernel=kernel))
 
 
 @dataclass
@@ -166,14 +177,19 @@ class DecoderEngine:
     """
 
     def __init__(self, model, slots: int = 64, dtype: torch.dtype | None = None, release_model: bool = False,
-                 attention: str = "auto"):
+                 attention: str = "auto", products: str = "auto"):
         """`release_model`: empty each of the model's layers once the engine has its own copy (for a caller that
         loaded the model only to generate with it: the weights are never held twice). `attention`: "auto" decodes
         with align's decode kernels where they run (`align.decode_kernels`), "reference" always with PyTorch's
-        fused attention and operations."""
+        fused attention and operations. `products`: "auto" runs the matrix products through align's kernel where it
+        serves the weights (`align.decode_kernels.linear_runs`), "reference" always through PyTorch's."""
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"the generation engine cannot run {type(model).__name__}: {reason}")
+        for name, value in (("attention", attention), ("products", products)):
+            if value not in ("auto", "reference"):
+                raise ValueError(f"{name} must be 'auto' or 'reference', not {value!r}")
+        self.kernel_products = products == "auto"
         config, body = model.config, model.model
         first = next(model.parameters())
         self.dtype, self.device = dtype or first.dtype, first.device  # the engine runs where the model's weights are
@@ -187,8 +203,6 @@ class DecoderEngine:
         self.keys = self.values = self.cos = self.sin = None
         self.cache_length = 0
         self.states_at, self.states = None, None  # during a `generate` that keeps states: the layer, [slots, L, hidden]
-        if attention not in ("auto", "reference"):
-            raise ValueError(f"attention must be 'auto' or 'reference', not {attention!r}")
         self.use_kernel = (attention == "auto" and decode_kernels.kernel_runs(
             self.dtype, self.device, self.head_dim, self.heads // self.kv_heads)
             and decode_kernels.load_kernel() is not None)
@@ -230,7 +244,8 @@ class DecoderEngine:
             if len(present) < len(roles):
                 missing = sorted(set(roles.values()) - set(present))
                 raise ValueError(f"load_weights: layer {index} comes in part; it lacks {missing[:3]}")
-            layer = _layer({role: state_dict[name] for role, name in roles.items()}, dtype, device)
+            layer = _layer({role: state_dict[name] for role, name in roles.items()}, dtype, device,
+                           self.kernel_products)
             self.layers[index:index + 1] = [layer]
             if release:
                 for name in roles.values():
@@ -244,7 +259,8 @@ class DecoderEngine:
         head = state_dict.get(names["lm_head"])
         if head is not None or names["embed"] in state_dict:
             tied = head is None  # the vocabulary projection is the engine's own copy of the embedding
-            self.lm_head = Projection(self.embed, owned=True) if tied else Projection(head.detach().to(device, dtype))
+            self.lm_head = Projection(self.embed if tied else head.detach().to(device, dtype), owned=tied,
+                                      kernel=self.kernel_products)
         if not hasattr(self, "embed") or not hasattr(self, "final_norm"):
             raise ValueError(f"load_weights: the state dict lacks {names['embed']} or {names['final_norm']}")
 

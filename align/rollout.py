@@ -34,6 +34,9 @@ class GenerationConfig:
     # engine, decode steps: auto = align's decode-attention kernel for bf16 weights on an AVX-512 CPU (compiled on
     # first use, once per machine), else PyTorch's fused attention; reference = always PyTorch's
     attention: Literal["auto", "reference"] = "auto"
+    # engine, matrix products with bf16 weights: auto = align's kernel on a CPU with AVX512_BF16 and no AMX (built
+    # with the decode kernels), else PyTorch's (oneDNN's packed layout on a CPU); reference = always PyTorch's
+    products: Literal["auto", "reference"] = "auto"
 
 
 @dataclass
@@ -169,7 +172,7 @@ class TextGenerator:
         self.engine = None
         if self.backend == "engine":
             self.engine = DecoderEngine(model, self.config.slots, release_model=release_model,
-                                        attention=self.config.attention)
+                                        attention=self.config.attention, products=self.config.products)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """New weights (transformers' names), e.g. the current policy's with LoRA merged; all of them or some."""

@@ -68,7 +68,7 @@ def measure(products: dict, rows: int, repeats: int) -> list[tuple[str, float, f
     for name, (weight, per_step) in products.items():
         x = torch.randn(rows, weight.shape[1], dtype=torch.bfloat16)
         q, scale = quantise(weight)
-        engine_product = Projection(weight)  # bf16, in oneDNN's packed layout where available, as the engine runs
+        engine_product = Projection(weight)  # bf16, oneDNN's packed layout (the engine's before its own kernel)
         exact = F.linear(x, weight).float()
         approx = torch._weight_int8pack_mm(x, q, scale).float()
         error = ((approx - exact).abs().amax() / exact.abs().amax()).item()

@@ -15,6 +15,17 @@
 // add_rms_norm (the residual add and the next RMSNorm), rotary_into_cache (rotate the new queries and keys, write
 // the keys and values into the cache) and silu_mul (SiLU(gate) * up). Each rounds to bf16 wherever transformers'
 // bf16 arithmetic does, so it computes what those operations compute, up to the order of one sum (RMSNorm's).
+//
+// 3. linear: the step's matrix products, y = x W^T (+ bias), on CPUs with AVX512_BF16, whose dot product of bf16
+// pairs (vdpbf16ps) multiplies 32 bf16 values into 16 fp32 sums in one instruction. W [N, K] is laid out once
+// (pack_linear_weight) as [N / 32][K / 2][32][2]: for each block of 32 outputs, the weights of input pair p for
+// those 32 outputs lie together, so the loop streams each block's weights once, front to back, and multiplies
+// each 128-byte step by one pair of every row's inputs (broadcast), with no horizontal sums at the end. Up to 12
+// rows share a pass over the block (24 accumulators in registers); more rows take further passes, which read the
+// block from the cache. Sums in fp32, the bias added to them, the output rounded to bf16 once.
+//
+// Every loop above spreads its units of work over ATen's threads (at::parallel_for, which is parallel only where
+// the module is compiled with OpenMP: align.decode_kernels builds it so; parallel_threads reports it).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -364,7 +375,95 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
   return out;
 }
 
+// -- 3. linear ----------------------------------------------------------------------------------------------------
+
+constexpr int64_t BLOCK = 32;  // outputs per packed block: two vectors of 16 fp32 sums
+constexpr int MAX_TILE_ROWS = 12;  // rows per pass over a block: 2 x 12 accumulators + 2 weight vectors in registers
+
+// W [N, K] -> [N / 32][K / 2][32][2] (see 3. above); N a multiple of 32, K even.
+torch::Tensor pack_linear_weight(torch::Tensor weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16, "pack_linear_weight: a 2-d bf16 weight");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  TORCH_CHECK(n % BLOCK == 0 && k % 2 == 0, "pack_linear_weight: N must be a multiple of 32 and K even, not ", n,
+              " x ", k);
+  return weight.reshape({n / BLOCK, BLOCK, k / 2, 2}).permute({0, 2, 1, 3}).contiguous();
+}
+
+// `rows` rows of x [rows, K] against one packed block [K / 2][32][2] -> out[:, 0:32] of rows with stride n.
+template <int ROWS>
+__attribute__((target("avx512bf16"))) void linear_tile(const at::BFloat16* x, int64_t k, const at::BFloat16* block,
+                                                        const float* bias, at::BFloat16* out, int64_t n) {
+  __m512 low[ROWS], high[ROWS];  // outputs 0-15 and 16-31 of each row
+  const __m512 bias_low = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  const __m512 bias_high = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+  for (int r = 0; r < ROWS; ++r) { low[r] = bias_low; high[r] = bias_high; }
+  const int32_t* pairs = reinterpret_cast<const int32_t*>(x);  // each row's inputs as K / 2 pairs
+  for (int64_t p = 0; p < k / 2; ++p) {
+    const __m512bh w_low = (__m512bh)_mm512_loadu_si512(block + p * 2 * BLOCK);
+    const __m512bh w_high = (__m512bh)_mm512_loadu_si512(block + p * 2 * BLOCK + BLOCK);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512bh x_pair = (__m512bh)_mm512_set1_epi32(pairs[r * k / 2 + p]);
+      low[r] = _mm512_dpbf16_ps(low[r], x_pair, w_low);
+      high[r] = _mm512_dpbf16_ps(high[r], x_pair, w_high);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    store_bf16(out + r * n, low[r]);
+    store_bf16(out + r * n + 16, high[r]);
+  }
+}
+
+template <int ROWS = MAX_TILE_ROWS>
+void linear_rows(int64_t rows, const at::BFloat16* x, int64_t k, const at::BFloat16* block, const float* bias,
+                 at::BFloat16* out, int64_t n) {  // 1 to MAX_TILE_ROWS rows: the tile built for exactly that many
+  if constexpr (ROWS > 1) {
+    if (rows < ROWS) return linear_rows<ROWS - 1>(rows, x, k, block, bias, out, n);
+  }
+  linear_tile<ROWS>(x, k, block, bias, out, n);
+}
+
+// x [M, K] bf16 (contiguous), packed = pack_linear_weight(W [N, K]), bias [N] fp32 or None -> x W^T + bias [M, N].
+torch::Tensor linear(torch::Tensor x, torch::Tensor packed, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16, "linear: x [M, K] bf16");
+  const int64_t rows = x.size(0), k = x.size(1), blocks = packed.size(0), n = blocks * BLOCK;
+  TORCH_CHECK(packed.dim() == 4 && packed.size(1) * 2 == k && packed.size(2) == BLOCK, "linear: a weight of K = ",
+              packed.size(1) * 2, " for x of K = ", k);
+  const float* bias_ptr = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == n && bias->is_contiguous(), "linear: bias");
+    bias_ptr = bias->data_ptr<float>();
+  }
+  auto out = torch::empty({rows, n}, x.options());
+  const at::BFloat16* x_ptr = x.data_ptr<at::BFloat16>();
+  const at::BFloat16* w_ptr = packed.data_ptr<at::BFloat16>();
+  at::BFloat16* out_ptr = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t r = 0; r < rows; r += MAX_TILE_ROWS) {
+        linear_rows(std::min<int64_t>(MAX_TILE_ROWS, rows - r), x_ptr + r * k, k, w_ptr + b * k * BLOCK,
+                    bias_ptr ? bias_ptr + b * BLOCK : nullptr, out_ptr + r * n + b * BLOCK, n);
+      }
+    }
+  });
+  return out;
+}
+
+// Whether linear serves this CPU: it has AVX512_BF16's dot product, and no AMX (whose tiles oneDNN's products use).
+bool linear_serves_cpu() { return __builtin_cpu_supports("avx512bf16") && !__builtin_cpu_supports("amx-tile"); }
+
+int64_t parallel_threads() {  // how many threads at::parallel_for ran an even split of 64 units on
+  std::vector<int> used(at::get_num_threads(), 0);
+  at::parallel_for(0, 64, 1, [&](int64_t, int64_t) { used[at::get_thread_num()] = 1; });
+  int64_t count = 0;
+  for (int u : used) count += u;
+  return count;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("pack_linear_weight", &pack_linear_weight);
+  m.def("linear", &linear);
+  m.def("linear_serves_cpu", &linear_serves_cpu);
+  m.def("parallel_threads", &parallel_threads);
   m.def("decode_attention", &decode_attention);
   m.def("add_rms_norm", &add_rms_norm);
   m.def("rotary_into_cache", &rotary_into_cache);

@@ -153,3 +153,49 @@ def test_the_elementwise_kernels_name_what_they_cannot_serve():
     with pytest.raises(RuntimeError, match="positions within the cache"):
         decode_kernels.rotary_into_cache(torch.randn(2, 3 * 8).bfloat16(), torch.ones(2, 8).bfloat16(),
                                          torch.ones(2, 8).bfloat16(), torch.tensor([0, 4]), keys, keys.clone(), 1)
+
+
+needs_linear = pytest.mark.skipif(
+    not decode_kernels.linear_runs(torch.zeros(32, 2, dtype=torch.bfloat16)),
+    reason="the product kernel runs on CPUs with AVX512_BF16 and no AMX, with a C++ compiler")
+
+
+@needs_linear
+@pytest.mark.parametrize("rows", [1, 5, 12, 13, 30])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_is_the_product_summed_in_fp32_and_rounded_to_bf16_once(rows, with_bias):
+    """x W^T + b for 1 to 30 rows (one pass over the weights serves up to 12; more take further passes, the last
+    partial): each output is the fp32 sum rounded to bf16 once, so it is within half a bf16 step of the exact
+    product, plus the fp32 sums' own rounding."""
+    generator = torch.Generator().manual_seed(7)
+    weight = torch.randn(96, 160, generator=generator).bfloat16()
+    bias = torch.randn(96, generator=generator).bfloat16() if with_bias else None
+    x = torch.randn(rows, 160, generator=generator).bfloat16()
+    exact = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    out = decode_kernels.PackedLinear(weight, bias)(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 96)
+    assert ((out.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-4).all()  # half a step: 2^-8 relative
+    three_d = decode_kernels.PackedLinear(weight, bias)(x[None])  # any leading dims, as F.linear
+    assert torch.equal(three_d[0], out)
+
+
+@needs_linear
+def test_linear_serves_only_what_its_layout_can_hold():
+    assert decode_kernels.linear_runs(torch.zeros(64, 576, dtype=torch.bfloat16))
+    assert not decode_kernels.linear_runs(torch.zeros(40, 576, dtype=torch.bfloat16))  # N not a multiple of 32
+    assert not decode_kernels.linear_runs(torch.zeros(64, 575, dtype=torch.bfloat16))  # K odd
+    assert not decode_kernels.linear_runs(torch.zeros(64, 576))  # fp32: PyTorch's products
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        decode_kernels.load_kernel().pack_linear_weight(torch.zeros(40, 576, dtype=torch.bfloat16))
+
+
+@needs_kernel
+def test_the_kernels_loops_run_on_every_thread_torch_has():
+    """at::parallel_for in an extension is parallel only where the extension is compiled with OpenMP; without it
+    every kernel ran on one thread of two."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert decode_kernels.load_kernel().parallel_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -78,18 +78,19 @@ def test_greedy_tokens_in_fp32_are_transformers_generate_tokens(model, tokenizer
     assert reference.token_ids == expected
 
 
-@pytest.mark.parametrize("attention", ["auto", "reference"])
+@pytest.mark.parametrize("attention,products", [("auto", "auto"), ("reference", "auto"), ("auto", "reference")])
 @pytest.mark.parametrize("device", DEVICES)
-def test_sampled_tokens_log_probs_equal_a_training_forward_in_bf16(model, tokenizer, device, attention):
+def test_sampled_tokens_log_probs_equal_a_training_forward_in_bf16(model, tokenizer, device, attention, products):
     """The engine's bf16 log-probs of its sampled tokens against align.logprobs.response_logprobs (the training
     forward pass, packed, bf16 weights): equal within bf16 precision, so PPO may take its behaviour log-probs from
-    the rollout. With either decode attention ("auto" is align's kernel on an AVX-512 CPU)."""
+    the rollout. With either decode attention ("auto" is align's kernel on an AVX-512 CPU) and either products
+    ("auto" is align's kernel on a CPU with AVX512_BF16)."""
     from align.attention import attend_by_segments
     from align.logprobs import response_logprobs
     from align.rollout import render_prompt
 
     bf16 = attend_by_segments(copy.deepcopy(model).to(device, torch.bfloat16))
-    config = GenerationConfig(backend="engine", slots=3, attention=attention)
+    config = GenerationConfig(backend="engine", slots=3, attention=attention, products=products)
     out = TextGenerator(bf16, tokenizer, config).generate(PROMPTS[:6], max_new_tokens=16, temperature=0.9, seed=1)
     prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:6]]
     with torch.no_grad():
@@ -170,6 +171,28 @@ def test_bf16_engines_decode_with_the_kernel_where_it_runs_as_close_to_fp32_as_t
         logits.append(engine._decode(first.argmax(-1), positions, 64).float())
     # The mean over every logit of the batch, not the largest: one logit's bf16 rounding moves the largest error by
     # a tenth from one prefill's products to another's, with the kernel's own error unchanged.
+    kernel_error, reference_error = ((lg - logits[2]).abs().mean() for lg in logits[:2])
+    assert kernel_error <= 1.1 * reference_error
+
+
+def test_bf16_engines_run_their_products_through_the_kernel_where_it_runs_as_close_to_fp32_as_pytorchs(model):
+    """A bf16 engine's products run through align's kernel where it serves the weights (AVX512_BF16, no AMX),
+    PyTorch's with `products="reference"` and in fp32: the next-token logits after a prefill and a decode step are
+    on average no further from an fp32 engine's with the kernel's products than with PyTorch's."""
+    from align import decode_kernels
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    engines = [DecoderEngine(bf16, slots=4), DecoderEngine(bf16, slots=4, products="reference"),
+               DecoderEngine(model, slots=4)]
+    runs = decode_kernels.linear_runs(engines[0].embed)
+    assert all((p.kernel is not None) == runs for layer in engines[0].layers for p in (layer.qkv, layer.down))
+    assert all(p.kernel is None for e in engines[1:] for layer in e.layers for p in (layer.qkv, layer.down))
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13] * 40, [14, 15]]
+    positions, logits = torch.tensor([len(p) for p in prompts]), []
+    for engine in engines:
+        engine._ensure_cache(80)
+        first = engine._prefill([0, 1, 2, 3], prompts)
+        logits.append(engine._decode(first.argmax(-1), positions, 64).float())
     kernel_error, reference_error = ((lg - logits[2]).abs().mean() for lg in logits[:2])
     assert kernel_error <= 1.1 * reference_error
 
@@ -271,6 +294,7 @@ def test_the_engine_shares_no_storage_with_the_model(model, tokenizer, dtype):
     kept = [engine.embed, engine.final_norm] + [t for layer in engine.layers
                                                 for t in (layer.input_norm, layer.post_norm)]
     kept += [p.weight for p in products if p.weight is not None]
+    kept += [p.kernel.packed for p in products if p.kernel is not None]
     assert not model_storages & {t.untyped_storage().data_ptr() for t in kept}
 
 
