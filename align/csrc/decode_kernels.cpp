@@ -28,6 +28,7 @@
 // the module is compiled with OpenMP: align.decode_kernels builds it so; parallel_threads reports it).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cmath>
@@ -377,6 +378,13 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
 
 // -- 3. linear ----------------------------------------------------------------------------------------------------
 
+// Compilers before GCC 10 and Clang 9 know no AVX512_BF16: there the module builds without `linear` serving any CPU.
+#if (defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10)
+#define ALIGN_BF16_DOT 1
+#else
+#define ALIGN_BF16_DOT 0
+#endif
+
 constexpr int64_t BLOCK = 32;  // outputs per packed block: two vectors of 16 fp32 sums
 constexpr int MAX_TILE_ROWS = 12;  // rows per pass over a block: 2 x 12 accumulators + 2 weight vectors in registers
 
@@ -390,6 +398,7 @@ torch::Tensor pack_linear_weight(torch::Tensor weight) {
 }
 
 // `rows` rows of x [rows, K] against one packed block [K / 2][32][2] -> out[:, 0:32] of rows with stride n.
+#if ALIGN_BF16_DOT
 template <int ROWS>
 __attribute__((target("avx512bf16"))) void linear_tile(const at::BFloat16* x, int64_t k, const at::BFloat16* block,
                                                         const float* bias, at::BFloat16* out, int64_t n) {
@@ -421,9 +430,11 @@ void linear_rows(int64_t rows, const at::BFloat16* x, int64_t k, const at::BFloa
   }
   linear_tile<ROWS>(x, k, block, bias, out, n);
 }
+#endif
 
 // x [M, K] bf16 (contiguous), packed = pack_linear_weight(W [N, K]), bias [N] fp32 or None -> x W^T + bias [M, N].
 torch::Tensor linear(torch::Tensor x, torch::Tensor packed, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(ALIGN_BF16_DOT, "linear: this module was built by a compiler without AVX512_BF16");
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16, "linear: x [M, K] bf16");
   const int64_t rows = x.size(0), k = x.size(1), blocks = packed.size(0), n = blocks * BLOCK;
   TORCH_CHECK(packed.dim() == 4 && packed.size(1) * 2 == k && packed.size(2) == BLOCK, "linear: a weight of K = ",
@@ -437,6 +448,7 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, c10::optional<torch:
   const at::BFloat16* x_ptr = x.data_ptr<at::BFloat16>();
   const at::BFloat16* w_ptr = packed.data_ptr<at::BFloat16>();
   at::BFloat16* out_ptr = out.data_ptr<at::BFloat16>();
+#if ALIGN_BF16_DOT
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t r = 0; r < rows; r += MAX_TILE_ROWS) {
@@ -445,11 +457,21 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, c10::optional<torch:
       }
     }
   });
+#endif
   return out;
 }
 
 // Whether linear serves this CPU: it has AVX512_BF16's dot product, and no AMX (whose tiles oneDNN's products use).
-bool linear_serves_cpu() { return __builtin_cpu_supports("avx512bf16") && !__builtin_cpu_supports("amx-tile"); }
+bool linear_serves_cpu() {
+#if ALIGN_BF16_DOT
+  unsigned a, b, c, d;  // CPUID leaf 7: sub-leaf 1 EAX bit 5 is AVX512_BF16, sub-leaf 0 EDX bit 24 AMX-TILE
+  const bool bf16 = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1);
+  const bool amx = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1);
+  return bf16 && !amx;
+#else
+  return false;
+#endif
+}
 
 int64_t parallel_threads() {  // how many threads at::parallel_for ran an even split of 64 units on
   std::vector<int> used(at::get_num_threads(), 0);
