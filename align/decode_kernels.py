@@ -19,9 +19,10 @@ arithmetic): `add_rms_norm`, `rotary_into_cache` and `silu_mul`. Each rounds to 
 arithmetic does (tests/align/test_decode_kernels.py checks them against transformers' Llama modules).
 
 The step's matrix products run through the module's `linear` (`PackedLinear`) where the CPU has AVX512_BF16 and no
-AMX: its dot product of bf16 pairs over a weight laid out for it reads the weights in one stream at every row count,
-where oneDNN's packed products read them at about half the speed at the few rows of a rollout's decode steps
-(docs/BENCHMARK.md, "Products through AVX512_BF16's dot product"). Where the CPU has AMX, oneDNN uses its tiles.
+AMX: its dot product of bf16 pairs over a weight laid out for it streams each weight once, and at the few rows of a
+rollout's decode steps, where reading the weights is most of a step, it reads them faster than oneDNN's packed
+products do (docs/BENCHMARK.md, "Products through AVX512_BF16's dot product"). Where the CPU has AMX, oneDNN uses its
+tiles.
 """
 
 from __future__ import annotations
