@@ -150,6 +150,20 @@ def test_the_states_kept_at_a_layer_are_that_layers_input_in_a_training_pass(mod
         TextGenerator(fp32, tok, GenerationConfig(backend="hf")).generate(PROMPTS[:1], states_at=1)
 
 
+def mean_logit_errors_against_the_last(engines):
+    """Each engine but the last prefills the same four prompts of different lengths and decodes one step: the mean
+    absolute difference of its next-token logits from the last engine's. The mean over every logit of the batch, not
+    the largest: one logit's bf16 rounding moves the largest error by a tenth from one prefill's products to
+    another's, with a kernel's own error unchanged."""
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13] * 40, [14, 15]]
+    positions, logits = torch.tensor([len(p) for p in prompts]), []
+    for engine in engines:
+        engine._ensure_cache(80)
+        first = engine._prefill([0, 1, 2, 3], prompts)
+        logits.append(engine._decode(first.argmax(-1), positions, 64).float())
+    return [(lg - logits[-1]).abs().mean() for lg in logits[:-1]]
+
+
 def test_bf16_engines_decode_with_the_kernel_where_it_runs_as_close_to_fp32_as_the_reference_attention(model):
     """On an AVX-512 CPU a bf16 engine decodes through align's kernel by default (fp32 engines and other CPUs use
     the reference attention): its next-token logits for a batch of prompts of different lengths are on average no
@@ -163,15 +177,7 @@ def test_bf16_engines_decode_with_the_kernel_where_it_runs_as_close_to_fp32_as_t
     runs = decode_kernels.kernel_runs(torch.bfloat16, torch.device("cpu"), engines[0].head_dim, groups)
     assert engines[0].use_kernel == (runs and decode_kernels.load_kernel() is not None)
     assert not engines[1].use_kernel and not engines[2].use_kernel
-    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13] * 40, [14, 15]]
-    positions, logits = torch.tensor([len(p) for p in prompts]), []
-    for engine in engines:
-        engine._ensure_cache(80)
-        first = engine._prefill([0, 1, 2, 3], prompts)
-        logits.append(engine._decode(first.argmax(-1), positions, 64).float())
-    # The mean over every logit of the batch, not the largest: one logit's bf16 rounding moves the largest error by
-    # a tenth from one prefill's products to another's, with the kernel's own error unchanged.
-    kernel_error, reference_error = ((lg - logits[2]).abs().mean() for lg in logits[:2])
+    kernel_error, reference_error = mean_logit_errors_against_the_last(engines)
     assert kernel_error <= 1.1 * reference_error
 
 
@@ -187,13 +193,7 @@ def test_bf16_engines_run_their_products_through_the_kernel_where_it_runs_as_clo
     runs = decode_kernels.linear_runs(engines[0].embed)
     assert all((p.kernel is not None) == runs for layer in engines[0].layers for p in (layer.qkv, layer.down))
     assert all(p.kernel is None for e in engines[1:] for layer in e.layers for p in (layer.qkv, layer.down))
-    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13] * 40, [14, 15]]
-    positions, logits = torch.tensor([len(p) for p in prompts]), []
-    for engine in engines:
-        engine._ensure_cache(80)
-        first = engine._prefill([0, 1, 2, 3], prompts)
-        logits.append(engine._decode(first.argmax(-1), positions, 64).float())
-    kernel_error, reference_error = ((lg - logits[2]).abs().mean() for lg in logits[:2])
+    kernel_error, reference_error = mean_logit_errors_against_the_last(engines)
     assert kernel_error <= 1.1 * reference_error
 
 
