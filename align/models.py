@@ -187,10 +187,10 @@ def _build_tiny_random(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    tokenizer = from_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code)
+    tokenizer = from_pretrained(AutoTokenizer, path, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -208,7 +208,7 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
     from align.attention import attend_by_segments
 
     path = resolve_model_path(cfg.name)
-    tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(path, cfg.trust_remote_code, cfg.revision)
     model = from_pretrained(
         AutoModelForCausalLM,
         path,
@@ -217,6 +217,7 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
         trust_remote_code=cfg.trust_remote_code,
         use_safetensors=True,  # weights load from safetensors, never from pickles
     )
+    model.hub_revision = cfg.revision  # where a bf16 stage gets its fp32 frozen weights back (align.precision)
     attend_by_segments(model)  # packed passes attend within each sequence, without a mask (align.attention)
     if cfg.lora.enabled:
         model = attach_lora(model, cfg.lora)

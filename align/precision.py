@@ -179,16 +179,18 @@ class MasterWeights:
 
 def restore_frozen_weights(model, trained: set[int]) -> int:
     """Give the bf16 weights not in `trained` (parameter ids) back the values of the safetensors files the model was
-    loaded from (`config._name_or_path`: a directory, or a hub id in the local Hugging Face cache), each only where
-    it rounds to what the model holds (so a weight that changed since is kept); names as a PEFT wrapper gives them
-    are mapped to the file's. Returns how many were restored (0 where no such files are on this machine)."""
+    loaded from (`config._name_or_path`: a directory, or a hub id in the local Hugging Face cache at the revision
+    align loaded it at, `hub_revision`), each only where it rounds to what the model holds (so a weight that changed
+    since is kept); names as a PEFT wrapper gives them are mapped to the file's. Returns how many were restored (0
+    where no such files are on this machine)."""
     from safetensors import safe_open
 
     source = getattr(getattr(model, "config", None), "_name_or_path", "") or ""  # "" for a model made in memory
+    revision = getattr(model, "hub_revision", None)  # the hub revision align loaded it at (align.models.load_model)
     frozen = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): p
               for name, p in model.named_parameters() if id(p) not in trained and p.dtype == torch.bfloat16}
     restored = 0
-    for file in _safetensors_files(source):
+    for file in _safetensors_files(source, revision):
         with safe_open(str(file), framework="pt") as weights:
             for key in set(weights.keys()) & set(frozen):
                 tensor, p = weights.get_tensor(key), frozen[key]
@@ -198,9 +200,10 @@ def restore_frozen_weights(model, trained: set[int]) -> int:
     return restored
 
 
-def _safetensors_files(source: str) -> list:
-    """The safetensors files of a model directory, or of a hub id's snapshot in the local Hugging Face cache (never
-    downloaded: a model trained here was loaded from that cache); [] where there are none."""
+def _safetensors_files(source: str, revision: str | None = None) -> list:
+    """The safetensors files of a model directory, or of a hub id's snapshot at `revision` (None: `main`) in the
+    local Hugging Face cache (never downloaded: a model trained here was loaded from that cache); [] where there are
+    none."""
     from pathlib import Path
 
     if not source:
@@ -211,7 +214,8 @@ def _safetensors_files(source: str) -> list:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        snapshot = snapshot_download(source, allow_patterns=["*.safetensors"], local_files_only=True)
+        snapshot = snapshot_download(source, revision=revision, allow_patterns=["*.safetensors"],
+                                     local_files_only=True)
     except (HFValidationError, LocalEntryNotFoundError):  # not a hub id, or not in this machine's cache
         return []
     return sorted(Path(snapshot).glob("*.safetensors"))

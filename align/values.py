@@ -87,10 +87,12 @@ def load_reward_backbone(cfg, path: str):
 
     from align.models import attach_lora, load_tokenizer
 
-    tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(path, cfg.trust_remote_code, cfg.revision)
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=torch.float32, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
+        path, revision=cfg.revision, num_labels=1, dtype=torch.float32, use_safetensors=True,
+        trust_remote_code=cfg.trust_remote_code
     )
+    model.hub_revision = cfg.revision  # where a bf16 stage gets its fp32 frozen weights back (align.precision)
     model.config.pad_token_id = tokenizer.pad_token_id
     attend_by_segments(model)
     if cfg.lora.enabled:

@@ -177,6 +177,39 @@ def test_a_model_named_by_a_hub_id_gets_its_frozen_weights_back_from_the_local_h
     assert any(not torch.equal(tensor.bfloat16().float(), tensor) for tensor in parent.values())
 
 
+def test_a_model_loaded_at_a_hub_revision_gets_its_frozen_weights_back_from_that_revision(tmp_path, monkeypatch):
+    """`model.revision` pins a hub id to a snapshot other than the cache's `main`: the causal LM and the reward
+    model's backbone load that snapshot, and a bf16 stage saves that snapshot's fp32 frozen weights, not `main`'s
+    (transformers 5 keeps no commit on the config, so align records the revision it loaded)."""
+    import shutil
+
+    import huggingface_hub.constants
+    from transformers import AutoModelForCausalLM
+
+    from align.models import ModelConfig, load_model, resolve_model_path
+    from align.values import load_reward_backbone
+
+    tiny, pinned, main = resolve_model_path("tiny-random"), "1" * 40, "2" * 40
+    snapshots = tmp_path / "models--tiny--llama" / "snapshots"
+    shutil.copytree(tiny, snapshots / main)
+    shutil.copytree(tiny, snapshots / pinned)
+    older = AutoModelForCausalLM.from_pretrained(tiny)
+    with torch.no_grad():
+        for p in older.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    older.save_pretrained(snapshots / pinned)
+    (tmp_path / "models--tiny--llama" / "refs").mkdir()
+    (tmp_path / "models--tiny--llama" / "refs" / "main").write_text(main)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+
+    expected = {name: t for name, t in older.state_dict().items() if name.startswith("model.")}
+    cfg = ModelConfig(name="tiny/llama", revision=pinned)
+    for model in (load_model(cfg)[0], load_reward_backbone(cfg, "tiny/llama")[0]):
+        model.requires_grad_(False)
+        saved = MasterWeights(model).fp32_model().state_dict()
+        assert all(torch.equal(saved[name], tensor) for name, tensor in expected.items())
+
+
 def test_fp32_and_autocast_train_the_model_itself_and_bf16_keeps_masters_on_several_processes():
     model = llama()
     for precision in ("fp32", "bf16-autocast"):
