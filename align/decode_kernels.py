@@ -60,19 +60,21 @@ def kernel_runs(dtype: torch.dtype, device: torch.device, head_dim: int, groups:
             and torch.backends.cpu.get_cpu_capability() == "AVX512")
 
 
+COMPILE_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"]  # and -fopenmp where it builds
+
+
 @functools.cache
 def load_kernel():
     """The compiled kernels' module, built on first use; None (with a warning) where it cannot be built."""
     from torch.utils import cpp_extension
 
-    flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"]
     try:  # with OpenMP, or at::parallel_for runs every loop on one thread
         return cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False,
-                                  extra_cflags=flags + ["-fopenmp"], extra_ldflags=["-fopenmp"])
+                                  extra_cflags=COMPILE_FLAGS + ["-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception:  # a compiler without OpenMP: the kernels still beat PyTorch's operations on one thread
         pass
     try:
-        module = cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False, extra_cflags=flags)
+        module = cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False, extra_cflags=COMPILE_FLAGS)
         warnings.warn("align's decode kernels were built without OpenMP: each runs on one thread", stacklevel=2)
         return module
     except Exception as error:  # no compiler, no ninja, a failed build: the reference attention still runs

@@ -34,9 +34,6 @@ from align import decode_kernels  # noqa: E402
 from align.rollout import GenerationConfig, load_generator  # noqa: E402
 from benchmarks.measure import rows_of  # noqa: E402
 
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each side's PPO rollout, taking turns")
@@ -45,7 +42,8 @@ def main() -> None:
     from torch.utils import cpp_extension
 
     threaded = decode_kernels.load_kernel()
-    serial = cpp_extension.load("align_decode_kernels_serial", [str(decode_kernels.SOURCE)], extra_cflags=FLAGS)
+    serial = cpp_extension.load("align_decode_kernels_serial", [str(decode_kernels.SOURCE)],
+                                extra_cflags=decode_kernels.COMPILE_FLAGS)  # no -fopenmp: the module as it was
     kernels = {"before": serial, "threads": threaded, "products": threaded}
     generators = {side: load_generator("smollm2-135m-instruct", "auto", GenerationConfig(
         slots=64, products="auto" if side == "products" else "reference")) for side in kernels}

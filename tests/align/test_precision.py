@@ -156,19 +156,27 @@ def test_the_saved_model_keeps_the_parents_fp32_frozen_weights(tmp_path):
     assert any(not torch.equal(parent[name].bfloat16().float(), parent[name]) for name in untouched)  # not bf16 already
 
 
+def hub_snapshots(cache, monkeypatch, main: str):
+    """The snapshots folder of the hub id "tiny/llama" in a local Hugging Face cache at `cache`, laid out as the hub
+    client lays it out, its `main` naming commit `main` (the caller writes the snapshots); the cache is the one the
+    hub client and transformers read."""
+    import huggingface_hub.constants
+
+    repo = cache / "models--tiny--llama"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(main)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return repo / "snapshots"
+
+
 def test_a_model_named_by_a_hub_id_gets_its_frozen_weights_back_from_the_local_hub_cache(tmp_path, monkeypatch):
     """A model loaded by hub id (`config._name_or_path` is the id, not a directory) is restored from its snapshot
     in the local Hugging Face cache, laid out as the hub client lays it out; nothing is downloaded."""
-    import huggingface_hub.constants
     from transformers import LlamaForCausalLM
 
     commit = "0123456789abcdef0123456789abcdef01234567"
-    snapshot = tmp_path / "hub" / "models--tiny--llama" / "snapshots" / commit
-    llama().save_pretrained(snapshot)
-    (tmp_path / "hub" / "models--tiny--llama" / "refs").mkdir()
-    (tmp_path / "hub" / "models--tiny--llama" / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    model = LlamaForCausalLM.from_pretrained("tiny/llama", cache_dir=str(tmp_path / "hub"))
+    llama().save_pretrained(hub_snapshots(tmp_path, monkeypatch, main=commit) / commit)
+    model = LlamaForCausalLM.from_pretrained("tiny/llama", cache_dir=str(tmp_path))
     assert model.config._name_or_path == "tiny/llama"
     parent = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     model.requires_grad_(False)
@@ -183,14 +191,13 @@ def test_a_model_loaded_at_a_hub_revision_gets_its_frozen_weights_back_from_that
     (transformers 5 keeps no commit on the config, so align records the revision it loaded)."""
     import shutil
 
-    import huggingface_hub.constants
     from transformers import AutoModelForCausalLM
 
     from align.models import ModelConfig, load_model, resolve_model_path
     from align.values import load_reward_backbone
 
     tiny, pinned, main = resolve_model_path("tiny-random"), "1" * 40, "2" * 40
-    snapshots = tmp_path / "models--tiny--llama" / "snapshots"
+    snapshots = hub_snapshots(tmp_path, monkeypatch, main=main)
     shutil.copytree(tiny, snapshots / main)
     shutil.copytree(tiny, snapshots / pinned)
     older = AutoModelForCausalLM.from_pretrained(tiny)
@@ -198,9 +205,6 @@ def test_a_model_loaded_at_a_hub_revision_gets_its_frozen_weights_back_from_that
         for p in older.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     older.save_pretrained(snapshots / pinned)
-    (tmp_path / "models--tiny--llama" / "refs").mkdir()
-    (tmp_path / "models--tiny--llama" / "refs" / "main").write_text(main)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
 
     expected = {name: t for name, t in older.state_dict().items() if name.startswith("model.")}
     cfg = ModelConfig(name="tiny/llama", revision=pinned)
