@@ -108,7 +108,8 @@ def check_policy(model: str) -> None:
                          "dpo or grpo stage of a run, or a model directory")
 
 
-def chat(model: str, prompt: str | None, prompts: str | None, out: str | None, decoding: Decoding) -> None:
+def chat(model: str, prompt: str | None, prompts: str | None, out: str | None, decoding: Decoding,
+         revision: str | None = None) -> None:
     """The `align chat` command: one answer, a file of answers, or a conversation over stdin."""
     from transformers.utils import logging as transformers_logging
 
@@ -125,7 +126,7 @@ def chat(model: str, prompt: str | None, prompts: str | None, out: str | None, d
     transformers_logging.disable_progress_bar()  # no "Loading weights" bar in front of a conversation
     defaults = EvalConfig()
     decoding = dataclasses.replace(decoding, max_new_tokens=decoding.max_new_tokens or defaults.max_new_tokens)
-    generator = load_generator(model, defaults.precision, defaults.generation)
+    generator = load_generator(model, defaults.precision, defaults.generation, revision)
     if prompt is not None:
         print(generator.generate([prompt], **decoding.sampling()).texts[0])
     elif questions is not None and out:

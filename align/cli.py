@@ -120,7 +120,7 @@ def run_command(args) -> None:
         from align.chat import Decoding, chat
 
         decoding = Decoding(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-        chat(args.model, args.prompt, args.prompts, args.out, decoding)
+        chat(args.model, args.prompt, args.prompts, args.out, decoding, args.revision)
     elif args.command == "validate":
         cfg = load_stage_config(args.config, args.overrides)
         for line in validate(cfg, args.config):
@@ -143,6 +143,7 @@ def add_chat_command(commands) -> None:
     source.add_argument("--prompts", metavar="FILE",
                         help="answer every prompt of FILE (.txt: one a line; .jsonl etc.: a `prompt` field)")
     sub.add_argument("--out", metavar="FILE", help="with --prompts: write the answers here as JSON lines")
+    sub.add_argument("--revision", help="hub revision of MODEL (a branch, tag or commit), for hub ids only")
     sub.add_argument("--max-new-tokens", type=int, default=None,
                      help="token budget of each answer (default: align eval's max_new_tokens)")
     sub.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy, as align eval")

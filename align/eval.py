@@ -35,6 +35,7 @@ from align.rollout import GenerationConfig
 class EvalConfig:
     stage: Literal["eval"] = "eval"  # this file configures `align eval`
     model: str = "smollm2-135m-instruct"  # alias, stage directory or hub id
+    revision: str | None = None  # hub revision of `model` (a branch, tag or commit), for hub ids only; null: main
     prompts: str = "builtin:prompts:heldout"  # in-distribution prompts with verifiable constraints: a file, hub id
     # or builtin
     unseen_prompts: str | None = "builtin:unseen:heldout"  # prompts whose constraint types are never trained on;
@@ -181,7 +182,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     rows = {split: load_rows(source, "prompt", cfg.data)[0][: cfg.max_prompts or None]
             for split, source in sources.items() if source}
     started = time.perf_counter()
-    generator = load_generator(cfg.model, cfg.precision, cfg.generation)
+    generator = load_generator(cfg.model, cfg.precision, cfg.generation, cfg.revision)
     setup_seconds, started = time.perf_counter() - started, time.perf_counter()
     budgets = [cfg.max_new_tokens] + ([cfg.long_budget] if cfg.long_budget and cfg.long_budget > cfg.max_new_tokens
                                       else [])
@@ -196,9 +197,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             f"budget_{budget}": split_results(split_rows, token_ids, budget, generator.tokenizer)
             for budget in budgets}}
     headline = splits["in_distribution"][f"budget_{cfg.max_new_tokens}"]
-    results = {**headline, "model": cfg.model, "prompts_source": cfg.prompts, "budgets": budgets,
-               "splits": splits, "finished_fraction": headline["eos_share"], "generation_backend": generator.backend,
-               "generation_setup_seconds": setup_seconds, "generation_seconds": seconds,
+    results = {**headline, "model": cfg.model, "revision": cfg.revision, "prompts_source": cfg.prompts,
+               "budgets": budgets, "splits": splits, "finished_fraction": headline["eos_share"],
+               "generation_backend": generator.backend, "generation_setup_seconds": setup_seconds,
+               "generation_seconds": seconds,
                "new_tokens": generations.new_tokens, "new_tokens_per_s": generations.new_tokens / max(1e-9, seconds)}
     if cfg.reward_model:
         texts = [s["completion"] for s in headline["samples"]]

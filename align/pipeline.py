@@ -102,18 +102,19 @@ def stage_configs(cfg: PipelineConfig, pipeline_file: Path) -> list:
     return configs
 
 
-def _eval_config(cfg: PipelineConfig, model: str, out: Path):
+def _eval_config(cfg: PipelineConfig, model: str, out: Path, revision: str | None = None):
     from align.eval import EvalConfig
 
     e = cfg.eval
-    return EvalConfig(model=model, prompts=e.prompts, unseen_prompts=e.unseen_prompts, max_prompts=e.max_prompts,
-                      max_new_tokens=e.max_new_tokens, long_budget=e.long_budget, generation=e.generation,
-                      threads=cfg.run.threads, out=str(out))
+    return EvalConfig(model=model, revision=revision, prompts=e.prompts, unseen_prompts=e.unseen_prompts,
+                      max_prompts=e.max_prompts, max_new_tokens=e.max_new_tokens, long_budget=e.long_budget,
+                      generation=e.generation, threads=cfg.run.threads, out=str(out))
 
 
-def evaluate_once(cfg: PipelineConfig, model: str, out: Path) -> dict:
-    """`align eval` of `model` into `out` (in a process of its own), unless the same evaluation is already there."""
-    eval_cfg = _eval_config(cfg, model, out)
+def evaluate_once(cfg: PipelineConfig, model: str, out: Path, revision: str | None = None) -> dict:
+    """`align eval` of `model` (at hub `revision`) into `out` (in a process of its own), unless the same evaluation
+    is already there."""
+    eval_cfg = _eval_config(cfg, model, out, revision)
     key = dataclasses.asdict(eval_cfg)
     results_file = out / "results.json"
     if results_file.is_file():
@@ -202,9 +203,9 @@ def run_pipeline(cfg: PipelineConfig, pipeline_file: Path, restart_from: str | N
     results: dict[str, dict] = {}
 
     if cfg.eval.enabled and cfg.eval.include_base:
-        base = configs[0].model.name
-        print(f"[align] pipeline: evaluating the base model {base}")
-        results["base"] = evaluate_once(cfg, base, run_dir / "eval" / "base")
+        base = configs[0].model  # at the revision the first stage pins, the weights it starts from
+        print(f"[align] pipeline: evaluating the base model {base.name}")
+        results["base"] = evaluate_once(cfg, base.name, run_dir / "eval" / "base", base.revision)
 
     for stage_cfg in configs:
         name = stage_cfg.stage

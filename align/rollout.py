@@ -228,22 +228,24 @@ class TextGenerator:
         return completions
 
 
-def load_generator(model: str, precision: str = "auto", config: GenerationConfig | None = None) -> TextGenerator:
+def load_generator(model: str, precision: str = "auto", config: GenerationConfig | None = None,
+                   revision: str | None = None) -> TextGenerator:
     """A TextGenerator for a model named as `align eval` and `align chat` name it (an alias, a model directory such
-    as a stage's output, or a hub id): its tokenizer (a chat template is required) and its weights, from
-    safetensors, in bf16 or fp32 while generating (`auto`: bf16 where bf16 products are native), on the GPU
-    where one is present."""
+    as a stage's output, or a hub id, at `revision` if given): its tokenizer (a chat template is required) and its
+    weights, from safetensors, in bf16 or fp32 while generating (`auto`: bf16 where bf16 products are native), on
+    the GPU where one is present."""
     from transformers import AutoModelForCausalLM
 
     from align.models import from_pretrained, load_tokenizer, resolve_model_path
     from align.precision import fast_bf16, resolve_precision
 
     path = resolve_model_path(model)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, revision=revision)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = resolve_precision(precision, fast_bf16(device), ("bf16",))
     dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
-    weights = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True).to(device)
+    weights = from_pretrained(AutoModelForCausalLM, path, revision=revision, dtype=dtype,
+                              use_safetensors=True).to(device)
     return TextGenerator(weights, tokenizer, config, release_model=True)  # only the engine's copy stays
 
 

@@ -39,6 +39,20 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def hub_snapshots(cache: Path, monkeypatch, main: str) -> Path:
+    """The snapshots folder of the hub id "tiny/llama" in a local Hugging Face cache at `cache`, laid out as the hub
+    client lays it out, its `main` naming commit `main` (the caller writes the snapshots); the cache is the one the
+    hub client and transformers read, in this process and in the processes it starts."""
+    import huggingface_hub.constants
+
+    repo = cache / "models--tiny--llama"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(main)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return repo / "snapshots"
+
+
 def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
     """Tiny, learnable conversations ('what is a plus b?' -> 'the answer is c.') for end-to-end tests."""
     import random

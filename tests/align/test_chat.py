@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from align.chat import Decoding, converse
-from tests.conftest import write_jsonl
+from tests.conftest import hub_snapshots, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENS = 6
@@ -92,6 +92,23 @@ def test_a_txt_file_has_one_prompt_per_line_and_answers_go_to_stdout(model_dir, 
     assert [line["prompt"] for line in lines] == ["Name a colour.", "Name a fruit."]
     assert [line["completion"] for line in lines] == [answer(generator, "Name a colour."),
                                                        answer(generator, "Name a fruit.")]
+
+
+def test_a_hub_id_answers_from_the_snapshot_its_revision_names(model_dir, generator, tmp_path, monkeypatch):
+    """`--revision` pins a hub id to a snapshot other than the cache's `main` (the tokenizer and the weights: both
+    snapshots hold their own), as `model.revision` does for the stages and `revision` for `align eval`."""
+    import shutil
+
+    from align.models import resolve_model_path
+
+    pinned, main = "1" * 40, "2" * 40
+    snapshots = hub_snapshots(tmp_path / "hub", monkeypatch, main=main)
+    shutil.copytree(resolve_model_path("tiny-random"), snapshots / main)
+    shutil.copytree(model_dir, snapshots / pinned)
+    prompt = "Name a colour."
+    assert answer(generator, prompt) != answer(load("tiny-random"), prompt)  # the two snapshots answer differently
+    assert chat("tiny/llama", "--revision", pinned, "--prompt", prompt).stdout == answer(generator, prompt) + "\n"
+    assert chat("tiny/llama", "--prompt", prompt).stdout == answer(load("tiny-random"), prompt) + "\n"
 
 
 def test_a_conversation_through_a_pipe_keeps_its_history_and_ends_at_an_empty_line(model_dir, generator):

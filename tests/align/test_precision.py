@@ -8,6 +8,7 @@ import torch
 
 from align.loop import restore_training_state, save_training_state
 from align.precision import MasterWeights, ModelWeights, autocast, training_weights
+from tests.conftest import hub_snapshots
 
 
 def llama(tied: bool = True):
@@ -154,19 +155,6 @@ def test_the_saved_model_keeps_the_parents_fp32_frozen_weights(tmp_path):
     untouched = [name for name in parent if "q_proj" not in name and "up_proj" not in name]
     assert untouched and all(torch.equal(saved[name], parent[name]) for name in untouched)
     assert any(not torch.equal(parent[name].bfloat16().float(), parent[name]) for name in untouched)  # not bf16 already
-
-
-def hub_snapshots(cache, monkeypatch, main: str):
-    """The snapshots folder of the hub id "tiny/llama" in a local Hugging Face cache at `cache`, laid out as the hub
-    client lays it out, its `main` naming commit `main` (the caller writes the snapshots); the cache is the one the
-    hub client and transformers read."""
-    import huggingface_hub.constants
-
-    repo = cache / "models--tiny--llama"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(main)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return repo / "snapshots"
 
 
 def test_a_model_named_by_a_hub_id_gets_its_frozen_weights_back_from_the_local_hub_cache(tmp_path, monkeypatch):
