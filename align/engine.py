@@ -106,9 +106,9 @@ class Projection:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, owned: bool = False,
                  kernel: bool = False):
-        self.bias = bias
         serve = kernel and decode_kernels.linear_runs(weight)
-        self.kernel = decode_kernels.PackedLinear(weight, bias) if serve else None
+        self.kernel = decode_kernels.PackedLinear(weight, bias) if serve else None  # holds its own fp32 bias
+        self.bias = bias.clone() if bias is not None and self.kernel is None else None
         self.packed = _packed(weight) if self.kernel is None else None
         plain = self.kernel is None and self.packed is None
         self.weight = (weight if owned else weight.clone()) if plain else None
