@@ -80,7 +80,8 @@ class BenchSettings:
     pairs: int = 64
     pairs_per_batch: int = 8  # ours, TRL (its default per_device_train_batch_size is 8 too) and hand-written
     pair_steps: int = 5
-    ppo_prompts: int = 16  # prompts per iteration = generation batch = the whole prompt set (configs/ppo.yaml)
+    ppo_prompts: int = 16  # prompts per iteration = generation batch = the whole prompt set, one response each
+    # (configs/ppo.yaml: 4 prompts x 4 responses, the same 16 rows)
     ppo_iterations: int = 3
     ppo_minibatch: int = 8
     ppo_max_new_tokens: int = 128

@@ -10,11 +10,12 @@ Three sides, each an engine over the same bf16 weights, taking turns:
 2. `threads`: the kernels on all of torch's threads, products still through oneDNN;
 3. `products`: the kernels on all threads and the products through the kernels' `linear` (AVX512_BF16's dot
    product over a layout of its own), as the engine now runs them on such a CPU.
-Each round times a PPO rollout as `configs/ppo.yaml` samples one (16 training prompts, temperature 0.8, 128 new
-tokens, the frozen trunk's states kept at layer L-8) and, in the first `--eval-rounds` rounds, an evaluation's
-generation (128 held-out prompts, greedy, 256 new tokens, 64 rows). Prints a markdown table of the medians, and
-whether the first two sides sampled the same tokens (they must: the threads split the same sums). Timings, not
-tests: run it alone on the machine (docs/BENCHMARK.md, "Products through AVX512_BF16's dot product").
+Each round times a PPO rollout of `configs/ppo.yaml`'s size (16 responses, here one to each of 16 training prompts,
+temperature 0.8, 128 new tokens, the frozen trunk's states kept at layer L-8) and, in the first `--eval-rounds`
+rounds, an evaluation's generation (128 held-out prompts, greedy, 256 new tokens, 64 rows). Prints a markdown
+table of the medians, and whether the first two sides sampled the same tokens (they must: the threads split the
+same sums). Timings, not tests: run it alone on the machine (docs/BENCHMARK.md, "Products through AVX512_BF16's
+dot product").
 """
 
 from __future__ import annotations

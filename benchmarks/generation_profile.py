@@ -7,8 +7,9 @@ tokens, the engine's 64 rows, bf16 weights (as `align eval` runs on a CPU with n
     python benchmarks/generation_profile.py --rollout       # a PPO rollout as configs/ppo.yaml samples one
 
 `--rollout`: 16 training prompts sampled at temperature 0.8, 128 new tokens, the input of layer 22 kept at every
-position (the frozen trunk's states, `train.trunk_states: rollout`), as one iteration of `configs/ppo.yaml`; three
-rollouts (seeds 0, 1, 2), the table the last one's.
+position (the frozen trunk's states, `train.trunk_states: rollout`), the 16 responses of one iteration of
+`configs/ppo.yaml` (which samples four to each of 4 prompts); three rollouts (seeds 0, 1, 2), the table the last
+one's.
 
 Each part is timed by wrapping the engine's calls with a clock (no profiler, so no profiler overhead): prefill and
 decode steps as a whole, and inside them the matrix products (the layers' and the vocabulary projection apart),

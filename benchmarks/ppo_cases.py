@@ -27,12 +27,15 @@ from benchmarks.measure import (
 
 def ppo_config(settings, workdir: Path, reward_dir: Path | None = None, *overrides: str):
     """configs/ppo.yaml at the benchmark's sizes (every iteration uses the same prompts: the data is exactly one
-    iteration's worth), its reward model replaced by `reward_dir`, its value model made from the policy as there."""
+    iteration's worth), its reward model replaced by `reward_dir`, its value model made from the policy as there.
+    One response to each prompt, as the hand-written comparator samples them (configs/ppo.yaml samples four to each
+    of 4 prompts: as many responses)."""
     return stage_config("ppo", settings, workdir, "builtin:prompts:train", settings.ppo_prompts,
                         f"reward.reward_model={reward_dir}" if reward_dir else "reward.reward_model=null",
                         f"value_model={model_path(settings)}",
                         f"train.iterations={settings.warmup_steps + settings.ppo_iterations}",
                         f"train.prompts_per_iteration={settings.ppo_prompts}",
+                        "train.completions_per_prompt=1", "train.score_baseline=none",
                         f"generation.slots={settings.ppo_prompts}",
                         f"train.minibatch_size={settings.ppo_minibatch}",
                         f"train.max_new_tokens={settings.ppo_max_new_tokens}", *overrides)

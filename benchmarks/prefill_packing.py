@@ -6,9 +6,9 @@
 Before the engine packed its prefill it ran a chunk of prompts right-padded to the longest, so the products ran on
 every padding position too; `padded_prefill_chunk` below is that method as it was, put back on the engine for the
 baseline. Each round times, on both sides:
-1. a PPO rollout as `configs/ppo.yaml` samples one (16 training prompts, temperature 0.8, 128 new tokens, the
-   frozen trunk's states kept at layer L-8, bf16 weights where bf16 products are native): seconds, prefill seconds,
-   new tokens;
+1. a PPO rollout of `configs/ppo.yaml`'s size (16 responses, here one to each of 16 training prompts, temperature
+   0.8, 128 new tokens, the frozen trunk's states kept at layer L-8, bf16 weights where bf16 products are native):
+   seconds, prefill seconds, new tokens;
 2. the first wave of an evaluation: the 64 shortest of 128 held-out prompts prefilled into 64 rows.
 Prints a markdown table of the medians. Timings, not tests: run it alone on the machine (docs/BENCHMARK.md,
 "Prefill packed").
