@@ -106,9 +106,10 @@ def test_a_hub_id_answers_from_the_snapshot_its_revision_names(model_dir, genera
     shutil.copytree(resolve_model_path("tiny-random"), snapshots / main)
     shutil.copytree(model_dir, snapshots / pinned)
     prompt = "Name a colour."
-    assert answer(generator, prompt) != answer(load("tiny-random"), prompt)  # the two snapshots answer differently
-    assert chat("tiny/llama", "--revision", pinned, "--prompt", prompt).stdout == answer(generator, prompt) + "\n"
-    assert chat("tiny/llama", "--prompt", prompt).stdout == answer(load("tiny-random"), prompt) + "\n"
+    pinned_answer, main_answer = answer(generator, prompt), answer(load("tiny-random"), prompt)
+    assert pinned_answer != main_answer  # the two snapshots answer differently
+    assert chat("tiny/llama", "--revision", pinned, "--prompt", prompt).stdout == pinned_answer + "\n"
+    assert chat("tiny/llama", "--prompt", prompt).stdout == main_answer + "\n"
 
 
 def test_a_conversation_through_a_pipe_keeps_its_history_and_ends_at_an_empty_line(model_dir, generator):
