@@ -178,9 +178,8 @@ def collate_packed(examples: list[TokenizedExample], rows: list[list[int]], pad_
                        torch.tensor(unlikely) if negatives else None)
 
 
-def packed_batches(
-    examples: list[TokenizedExample], pack_length: int, rows_per_batch: int, pad_token_id: int, generator: torch.Generator
-) -> list[PackedBatch]:
+def packed_batches(examples: list[TokenizedExample], pack_length: int, rows_per_batch: int, pad_token_id: int,
+                   generator: torch.Generator) -> list[PackedBatch]:
     """Pack all examples into rows, shuffle the rows with `generator`, and group them into batches."""
     rows = pack_best_fit([len(e.input_ids) for e in examples], pack_length)
     order = torch.randperm(len(rows), generator=generator).tolist()

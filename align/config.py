@@ -137,10 +137,20 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _quote_hint(tp: Any, value: Any, key: str) -> str:
+    """For text that YAML read as a number (a revision such as 2.0, a name of digits): how to pass it as text."""
+    takes_text = tp is str or (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp))
+    if takes_text and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (f" (YAML reads {value} as a number: quote it to pass text, \"{value}\" in a file, "
+                f"{key}='\"{value}\"' on the command line)")
+    return ""
+
+
 def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:
     """Check `value` against type `tp` (converting int->float and dict->dataclass); raise ConfigError if wrong."""
     origin = get_origin(tp)
-    wrong = ConfigError(f"{source}: config key '{key}' = {value!r} is not of the expected type {_type_name(tp)}")
+    wrong = ConfigError(f"{source}: config key '{key}' = {value!r} is not of the expected type {_type_name(tp)}"
+                        + _quote_hint(tp, value, key))
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):

@@ -229,7 +229,8 @@ def _require(row: dict, name: str, fmt: str) -> Any:
 def _messages(value: Any, name: str) -> list[dict]:
     """Validate a list of {"role", "content"} messages; return them with only those two keys."""
     if not isinstance(value, (list, tuple)):
-        raise _RowError(f"field '{name}': expected a list of {{'role', 'content'}} messages, got {json_type_name(value)}")
+        raise _RowError(f"field '{name}': expected a list of {{'role', 'content'}} messages, "
+                        f"got {json_type_name(value)}")
     if not value:
         raise _RowError(f"field '{name}': expected at least one message, got an empty list")
     messages = []
@@ -306,7 +307,8 @@ def _normalise_prompt_completion(row: dict) -> dict:
             raise _RowError("field 'completion': empty response; expected non-blank text")
         return {"prompt": prompt, "completion": [{"role": "assistant", "content": completion}]}
     if not isinstance(completion, (list, tuple)):
-        raise _RowError(f"field 'completion': expected a string or a list of messages, got {json_type_name(completion)}")
+        raise _RowError(f"field 'completion': expected a string or a list of messages, "
+                        f"got {json_type_name(completion)}")
     messages = _messages(completion, "completion")
     _check_ends_with(messages, "assistant", "completion", "the response to train on")
     return {"prompt": prompt, "completion": messages}

@@ -83,9 +83,9 @@ def score_completions(prompts: list[str], completions: list[str], constraints: l
         totals["instruction_strict"] += sum(strict)
         totals["instruction_loose"] += sum(loose)
         n_instructions += len(items)
-        for item, s, l in zip(items, strict, loose):
+        for item, followed_strict, followed_loose in zip(items, strict, loose):
             counts = per_type[item["type"]]
-            counts[0], counts[1], counts[2] = counts[0] + s, counts[1] + l, counts[2] + 1
+            counts[0], counts[1], counts[2] = counts[0] + followed_strict, counts[1] + followed_loose, counts[2] + 1
         per_prompt.append({"strict": strict, "loose": loose})
     n = max(1, len(prompts))
     return {
@@ -95,7 +95,8 @@ def score_completions(prompts: list[str], completions: list[str], constraints: l
         "instruction_level_loose": totals["instruction_loose"] / max(1, n_instructions),
         "prompts": len(prompts),
         "instructions": n_instructions,
-        "per_type": {t: {"strict": s / c, "loose": l / c, "count": c} for t, (s, l, c) in sorted(per_type.items())},
+        "per_type": {kind: {"strict": strict_sum / count, "loose": loose_sum / count, "count": count}
+                     for kind, (strict_sum, loose_sum, count) in sorted(per_type.items())},
         "per_prompt": per_prompt,
     }
 

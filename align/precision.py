@@ -39,7 +39,8 @@ PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")  # what "auto"
 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r} ('auto' is resolved by the stage)")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r} "
+                         "('auto' is resolved by the stage)")
 
 
 def fast_bf16(device: torch.device) -> bool:

@@ -80,7 +80,8 @@ def stage_config(stage: str, settings, workdir: Path, train_data: str, max_rows:
 
     layers = settings.last_layers if settings.lora and settings.last_layers else None
     return load_config(config_class(stage), REPO / "configs" / f"{stage}.yaml", [
-        "run.name=bench", f"run.root={workdir / 'runs'}", f"run.seed={settings.seed}", f"run.threads={settings.threads}",
+        "run.name=bench", f"run.root={workdir / 'runs'}", f"run.seed={settings.seed}",
+        f"run.threads={settings.threads}",
         f"model.name={model_path(settings)}", f"model.lora.enabled={str(settings.lora).lower()}",
         f"model.lora.last_layers={layers if layers else 'null'}", f"data.train={train_data}", "data.eval=null",
         f"data.max_rows={max_rows}", "tracking.backend=none", "train.log_every=1", f"train.save_every={BIG}",

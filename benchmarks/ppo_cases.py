@@ -67,7 +67,8 @@ def case_ppo_align(settings, workdir: Path, backend: str = "auto") -> dict:
         "what": "align ppo", "precision": precision_label(cfg), "peak_dtype": peak_dtype(cfg),
         "method": f"align.ppo.train ({settings.ppo_prompts} prompts per iteration = the whole prompt set, "
                   f"generation batch {settings.ppo_prompts}, max_new_tokens {settings.ppo_max_new_tokens}, "
-                  f"temperature {cfg.train.temperature}, {cfg.train.ppo_epochs} PPO epochs of minibatch {settings.ppo_minibatch}, "
+                  f"temperature {cfg.train.temperature}, {cfg.train.ppo_epochs} PPO epochs of minibatch "
+                  f"{settings.ppo_minibatch}, "
                   "reward = a reward model made from the base model (seeded random score head) + "
                   "instruction_following; value model from the policy, a new head); per-iteration times are the "
                   "stage's logged "
@@ -178,7 +179,8 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
                 weights = response[:, 1:].float()
                 loss = -(token_logps * weights).sum() / weights.sum() + (values**2 * response).sum() / response.sum()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.max_grad_norm)
+                trained = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(trained, t.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 tokens += int(mask.sum())
@@ -191,7 +193,8 @@ def case_ppo_raw(settings, workdir: Path) -> dict:
         "what": "raw generate + hand-written PPO-shaped training",
         "precision": raw_precision_label(ppo), "peak_dtype": peak_dtype(ppo),
         "method": f"raw model.generate on left-padded batches of {settings.ppo_prompts} (the same prompts, order, "
-                  "seeds, sampling and max_new_tokens as align's rollouts; no weight sync into the generating copy), then "
+                  "seeds, sampling and max_new_tokens as align's rollouts; no weight sync into the generating "
+                  "copy), then "
                   f"{t.ppo_epochs} epochs of policy + value forward/backward over minibatches of "
                   f"{settings.ppo_minibatch} right-padded prompt+response sequences with AdamW (a stand-in loss of "
                   "the same shape: policy log-probs and value regression); raw_iteration_s is rescaled to align's "

@@ -39,6 +39,26 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def conversational_tiny_model(out: Path) -> Path:
+    """`tiny-random` with every weight but the norms scaled by 16, saved with its tokenizer to `out`: its greedy
+    answers depend on the prompt (the plain tiny model answers every prompt with the same newlines), so a lost turn
+    of history or the wrong snapshot shows in what it says."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from align.models import load_tokenizer, resolve_model_path
+
+    source = resolve_model_path("tiny-random")
+    model = AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(16.0)
+    model.save_pretrained(out)
+    load_tokenizer(source).save_pretrained(out)
+    return out
+
+
 def hub_snapshots(cache: Path, monkeypatch, main: str) -> Path:
     """The snapshots folder of the hub id "tiny/llama" in a local Hugging Face cache at `cache`, laid out as the hub
     client lays it out, its `main` naming commit `main` (the caller writes the snapshots); the cache is the one the

@@ -111,3 +111,11 @@ def test_every_registered_stage_has_its_config_class_and_train_function():
     for name in STAGES:
         assert config_class(name)().stage == name, name
         assert "restart" in inspect.signature(stage_module(name).train).parameters, name
+
+
+def test_ruff_finds_nothing():
+    """pyproject.toml's [tool.ruff] rules (pyflakes, pycodestyle errors, 120 columns) over the whole repository."""
+    pytest.importorskip("ruff", reason="ruff comes with the dev tools: bash scripts/setup.sh --dev")
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

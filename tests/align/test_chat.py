@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from align.chat import Decoding, converse
-from tests.conftest import hub_snapshots, write_jsonl
+from tests.conftest import conversational_tiny_model, hub_snapshots, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENS = 6
@@ -29,22 +29,8 @@ def chat(model, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """`tiny-random` with every weight but the norms scaled by 16: its greedy answers depend on the conversation
-    (the plain tiny model answers every prompt with the same newlines), so a lost turn of history would show."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from align.models import load_tokenizer, resolve_model_path
-
-    source, out = resolve_model_path("tiny-random"), tmp_path_factory.mktemp("chat") / "model"
-    model = AutoModelForCausalLM.from_pretrained(source)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" not in name:
-                parameter.mul_(16.0)
-    model.save_pretrained(out)
-    load_tokenizer(source).save_pretrained(out)
-    return out
+    """A tiny model whose greedy answers depend on the conversation (tests.conftest.conversational_tiny_model)."""
+    return conversational_tiny_model(tmp_path_factory.mktemp("chat") / "model")
 
 
 def load(model: str):

@@ -83,6 +83,16 @@ def test_wrong_type_names_key_value_and_expected_type():
     assert str(err.value) == "command line: config key 'flag' = 1 is not of the expected type bool"
 
 
+def test_text_that_yaml_reads_as_a_number_is_refused_with_how_to_quote_it(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(Example, None, ["name=2.0"])
+    assert str(err.value) == ("command line: config key 'name' = 2.0 is not of the expected type str (YAML reads 2.0 "
+                              "as a number: quote it to pass text, \"2.0\" in a file, name='\"2.0\"' on the "
+                              "command line)")
+    assert load_config(Example, None, ['name="2.0"']).name == "2.0"  # what the shell passes for name='"2.0"'
+    assert load_config(Example, write(tmp_path, 'name: "2.0"\n')).name == "2.0"
+
+
 def test_literal_names_the_allowed_values():
     with pytest.raises(ConfigError) as err:
         load_config(Example, None, ["train.schedule=linear"])

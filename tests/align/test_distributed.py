@@ -213,7 +213,8 @@ def test_ppo_on_two_processes_equals_one(run_root, tmp_path, data_parallel):
               "train.kl_horizon=100",
               "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000",
               "train.loop_unlikelihood=1.0"]  # the greedy decodes too (the tiny model's never loop: nothing to push)
-    one, two = run_one("ppo", tmp_path, *common), run_two("ppo", tmp_path, *common, f"run.data_parallel={data_parallel}")
+    one = run_one("ppo", tmp_path, *common)
+    two = run_two("ppo", tmp_path, *common, f"run.data_parallel={data_parallel}")
     assert_same_training(one, two, logged=tuple(f"ppo/{name}" for name in PPO_LOGGED), data_parallel=data_parallel)
 
 

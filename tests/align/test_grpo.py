@@ -80,7 +80,8 @@ def test_stage_directory_holds_merged_model_manifest_and_aligns_own_checkpoints(
     # 6 iterations in 4 windows: 1, 2-3, 4, 5-6 (align.rl.window_means), each the mean of what metrics.jsonl holds
     assert [window["steps"] for window in manifest["windows"]] == [[1, 1], [2, 3], [4, 4], [5, 6]]
     rows = logged(uninterrupted)
-    assert manifest["windows"][1]["eos_rate"] == pytest.approx((rows[2]["grpo/eos_rate"] + rows[3]["grpo/eos_rate"]) / 2)
+    window_eos = (rows[2]["grpo/eos_rate"] + rows[3]["grpo/eos_rate"]) / 2
+    assert manifest["windows"][1]["eos_rate"] == pytest.approx(window_eos)
     # save_every 2, the last two kept (none at the last iteration: the model is the output); no TRL checkpoints
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
 
@@ -198,8 +199,8 @@ def groups_of(scores: list[float], k: int, **fields) -> Groups:
 
 def test_all_equal_groups_have_zero_advantages_and_are_left_out_only_when_asked():
     """Groups (1, 0) and (0.5, 0.5), k = 2, no KL. First group: r - mean = +-0.5, sample std sqrt((0.25 + 0.25) /
-    (2 - 1)) = sqrt(0.5), GRPO advantages +-0.5 / (sqrt(0.5) + eps); the second: exactly 0. Trained on: all 4 completions, or with skip_equal_groups the first
-    group's 2."""
+    (2 - 1)) = sqrt(0.5), GRPO advantages +-0.5 / (sqrt(0.5) + eps); the second: exactly 0. Trained on: all 4
+    completions, or with skip_equal_groups the first group's 2."""
     t = GRPOTrainConfig(completions_per_prompt=2, kl_in="none")
     groups = groups_of([1.0, 0.0, 0.5, 0.5], 2)
     group_advantages(groups, t)

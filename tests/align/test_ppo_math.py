@@ -245,7 +245,8 @@ def test_gae_matches_plain_loop_on_right_padded_batches(seed, gamma, lam):
 def test_shaped_rewards_then_gae_match_plain_loop(seed):
     """The rollout path: KL-shaped rewards (garbage KL on padding) then GAE, against a per-sequence loop."""
     rng, width, beta, gamma, lam = random.Random(seed), 9, 0.1, 1.0, 0.95
-    lengths = [n for n in random_lengths(rng, width=width) if n > 0]  # empty rows: see test_shaped_rewards_of_an_empty_sequence_are_zero
+    # empty rows: see test_shaped_rewards_of_an_empty_sequence_are_zero
+    lengths = [n for n in random_lengths(rng, width=width) if n > 0]
     kl_rows, kl = padded(rng, lengths, width)
     value_rows, values = padded(rng, lengths, width)
     scores = [rng.gauss(0, 1) for _ in lengths]

@@ -37,7 +37,8 @@ def reward_stage(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rm")
     train_sft(load_config(SFTConfig, REPO / "configs" / "sft-tiny.yaml",
                           [f"run.root={root}", "train.max_steps=1", "train.eos_check_prompts=0"]))
-    train_file, eval_file = write_jsonl(root / "pairs.jsonl", pairs(64, 0)), write_jsonl(root / "held.jsonl", pairs(16, 1))
+    train_file = write_jsonl(root / "pairs.jsonl", pairs(64, 0))
+    eval_file = write_jsonl(root / "held.jsonl", pairs(16, 1))
     cfg = load_config(RMConfig, REPO / "configs" / "rm-tiny.yaml", [
         f"run.root={root}", f"data.train={train_file}", f"data.eval={eval_file}", "data.max_rows=null",
         "train.epochs=3", "train.learning_rate=1e-3", "train.margin=0.5"])
@@ -97,5 +98,6 @@ def test_score_rejects_mismatched_lengths(reward_stage):
 
 
 def test_a_policy_directory_is_not_taken_for_a_reward_model(reward_stage):
-    with pytest.raises(ValueError, match="is not a reward-model directory: its head has 2 outputs, a reward model has 1"):
+    message = "is not a reward-model directory: its head has 2 outputs, a reward model has 1"
+    with pytest.raises(ValueError, match=message):
         RewardModel.from_pretrained(reward_stage.parent / "sft")

@@ -107,7 +107,8 @@ def test_rerun_skips_a_finished_stage_and_refuses_a_changed_config(trained, caps
 def test_nan_loss_stops_the_stage_and_saves_nothing(tmp_path, arithmetic_data):
     cfg = tiny_sft_config(tmp_path, *arithmetic_data, "train.learning_rate=1e30", "train.max_grad_norm=1e30",
                           "train.precision=fp32", "train.epochs=20")
-    with pytest.raises(FloatingPointError, match=r"sft: (loss|gradient norm|parameter \S+) is (nan|inf|not finite) at step \d+; stopped before saving"):
+    stopped = r"sft: (loss|gradient norm|parameter \S+) is (nan|inf|not finite) at step \d+; stopped before saving"
+    with pytest.raises(FloatingPointError, match=stopped):
         train(cfg)
     out = Path(cfg.run.root) / "tiny" / "sft"
     assert json.loads((out / "manifest.json").read_text())["status"] == "failed"

@@ -304,7 +304,8 @@ def _run_child_with_tty(args: list[str], env: dict[str, str], timeout: float) ->
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-        raise AssertionError(f"tracker start hung (login prompt?); terminal showed:\n{terminal.decode()[-2000:]}") from None
+        shown = terminal.decode()[-2000:]
+        raise AssertionError(f"tracker start hung (login prompt?); terminal showed:\n{shown}") from None
     return process.returncode, process.stdout.read().decode(), terminal.decode(errors="replace")
 
 
