@@ -10,6 +10,7 @@ of every process carrying that marker killed (SIGKILL), its own first, so that i
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,19 @@ def launch(args: list[str], env: dict | None = None) -> subprocess.Popen:
 def printed(process: subprocess.Popen) -> str:
     process.output.seek(0)
     return process.output.read()
+
+
+FIRST_FAILURE = re.compile(r"Traceback|terminate called|Fatal Python error|Segmentation fault|double free|"
+                           r"corrupted|what\(\):")
+
+
+def failure_output(text: str, tail: int = 4000) -> str:
+    """What a failed launch printed, for an assertion message: the first failure's lines (a worker's traceback or
+    abort message), which the tracebacks of the workers it took down push out of the tail, then the tail."""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if FIRST_FAILURE.search(line)), None)
+    head = "" if first is None else "\n".join(lines[first : first + 25])[:tail] + "\n[...]\n"
+    return head + text[-tail:]
 
 
 def torchrun(*args: str, nproc: int = 2, node: tuple[int, int, int] | None = None,

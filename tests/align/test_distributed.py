@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from align.config import load_config
 from align.distributed import epoch_step, epoch_steps, process_part, step_share
-from tests.align.launch import finish, finish_all, free_port, survivors, torchrun
+from tests.align.launch import failure_output, finish, finish_all, free_port, survivors, torchrun
 from tests.conftest import arithmetic_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def run_two(stage: str, root: Path, *overrides: str) -> Path:
     """The stage on 2 processes (torchrun), as run.name `two`."""
     config, settings = stage_settings(stage, root, "two", *overrides)
     result = finish(torchrun("-m", "align", stage, str(config), *settings), TIMEOUT)
-    assert result.returncode == 0, result.stdout[-4000:]
+    assert result.returncode == 0, failure_output(result.stdout)
     return root / "two" / stage
 
 
@@ -173,7 +173,7 @@ def test_sft_on_two_nodes_over_loopback_equals_one_process(sft_one, tmp_path, da
     port = free_port()
     nodes = [torchrun("-m", "align", "sft", str(config), *settings, nproc=1, node=(rank, 2, port)) for rank in (0, 1)]
     for result in finish_all(nodes, TIMEOUT):
-        assert result.returncode == 0, result.stdout[-4000:]
+        assert result.returncode == 0, failure_output(result.stdout)
     assert_same_training(one, tmp_path / "two" / "sft", logged=("sft/loss",), data_parallel=data_parallel)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.align.launch import REPO, finish, kill_launch, torchrun
+from tests.align.launch import REPO, failure_output, finish, kill_launch, torchrun
 from tests.align.test_distributed import PPO_REWARD, TIMEOUT, stage_settings
 from tests.conftest import arithmetic_rows, write_jsonl
 
@@ -21,7 +21,7 @@ def test_processes_with_different_numbers_of_passes_compute_what_one_unsharded_m
     launch = torchrun("tests/align/fixtures/fsdp2_passes.py", str(tiny_model_dir), str(tmp_path),
                       env={"PYTHONPATH": str(REPO)})
     result = finish(launch, TIMEOUT)
-    assert result.returncode == 0, result.stdout[-4000:]
+    assert result.returncode == 0, failure_output(result.stdout)
     for rank in (0, 1):
         found = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert found["trained"] and all("lora_" in name for name in found["trained"])
@@ -56,7 +56,7 @@ def test_kill_9_after_a_checkpoint_then_rerun_gives_the_uninterrupted_weights(tm
     uninterrupted run's weights bit for bit."""
     settings = {"sft": sft_settings, "ppo": lambda root: ppo_settings(run_root / "tiny" / "sft")}[stage]
     uninterrupted = finish(launch_fsdp2(stage, tmp_path / "a", settings(tmp_path / "a")), TIMEOUT)
-    assert uninterrupted.returncode == 0, uninterrupted.stdout[-4000:]
+    assert uninterrupted.returncode == 0, failure_output(uninterrupted.stdout)
     out = tmp_path / "b" / "two" / stage
     launch = launch_fsdp2(stage, tmp_path / "b", settings(tmp_path / "b"))
     while not any((out / "checkpoints").glob("step-*")) and launch.poll() is None:
@@ -64,7 +64,7 @@ def test_kill_9_after_a_checkpoint_then_rerun_gives_the_uninterrupted_weights(tm
     kill_launch(launch.token)  # SIGKILL to torchrun and both workers: no handler runs, nothing is flushed
     assert json.loads((out / "manifest.json").read_text())["status"] == "running"
     rerun = finish(launch_fsdp2(stage, tmp_path / "b", settings(tmp_path / "b")), TIMEOUT)
-    assert rerun.returncode == 0, rerun.stdout[-4000:]
+    assert rerun.returncode == 0, failure_output(rerun.stdout)
     assert f"resuming from {out / 'checkpoints'}" in rerun.stdout
     expected, resumed = (load_file(d / "two" / stage / "model.safetensors") for d in (tmp_path / "a", tmp_path / "b"))
     assert expected.keys() == resumed.keys()
