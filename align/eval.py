@@ -85,7 +85,9 @@ def score_completions(prompts: list[str], completions: list[str], constraints: l
         n_instructions += len(items)
         for item, followed_strict, followed_loose in zip(items, strict, loose):
             counts = per_type[item["type"]]
-            counts[0], counts[1], counts[2] = counts[0] + followed_strict, counts[1] + followed_loose, counts[2] + 1
+            counts[0] += followed_strict
+            counts[1] += followed_loose
+            counts[2] += 1
         per_prompt.append({"strict": strict, "loose": loose})
     n = max(1, len(prompts))
     return {

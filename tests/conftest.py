@@ -73,6 +73,22 @@ def hub_snapshots(cache: Path, monkeypatch, main: str) -> Path:
     return repo / "snapshots"
 
 
+PINNED, MAIN = "a" * 40, "b" * 40  # commit hashes (a hash of digits alone would read as a number in YAML)
+
+
+def pinned_and_main_snapshots(cache: Path, monkeypatch) -> Path:
+    """`hub_snapshots` holding two snapshots of "tiny/llama" that answer differently: commit MAIN (the cache's
+    `main`) is `tiny-random`, commit PINNED the conversational tiny model. Returns the snapshots folder."""
+    import shutil
+
+    from align.models import resolve_model_path
+
+    snapshots = hub_snapshots(cache, monkeypatch, main=MAIN)
+    shutil.copytree(resolve_model_path("tiny-random"), snapshots / MAIN)
+    conversational_tiny_model(snapshots / PINNED)
+    return snapshots
+
+
 def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
     """Tiny, learnable conversations ('what is a plus b?' -> 'the answer is c.') for end-to-end tests."""
     import random

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from align.chat import Decoding, converse
-from tests.conftest import conversational_tiny_model, hub_snapshots, write_jsonl
+from tests.conftest import PINNED, conversational_tiny_model, pinned_and_main_snapshots, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENS = 6
@@ -83,18 +83,11 @@ def test_a_txt_file_has_one_prompt_per_line_and_answers_go_to_stdout(model_dir, 
 def test_a_hub_id_answers_from_the_snapshot_its_revision_names(model_dir, generator, tmp_path, monkeypatch):
     """`--revision` pins a hub id to a snapshot other than the cache's `main` (the tokenizer and the weights: both
     snapshots hold their own), as `model.revision` does for the stages and `revision` for `align eval`."""
-    import shutil
-
-    from align.models import resolve_model_path
-
-    pinned, main = "1" * 40, "2" * 40
-    snapshots = hub_snapshots(tmp_path / "hub", monkeypatch, main=main)
-    shutil.copytree(resolve_model_path("tiny-random"), snapshots / main)
-    shutil.copytree(model_dir, snapshots / pinned)
+    pinned_and_main_snapshots(tmp_path / "hub", monkeypatch)  # PINNED holds model_dir's weights, MAIN tiny-random's
     prompt = "Name a colour."
     pinned_answer, main_answer = answer(generator, prompt), answer(load("tiny-random"), prompt)
     assert pinned_answer != main_answer  # the two snapshots answer differently
-    assert chat("tiny/llama", "--revision", pinned, "--prompt", prompt).stdout == pinned_answer + "\n"
+    assert chat("tiny/llama", "--revision", PINNED, "--prompt", prompt).stdout == pinned_answer + "\n"
     assert chat("tiny/llama", "--prompt", prompt).stdout == main_answer + "\n"
 
 

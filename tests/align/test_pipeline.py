@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from align.runtime import MALLOC_TUNABLES
-from tests.conftest import conversational_tiny_model, hub_snapshots
+from tests.conftest import MAIN, PINNED, pinned_and_main_snapshots
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = REPO / "configs" / "pipeline-tiny.yaml"
@@ -143,35 +143,29 @@ def test_the_baseline_is_the_snapshot_the_first_stage_pins(tmp_path, monkeypatch
     """When the first stage pins `model.revision` of a hub id, the pipeline evaluates that snapshot as the base
     model, the weights the stage starts from, not the cache's `main` (a local hub cache whose two snapshots answer
     differently: tests.conftest.hub_snapshots). Each must answer as `align eval` of its own directory does."""
-    import shutil
-
-    from align.models import resolve_model_path
-
-    pinned, main = "a" * 40, "b" * 40  # commit hashes (a hash of digits alone reads as a number in YAML)
-    snapshots = hub_snapshots(tmp_path / "hub", monkeypatch, main=main)
-    shutil.copytree(resolve_model_path("tiny-random"), snapshots / main)
-    conversational_tiny_model(snapshots / pinned)
+    snapshots = pinned_and_main_snapshots(tmp_path / "hub", monkeypatch)
     pipeline = tmp_path / "pipeline.yaml"
     sft = {"config": str(REPO / "configs" / "sft-tiny.yaml"),
-           "overrides": ["model.name=tiny/llama", f"model.revision={pinned}", "train.max_steps=1"]}
+           "overrides": ["model.name=tiny/llama", f"model.revision={PINNED}", "train.max_steps=1"]}
     evaluation = {"max_prompts": 4, "max_new_tokens": 8, "long_budget": None}  # align eval's keys
     pipeline.write_text(yaml.safe_dump({"stage": "pipeline", "run": {"name": "pinned"}, "stages": [sft],
                                         "eval": evaluation}))
     code, output = finish(align("pipeline", pipeline, f"run.root={tmp_path}"))
     assert code == 0, output
     base = json.loads((tmp_path / "pinned" / "eval" / "base" / "results.json").read_text())
-    assert base["revision"] == pinned
+    assert base["revision"] == PINNED
 
     def answers(results: dict) -> list[str]:
         return [sample["completion"] for sample in results["samples"]]
 
-    for snapshot in (pinned, main):
+    for snapshot in (PINNED, MAIN):
         out = tmp_path / f"eval-{snapshot[0]}"
+        settings = [f"{key}={json.dumps(value)}" for key, value in evaluation.items()]  # None -> null
         code, output = finish(align("eval", REPO / "configs" / "eval.yaml", f"model={snapshots / snapshot}",
-                                    f"out={out}", "max_prompts=4", "max_new_tokens=8", "long_budget=null"))
+                                    f"out={out}", *settings))
         assert code == 0, output
         direct = json.loads((out / "results.json").read_text())
-        assert (answers(direct) == answers(base)) == (snapshot == pinned)
+        assert (answers(direct) == answers(base)) == (snapshot == PINNED)
 
 
 def test_a_finished_stage_with_a_changed_config_is_refused(uninterrupted, tmp_path):
