@@ -8,7 +8,8 @@ shares it. The group replaces PPO's value model: that is the whole point. Each i
 a `Groups` from step to step:
 1. take the iteration's prompts (align.rl.iteration_rows); sample k completions of each with the generation engine,
    from a rollout copy of the policy whose weights are refreshed every iteration (with adapters on the top layers
-   only, just those layers: the rest never changes);
+   only, just those layers: the rest never changes); with `demonstration_column`, a prompt whose completions all
+   fail it gets the row's reference answer in place of its last completion (align.rl.demonstrate_failed_prompts);
 2. score each completion with the composite reward (reward model, verifiers, your functions) through
    align.rewards.score_completions, TRL's calling convention; one that never emitted EOS loses
    `missing_eos_penalty`;
@@ -47,10 +48,11 @@ from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
-from align.rl import (StepTimer, check_prompt_split, completion_metrics, global_completions, iteration_prompts,
-                      iteration_trunk, last_metrics, log_samples, minibatch_updates, old_logprobs_from_rollout,
-                      pad_right, penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
-                      trunk_from_rollout, window_means)
+from align.rl import (StepTimer, check_demonstrations, check_prompt_split, completion_metrics, demonstrated_share,
+                      global_completions, iteration_prompts, iteration_trunk, last_metrics, log_samples,
+                      minibatch_updates, old_logprobs_from_rollout, pad_right, penalised_scores, read_logged,
+                      rollout_generator, same_prompt, sample_completions, trunk_from_rollout, window_means,
+                      with_demonstrations)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -150,8 +152,10 @@ class Groups:
     response_ids: list[list[int]]  # each completion's tokens, EOS included when it stopped (never empty)
     texts: list[str]  # the completions as text
     finished: list[bool]  # emitted EOS before max_new_tokens
-    sampled_logprobs: list[list[float]]  # 1. the rollout copy's log-prob of each sampled token
+    sampled_logprobs: list[list[float]] | None  # 1. the rollout copy's log-prob of each sampled token, or None
     sampled_states: list[torch.Tensor] | None = None  # 1. the rollout copy's frozen-trunk states, or None
+    demonstrated: list[int] = field(default_factory=list)  # 1. the positions of completions replaced by a reference
+    # answer (train.demonstration_column), left out of what the iteration's metrics say about the policy's own
     breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
     reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
@@ -173,12 +177,14 @@ class Groups:
 def sample_groups(training: Training, models: GRPOModels, rows: list[dict], t: GRPOTrainConfig, seed: int,
                   first: int = 0) -> Groups:
     """1. k completions of each prompt from the current policy's rollout copy (`align.rl.sample_completions`; the
-    rows are prompts `first`, `first` + 1, ... of the iteration)."""
+    rows are prompts `first`, `first` + 1, ... of the iteration); with `train.demonstration_column`, a reference
+    answer replaces a completion of each prompt no completion followed (`align.rl.with_demonstrations`)."""
     k = t.completions_per_prompt
     states_at = models.trunk_layers if models.rollout_trunk else None
     repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, k, t, seed, first,
                                            states_at)
-    return Groups(repeated, k, *sampled)
+    sampled, replaced = with_demonstrations(repeated, sampled, k, t, models.generator.tokenizer)
+    return Groups(repeated, k, *sampled, demonstrated=replaced)
 
 
 def score_groups(groups: Groups, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
@@ -201,7 +207,7 @@ def evaluate_groups(groups: Groups, training: Training, models: GRPOModels, t: G
         if models.trunk_layers:
             groups.trunk = iteration_trunk(policy, models.trunk_layers, [p + r for p, r in zip(prompts, responses)],
                                            groups.sampled_states, t.pack_length, shared)
-        if models.rollout_logprobs:
+        if models.rollout_logprobs and groups.sampled_logprobs is not None:
             old = [torch.tensor(lp) for lp in groups.sampled_logprobs]
         elif one_step_on_policy(t):
             old = None
@@ -281,7 +287,7 @@ def iteration_metrics(groups: Groups, stats: dict[str, float], t: GRPOTrainConfi
     over the completions of every process (call it on every process); the timings are this process's."""
     breakdown, reward_log, rows, texts, lengths, finished = global_completions(
         groups.breakdown, groups.reward_log, groups.rows, groups.texts, [len(r) for r in groups.response_ids],
-        groups.finished)
+        groups.finished, leave_out=groups.demonstrated)
     metrics = {
         **reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
         **completion_metrics(breakdown, rows, texts, lengths, finished),
@@ -289,6 +295,8 @@ def iteration_metrics(groups: Groups, stats: dict[str, float], t: GRPOTrainConfi
         "equal_group_fraction": global_mean(groups.equal.float()),
         "equal_groups_skipped": int(global_sum(groups.equal.sum())) if t.skip_equal_groups else 0,
         "advantage_abs_mean": global_mean(groups.advantages.abs()),
+        **({"demonstrations": demonstrated_share(len(groups.rows), groups.demonstrated)}
+           if t.demonstration_column else {}),  # the share of the completions that were reference answers
         **stats, **{f"time/{k}": v for k, v in groups.timings.items()},
     }
     if groups.kl is not None:
@@ -311,6 +319,7 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
     # rather than at the first step
     policy, models, policy_path = load_models(cfg, device, stage.precision)
     rows, report = load_rows(cfg.data.train, "prompt", cfg.data)
+    check_demonstrations(rows, t.demonstration_column, cfg.data.train)
     columns = dataset_columns(rows)
     reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
     reward_model = resolve_stage_model(cfg.reward.reward_model, cfg.run) if cfg.reward.reward_model else None

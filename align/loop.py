@@ -90,6 +90,12 @@ class RLTrainConfig(TrainConfig):
         # comes from: recompute (one run of those layers over the prompts and responses after sampling) or rollout
         # (what the generation engine's copy computed there as it sampled: that run is saved; in bf16 it differs
         # from the training pass's by rounding). Needs generation.backend engine; with hf the layers run after sampling
+    demonstration_column: str | None = None  # a prompt column holding a reference answer (the built-in prompts'
+        # "demonstration"): a prompt whose k responses all fail it (train.demonstrate_when) has its last response
+        # replaced by that answer, trained on as if sampled (off-policy guidance, align.rl.demonstrate_failed_prompts);
+        # such iterations recompute the old log-probs and trunk states. null: only the policy's own responses
+    demonstrate_when: Literal["none_follows_all", "a_constraint_none_follows"] = "none_follows_all"  # which prompts
+        # get a demonstration: none of whose responses follows every constraint, or with a constraint none follows
 
 
 def plan_steps(steps_per_epoch: int, cfg: DatasetTrainConfig, too_few: str) -> int:

@@ -5,8 +5,9 @@
 Each iteration, as numbered steps (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017), passing a
 `Rollout` from step to step:
 1. take the iteration's prompts; generate `completions_per_prompt` responses to each from the policy (batched, KV
-   cache, rollout copy); with `loop_unlikelihood`, also decode each prompt greedily and keep the continuations
-   that loop;
+   cache, rollout copy); with `demonstration_column`, a prompt whose responses all fail it gets the row's reference
+   answer in place of its last response (off-policy guidance, align.rl.demonstrate_failed_prompts); with
+   `loop_unlikelihood`, also decode each prompt greedily and keep the continuations that loop;
 2. score each response with the composite reward (reward model + reward functions) at its last token;
    responses that never emit EOS lose `missing_eos_penalty`;
 3. per-token log-probs of the policy (in fp32, the rollout's own) and the frozen reference (with LoRA: the same
@@ -47,10 +48,11 @@ from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.distributed import (count_share, global_masked_mean, global_masked_whiten, global_mean, global_sum,
                                global_sums, token_share)
-from align.rl import (GreedyLoops, StepTimer, check_prompt_split, completion_metrics, global_completions,
-                      greedy_loops, iteration_prompts, last_metrics, log_samples, minibatch_updates,
-                      iteration_trunk, old_logprobs_from_rollout, pad_right, penalised_scores, read_logged,
-                      rollout_generator, same_prompt, sample_completions, trunk_from_rollout, window_means)
+from align.rl import (GreedyLoops, StepTimer, check_demonstrations, check_prompt_split, completion_metrics,
+                      demonstrated_share, global_completions, greedy_loops, iteration_prompts, iteration_trunk,
+                      last_metrics, log_samples, minibatch_updates, old_logprobs_from_rollout, pad_right,
+                      penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
+                      trunk_from_rollout, window_means, with_demonstrations)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -99,6 +101,9 @@ class PPOTrainConfig(RLTrainConfig):
         if self.score_baseline == "leave_one_out" and self.completions_per_prompt < 2:
             raise ValueError(f"train.score_baseline=leave_one_out needs train.completions_per_prompt >= 2 (the other "
                              f"responses to the same prompt), got {self.completions_per_prompt}")
+        if self.demonstration_column and self.completions_per_prompt < 2:
+            raise ValueError(f"train.demonstration_column needs train.completions_per_prompt >= 2 (a demonstration "
+                             f"replaces one of a prompt's responses), got {self.completions_per_prompt}")
 
 
 @dataclass
@@ -255,8 +260,10 @@ class Rollout:
     response_ids: list[list[int]]  # each response's tokens, EOS included when it stopped (never empty)
     texts: list[str]  # the responses as text
     finished: list[bool]  # emitted EOS before max_new_tokens
-    sampled_logprobs: list[list[float]]  # 1. the rollout copy's log-prob of each sampled token
+    sampled_logprobs: list[list[float]] | None  # 1. the rollout copy's log-prob of each sampled token, or None
     sampled_states: list[torch.Tensor] | None = None  # 1. the rollout copy's frozen-trunk states, or None
+    demonstrated: list[int] = field(default_factory=list)  # 1. the positions of responses replaced by a reference
+    # answer (train.demonstration_column), left out of what the iteration's metrics say about the policy's own
     breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
     reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
@@ -278,11 +285,13 @@ class Rollout:
 def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t: PPOTrainConfig, seed: int,
                      first: int = 0) -> Rollout:
     """1. `completions_per_prompt` responses of each prompt from the current policy's rollout copy
-    (`align.rl.sample_completions`; the rows are prompts `first`, `first` + 1, ... of the iteration)."""
+    (`align.rl.sample_completions`; the rows are prompts `first`, `first` + 1, ... of the iteration); with
+    `train.demonstration_column`, a reference answer replaces a response of each prompt no response followed."""
     states_at = models.trunk_layers[0] if models.rollout_trunk else None
     repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, t.completions_per_prompt,
                                            t, seed, first, states_at)
-    return Rollout(repeated, *sampled)
+    sampled, replaced = with_demonstrations(repeated, sampled, t.completions_per_prompt, t, models.generator.tokenizer)
+    return Rollout(repeated, *sampled, demonstrated=replaced)
 
 
 def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
@@ -310,7 +319,7 @@ def evaluate_rollout(rollout: Rollout, training: Training, models: PPOModels, t:
             rollout.trunks = (policy_trunk, policy_trunk if models.value_shares_trunk else
                               trunk_states(value_model, sequences, models.trunk_layers[1], t.pack_length, shared))
         policy_trunk, value_trunk = rollout.trunks
-        if models.rollout_logprobs:
+        if models.rollout_logprobs and rollout.sampled_logprobs is not None:
             old = [torch.tensor(lp) for lp in rollout.sampled_logprobs]
         else:
             old = response_logprobs(policy, prompts, responses, t.pack_length, t.temperature, groups=shared,
@@ -402,10 +411,11 @@ def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, 
 
 def iteration_metrics(rollout: Rollout, kl_coef: float, stats: dict[str, float]) -> dict[str, float]:
     """Everything an RL run is judged by, including reward-hacking signals (names without the `ppo/` prefix),
-    over the responses of every process (call it on every process); the timings are this process's."""
+    over the responses of every process (call it on every process); the timings are this process's. What the
+    responses did (rewards, pass rates, length, EOS, loops) is said of the policy's own: demonstrations left out."""
     breakdown, reward_log, rows, texts, lengths, finished = global_completions(
         rollout.breakdown, rollout.reward_log, rollout.rows, rollout.texts, [len(r) for r in rollout.response_ids],
-        rollout.finished)
+        rollout.finished, leave_out=rollout.demonstrated)
     return {
         **reward_log.metric_means(),  # what the reward functions logged (log_metric); align's own win
         **completion_metrics(breakdown, rows, texts, lengths, finished),
@@ -448,6 +458,7 @@ def proximal_policy_optimisation(stage: Stage) -> None:
     reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
     print(f"[align] ppo: {len(rows)} prompts from {cfg.data.train}; reward = {reward_fn.describe()}")
     check_batch(t, accelerator.num_processes)
+    check_demonstrations(rows, t.demonstration_column, cfg.data.train)
     kl = {"coef": t.kl_coef}  # beta, adapted after every iteration when train.adaptive_kl
     training = Training(stage, {"policy": policy, "value": value_model}, t, t.iterations,
                         learning_rates={"value": t.value_learning_rate},
@@ -480,6 +491,8 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         loop_stats = push_down_loops(training, loops, t, device, stage.precision) if loops is not None else {}
         stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
         stats.update(loop_stats)
+        if t.demonstration_column:  # the share of the iteration's responses that were reference answers
+            stats["demonstrations"] = demonstrated_share(len(rollout.rows), rollout.demonstrated)
         timer.lap("update")
         rollout.timings = timer.seconds
         # 6. adapt beta; log, checkpoint

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 from align.config import ConfigError
+from align.distributed import global_mean, global_sum
 from align.logprobs import Trunk, rollout_trunk, trunk_states
 from align.loop import epoch_permutation
 from align.sharding import gathered, state_of
@@ -114,12 +115,19 @@ def completion_metrics(breakdown, rows: list[dict], texts: list[str], lengths: l
 
 
 def global_completions(breakdown, reward_log, rows: list[dict], texts: list[str], lengths: list[int],
-                       finished: list[bool]) -> tuple:
+                       finished: list[bool], leave_out: list[int] = ()) -> tuple:
     """Every process's scored completions, in process order: (breakdown, reward log, rows, texts, lengths,
-    finished) of the global batch, what an iteration's metrics describe. Call it on every process."""
+    finished) of the global batch, what an iteration's metrics describe; this process's at `leave_out` (the
+    demonstrations: what the metrics say is said of the policy's own) left out. Call it on every process."""
     from align.distributed import gather_each
     from align.rewards import RewardLog
     from reward.compose import RewardBreakdown
+
+    if leave_out:
+        left_out = set(leave_out)
+        own = [i for i in range(len(rows)) if i not in left_out]
+        breakdown = breakdown.subset(own)
+        rows, texts, lengths, finished = ([values[i] for i in own] for values in (rows, texts, lengths, finished))
 
     parts = gather_each((breakdown.total, breakdown.components, reward_log.metrics, rows, texts, lengths, finished))
     if len(parts) == 1:
@@ -246,6 +254,76 @@ def sample_completions(policy, generator, rows: list[dict], k: int, t, seed: int
     response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
     sampled = [lp or [0.0] for lp in gens.logprobs]
     return repeated, Completions(gens.prompt_ids, response_ids, gens.texts, gens.finished, sampled, gens.states)
+
+
+DEMONSTRATE_WHEN = {  # which prompts get a demonstration, from their k responses' pass/fail per constraint
+    "none_follows_all": lambda group: not any(all(response) for response in group),
+    "a_constraint_none_follows": lambda group: not all(any(constraint) for constraint in zip(*group)),
+}
+
+
+def demonstrate_failed_prompts(rows: list[dict], completions: Completions, k: int, column: str, tokenizer,
+                               max_new_tokens: int, when: str = "none_follows_all") -> tuple[Completions, list[int]]:
+    """Off-policy guidance (LUFFY: Yan et al. 2025, "Learning to Reason under Off-Policy Guidance"): where a prompt's
+    k responses fail it (`when`, strict checks of its constraints: none_follows_all, no response follows every
+    constraint; a_constraint_none_follows, some constraint is followed by no response), its last response is
+    replaced by the row's `column`, a reference answer, as if the policy had sampled it (its tokens + EOS,
+    finished). The group then holds a response that does what was asked, to be judged against the others; a
+    constraint the policy never follows otherwise gives no contrast to learn from. An answer longer than
+    `max_new_tokens` is not used (the policy could not have ended it). `rows`: every row k times in a row, as
+    `sample_completions` returns them. Returns the completions and the positions replaced; a replaced response has
+    no sampled log-probs (`with_demonstrations` has the iteration's recomputed)."""
+    from reward.functions import constraint_results
+
+    passed = constraint_results([row["prompt"] for row in rows], completions.texts,
+                                [row.get("constraints") for row in rows], loose=False)
+    fields = {name: list(values) for name, values in completions._asdict().items() if name != "sampled_states"}
+    replaced = []
+    for last in range(k - 1, len(rows), k):
+        group = passed[last - k + 1 : last + 1]  # [k][constraints] pass/fail, None without constraints
+        if None in group or not DEMONSTRATE_WHEN[when](group):
+            continue
+        answer = rows[last][column]
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) > max_new_tokens:
+            continue
+        fields["response_ids"][last], fields["texts"][last], fields["finished"][last] = ids, answer, True
+        fields["sampled_logprobs"][last] = None
+        replaced.append(last)
+    return Completions(**fields, sampled_states=completions.sampled_states), replaced
+
+
+def with_demonstrations(rows: list[dict], completions: Completions, k: int, t,
+                        tokenizer) -> tuple[Completions, list[int]]:
+    """Step 1b of the RL stages: with `t.demonstration_column`, `demonstrate_failed_prompts` on this process's
+    completions; when any process replaced a response, every process drops the rollout copy's log-probs and trunk
+    states, and step 3 recomputes them (the same passes on every process, as FSDP2 needs). Returns the completions
+    and the positions replaced here."""
+    if not t.demonstration_column:
+        return completions, []
+    completions, replaced = demonstrate_failed_prompts(rows, completions, k, t.demonstration_column, tokenizer,
+                                                       t.max_new_tokens, t.demonstrate_when)
+    if global_sum(len(replaced)):
+        completions = completions._replace(sampled_logprobs=None, sampled_states=None)
+    return completions, replaced
+
+
+def demonstrated_share(completions: int, demonstrated: list[int]) -> float:
+    """The share of every process's completions that were demonstrations (`with_demonstrations`)."""
+    return global_mean(torch.tensor([i in demonstrated for i in range(completions)], dtype=torch.float32))
+
+
+def check_demonstrations(rows: list[dict], column: str, source: str) -> None:
+    """Every row has a non-empty reference answer in `column` and a `constraints` column to judge its responses by
+    (`demonstrate_failed_prompts`), else a one-line error naming the first row that has not; nothing to check
+    without a column."""
+    for number, row in enumerate(rows if column else [], 1):
+        if not isinstance(row.get(column), str) or not row[column].strip():
+            raise ConfigError(f"train.demonstration_column={column!r}: row {number} of {source} has no answer text in "
+                              f"column {column!r} (its columns: {', '.join(sorted(row))})")
+        if row.get("constraints") is None:
+            raise ConfigError(f"train.demonstration_column={column!r}: row {number} of {source} has no 'constraints' "
+                              f"column, which decides the prompts a demonstration replaces a response of")
 
 
 def trunk_from_rollout(trunk_states: str, trunk_layers: int | None, generator, stage: str) -> bool:

@@ -72,6 +72,11 @@ class RewardBreakdown:
             metrics[f"{prefix}{name}/applies"] = len(applied) / len(values)
         return metrics
 
+    def subset(self, positions: list[int]) -> RewardBreakdown:
+        """The breakdown of the samples at `positions`, in that order."""
+        return RewardBreakdown([self.total[i] for i in positions],
+                               {name: [values[i] for i in positions] for name, values in self.components.items()})
+
 
 # --- normalisation --------------------------------------------------------------------------------------------
 

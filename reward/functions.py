@@ -86,7 +86,7 @@ def prompt_text(prompt: Prompt) -> str:
 # --- instruction following: the sample's `constraints` column, checked by reward.verifiers ---------------------
 
 
-def _constraint_results(
+def constraint_results(
     prompts: list[Prompt], completions: list[Completion], constraints: list[Any], *, loose: bool
 ) -> list[list[bool] | None]:
     """Per sample: one pass/fail per constraint, or None when the sample has no constraints."""
@@ -110,7 +110,7 @@ def instruction_following(
     prompts: list[Prompt], completions: list[Completion], *, constraints: list[Any], **kwargs: Any
 ) -> list[float | None]:
     """Fraction of the sample's constraints satisfied (strict check); None for a sample without constraints."""
-    results = _constraint_results(prompts, completions, constraints, loose=False)
+    results = constraint_results(prompts, completions, constraints, loose=False)
     return [None if r is None else sum(r) / len(r) for r in results]
 
 
@@ -118,7 +118,7 @@ def instruction_following_all(
     prompts: list[Prompt], completions: list[Completion], *, constraints: list[Any], **kwargs: Any
 ) -> list[float | None]:
     """1.0 if every constraint of the sample is satisfied (strict), else 0.0; None without constraints."""
-    results = _constraint_results(prompts, completions, constraints, loose=False)
+    results = constraint_results(prompts, completions, constraints, loose=False)
     return [None if r is None else float(all(r)) for r in results]
 
 
@@ -126,7 +126,7 @@ def instruction_following_loose(
     prompts: list[Prompt], completions: list[Completion], *, constraints: list[Any], **kwargs: Any
 ) -> list[float | None]:
     """Like `instruction_following`, with IFEval's loose check (tolerates a preamble/outro line and `*`)."""
-    results = _constraint_results(prompts, completions, constraints, loose=True)
+    results = constraint_results(prompts, completions, constraints, loose=True)
     return [None if r is None else sum(r) / len(r) for r in results]
 
 

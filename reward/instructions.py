@@ -2,7 +2,7 @@
 
     build_dataset("sft", "train")       # [{"messages": [...], "constraints": "[...]", "task", "topic"}]
     build_dataset("pairs", "heldout")   # [{"prompt", "chosen", "rejected", "constraints", "pair_type"}]
-    build_dataset("prompts", "train")   # [{"prompt", "constraints", "task", "topic"}]  (for RL)
+    build_dataset("prompts", "train")   # [{"prompt", "constraints", "task", "topic", "demonstration"}]  (for RL)
     build_dataset("unseen", "heldout")  # same columns: prompts asking for constraint types never trained on
 
 A prompt is an everyday request about a topic ("Explain the water cycle.") plus 1-3 verifiable
@@ -11,7 +11,9 @@ column (a JSON string of constraint dicts, see `reward.verifiers`). Answers are 
 topic's short factual sentences (`reward.instruction_bank`), then shaped to meet each constraint
 (lower case, exactly N bullets, JSON, a title, ...). Every answer is checked with
 `reward.verifiers.check` (strict) before it is kept and redrawn if it fails, so every SFT answer and
-every chosen answer verifies, and every prompt-only row is one whose generated answer verified.
+every chosen answer verifies, and every prompt-only row is one whose generated answer verified; the
+"prompts" kind keeps that answer in its ``demonstration`` column (for RL's off-policy guidance,
+`align.rl.demonstrate_failed_prompts`).
 
 Splits: "heldout" uses other topics, other tasks and other phrasings of every constraint type
 (and other start/end phrases) than "train", so held-out scores measure generalisation. "validation"
@@ -183,6 +185,8 @@ def _row(kind: str, split: str, rng: random.Random, stats: Counter, heldout: fro
     if kind == "sft":
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return {"messages": messages, **row}, prompt
+    if kind == "prompts":
+        row["demonstration"] = response
     return {"prompt": prompt, **row}, prompt
 
 

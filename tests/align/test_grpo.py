@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from align.config import ConfigError, load_config
+from align.data import load_rows
 from align.grpo import GRPOConfig, GRPOTrainConfig, Groups, group_advantages, train
 from align.precision import Precision, fast_bf16, resolve_precision
 from tests.align.test_pipeline import align, finish, wait_for, weights
@@ -286,6 +287,31 @@ def test_the_variants_run_and_log(tmp_path, loss, advantages, kl_in, precision):
     for row in rows.values():
         assert ("grpo/kl" in row) == (kl_in != "none")
         assert row["grpo/entropy"] > 0 and "grpo/policy_loss" in row
+
+
+def test_demonstrations_replace_a_completion_of_the_prompts_no_completion_followed(tmp_path):
+    """train.demonstration_column on the built-in prompts: a prompt none of whose 4 random-token completions follows
+    all its constraints has its last completion replaced by its demonstration (at most a quarter of them), which
+    ends with EOS; the random policy's own never do, and the metrics are of those alone (EOS rate 0)."""
+    cfg = load_config(GRPOConfig, CONFIG, [
+        f"run.root={tmp_path}", "model.name=tiny-random", "data.max_rows=8", "train.iterations=2",
+        "train.max_new_tokens=200", "train.demonstration_column=demonstration", "train.trunk_states=rollout"])
+    out = train(cfg)
+    rows = logged(out)
+    assert sorted(rows) == [1, 2] and sum(row["grpo/demonstrations"] for row in rows.values()) > 0
+    assert all(0 <= row["grpo/demonstrations"] <= 1 / 4 and row["grpo/eos_rate"] == 0 for row in rows.values())
+    tables = [json.loads(line) for line in (out / "tables" / "grpo" / "samples.jsonl").read_text().splitlines()]
+    logged_completions = [row[table["columns"].index("completion")] for table in tables for row in table["rows"]]
+    demonstrations = {row["demonstration"] for row in load_rows("builtin:prompts:train", "prompt", cfg.data)[0]}
+    assert any(completion in demonstrations for completion in logged_completions)
+
+
+def test_demonstrations_need_the_column_in_every_row(tmp_path):
+    cfg = load_config(GRPOConfig, CONFIG, [f"run.root={tmp_path}", "model.name=tiny-random",
+                                           "train.demonstration_column=answer"])
+    with pytest.raises(ConfigError, match="train.demonstration_column='answer': row 1 of builtin:prompts:train has "
+                                          "no answer text in column 'answer'"):
+        train(cfg)
 
 
 def test_one_step_on_every_completion_takes_the_old_log_probs_from_the_loss_itself(tmp_path, monkeypatch):

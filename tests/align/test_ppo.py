@@ -15,10 +15,12 @@ from align.config import ConfigError, load_config
 from align.logprobs import FrozenReference, response_logprobs, response_values, same_trunk
 from align.models import LoraConfig, ModelConfig, load_model
 from align.ppo import (PPOConfig, PPOModels, PPOTrainConfig, Rollout, compute_advantages, evaluate_rollout,
-                       generate_rollout, shared_trunk_layers)
+                       generate_rollout, iteration_metrics, shared_trunk_layers)
+from align.rewards import RewardLog
 from align.rl import old_logprobs_from_rollout, pad_right, rollout_generator
 from align.rollout import GenerationConfig
 from align.values import TokenValues, load_reward_backbone
+from reward.compose import RewardBreakdown
 
 CPU = torch.device("cpu")
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ppo-tiny.yaml"
@@ -26,7 +28,8 @@ ROWS = [{"prompt": "Write a short note."}, {"prompt": "List three colours."}, {"
 
 
 def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1, trunk: bool = False,
-                value_shares_trunk: bool = False, precision: str = "fp32", rollout_trunk: bool = False):
+                value_shares_trunk: bool = False, precision: str = "fp32", rollout_trunk: bool = False,
+                rows: list[dict] = ROWS, **train):
     """Steps 1 and 3 of an iteration from a policy whose adapters have moved off zero: (rollout, training)."""
     torch.manual_seed(0)  # peft draws lora_A
     cfg = ModelConfig(name=str(tiny_model_dir), lora=LoraConfig(enabled=True, last_layers=1))
@@ -42,8 +45,8 @@ def first_steps(tiny_model_dir, backend: str, rollout_logprobs: bool, k: int = 1
     models = PPOModels(FrozenReference(policy, lora=True), generator, tokenizer, trunk_layers, value_shares_trunk,
                        rollout_logprobs, rollout_trunk)
     training = SimpleNamespace(raw={"policy": policy, "value": value_model})
-    t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8, completions_per_prompt=k)
-    rollout = generate_rollout(training, models, ROWS, t, seed=3)
+    t = dataclasses.replace(PPOTrainConfig(), max_new_tokens=12, temperature=0.8, completions_per_prompt=k, **train)
+    rollout = generate_rollout(training, models, rows, t, seed=3)
     evaluate_rollout(rollout, training, models, t, CPU, precision)
     return rollout, training
 
@@ -104,6 +107,32 @@ def test_k_responses_per_prompt_computed_once_equal_separate_sequences(tiny_mode
         torch.testing.assert_close(rollout.old_logprobs[i, :n], old[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(rollout.ref_logprobs[i, :n], ref[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(rollout.values[i, :n], values[i], rtol=1e-5, atol=1e-5)
+
+
+def test_a_demonstration_is_trained_on_with_the_policys_own_log_probs_and_trunk(tiny_model_dir):
+    """train.demonstration_column with k = 2: the random tiny model never ends with the asked-for phrase, so each
+    prompt's second response is its demonstration. The rollout copy never computed anything for those, so the
+    iteration's old log-probs and trunk states are recomputed: for every response, demonstrations included, they
+    are the policy's own, as in test_k_responses_per_prompt_computed_once_equal_separate_sequences."""
+    ends = json.dumps([{"type": "startend:end_checker", "end_phrase": "Any other questions?"}])
+    rows = [{**row, "constraints": ends, "demonstration": "Fine. Any other questions?"} for row in ROWS]
+    rollout, training = first_steps(tiny_model_dir, "engine", rollout_logprobs=True, k=2, trunk=True,
+                                    value_shares_trunk=True, rollout_trunk=True, rows=rows,
+                                    demonstration_column="demonstration")
+    assert rollout.demonstrated == [1, 3, 5] and rollout.sampled_logprobs is None and rollout.sampled_states is None
+    assert rollout.texts[1::2] == ["Fine. Any other questions?"] * 3 and all(rollout.finished[1::2])
+    assert all(text != "Fine. Any other questions?" for text in rollout.texts[::2])
+    policy = training.raw["policy"]
+    with torch.no_grad():
+        old = response_logprobs(policy, rollout.prompt_ids, rollout.response_ids, 1024, 0.8)
+    for i, ids in enumerate(rollout.response_ids):
+        torch.testing.assert_close(rollout.old_logprobs[i, :len(ids)], old[i], rtol=1e-5, atol=1e-5)
+    # what the iteration's metrics say of the responses is said of the policy's own: responses 0, 2 and 4
+    rollout.breakdown, rollout.reward_log = RewardBreakdown([0.0, 9.0, 2.0, 9.0, 4.0, 9.0], {}), RewardLog()
+    rollout.scores = torch.tensor(rollout.breakdown.total)
+    compute_advantages(rollout, 0.05, PPOTrainConfig(completions_per_prompt=2))
+    metrics = iteration_metrics(rollout, 0.05, {})
+    assert metrics["reward/total"] == 2.0 and metrics["eos_rate"] == sum(rollout.finished[::2]) / 3
 
 
 def test_bf16_trunk_states_from_the_rollout_are_within_bf16_rounding_of_the_trunks_own_run(tiny_model_dir):
@@ -209,15 +238,14 @@ def test_leave_one_out_baseline_replaces_each_score_by_its_advantage_over_its_si
     torch.testing.assert_close(with_baseline.returns, plain.returns)
 
 
-def test_leave_one_out_baseline_needs_two_responses_per_prompt():
+@pytest.mark.parametrize("setting", ["train.score_baseline=leave_one_out", "train.demonstration_column=demonstration"])
+def test_leave_one_out_baseline_and_demonstrations_need_two_responses_per_prompt(setting):
     """Refused when the config is read (so `align validate` and the CLI's one-line error say it), before any model
     loads."""
-    with pytest.raises(ConfigError, match=r"configs/ppo-tiny.yaml: train: train.score_baseline=leave_one_out needs "
+    with pytest.raises(ConfigError, match=rf"configs/ppo-tiny.yaml: train: {setting.split('=')[0]}\S* needs "
                                           r"train.completions_per_prompt >= 2"):
-        load_config(PPOConfig, TINY_CONFIG,
-                    ["train.score_baseline=leave_one_out", "train.completions_per_prompt=1"])
-    load_config(PPOConfig, TINY_CONFIG,
-                ["train.score_baseline=leave_one_out", "train.completions_per_prompt=2"])
+        load_config(PPOConfig, TINY_CONFIG, [setting, "train.completions_per_prompt=1"])
+    load_config(PPOConfig, TINY_CONFIG, [setting, "train.completions_per_prompt=2"])
 
 
 def test_bf16_precision_trains_bf16_weights_from_fp32_masters_and_saves_fp32(tmp_path, monkeypatch):

@@ -123,3 +123,61 @@ def test_greedy_loops_decode_greedily_and_flag_the_loops_and_their_repeated_ngra
     assert loops.looping == [repetition_loop(text) for text in greedy.texts]
     assert loops.candidates == [repeated_ngram_tokens(ids, n=4) for ids in greedy.token_ids]
     assert loops.loop_share == sum(loops.looping) / 2
+
+
+def test_a_demonstration_replaces_the_last_response_of_each_prompt_no_response_followed(tokenizer):
+    """k = 2, four prompts asking for the end phrase "Any other questions?" (or nothing): prompt 0's two responses
+    both miss it, so its second becomes the demonstration (its tokens + EOS, finished, no sampled log-probs);
+    prompt 1's first response follows it, prompt 2 has no constraints to judge by, and prompt 3's demonstration is
+    longer than max_new_tokens: those keep what the policy sampled."""
+    from align.rl import Completions, demonstrate_failed_prompts
+
+    ends = json.dumps([{"type": "startend:end_checker", "end_phrase": "Any other questions?"}])
+    short, long = "Here it is. Any other questions?", "Here it is, at length. " * 20 + "Any other questions?"
+    prompts = [{"prompt": f"Prompt {i}.", "constraints": c, "demonstration": d}
+               for i, (c, d) in enumerate([(ends, short), (ends, short), (None, short), (ends, long)])]
+    rows = [row for row in prompts for _ in range(2)]
+    texts = ["No.", "Nope.", "Yes. Any other questions?", "No.", "No.", "No.", "No.", "No."]
+    sampled = Completions([[1, 2]] * 8, [[5 + i] for i in range(8)], texts, [False] * 8,
+                          [[-0.5 - i] for i in range(8)], None)
+    guided, replaced = demonstrate_failed_prompts(rows, sampled, 2, "demonstration", tokenizer, 40)
+    assert replaced == [1]
+    demo_ids = tokenizer(short, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert guided.response_ids == [[5], demo_ids] + [[7 + i] for i in range(6)]
+    assert guided.texts == texts[:1] + [short] + texts[2:]
+    assert guided.finished == [False, True] + [False] * 6
+    assert guided.sampled_logprobs == [[-0.5], None] + [[-2.5 - i] for i in range(6)]
+    assert guided.prompt_ids == sampled.prompt_ids and sampled.texts == texts  # the input is left as it was
+    assert demonstrate_failed_prompts(rows, sampled, 2, "demonstration", tokenizer, len(demo_ids) - 1)[1] == []
+
+
+def test_demonstrations_need_answer_text_and_constraints_in_every_row():
+    from align.config import ConfigError
+    from align.rl import check_demonstrations
+
+    check_demonstrations([{"prompt": "p", "constraints": "[]", "answer": "a"}], "answer", "data.jsonl")
+    with pytest.raises(ConfigError, match=r"row 2 of data.jsonl has no answer text in column 'answer' \(its columns: "
+                                          r"constraints, prompt\)"):
+        check_demonstrations([{"prompt": "p", "constraints": "[]", "answer": "a"},
+                              {"prompt": "q", "constraints": "[]"}], "answer", "data.jsonl")
+    with pytest.raises(ConfigError, match="row 1 of data.jsonl has no 'constraints' column"):
+        check_demonstrations([{"prompt": "p", "answer": "a"}], "answer", "data.jsonl")
+    check_demonstrations([{"prompt": "p"}], None, "data.jsonl")  # no column, nothing to check
+
+
+def test_a_constraint_none_follows_leaves_prompts_whose_every_constraint_some_response_follows(tokenizer):
+    """k = 2, each prompt asking for lower case and the end phrase "Any other questions?". Prompt 0: one response
+    ends with the phrase, the other is in lower case; none follows both (none_follows_all: a demonstration), but
+    each constraint is followed by one of them (a_constraint_none_follows: none). Prompt 1: both end with the
+    phrase, neither is in lower case: a demonstration either way."""
+    from align.rl import Completions, demonstrate_failed_prompts
+
+    both = json.dumps([{"type": "change_case:english_lowercase"},
+                       {"type": "startend:end_checker", "end_phrase": "Any other questions?"}])
+    rows = [{"prompt": f"Prompt {i}.", "constraints": both, "demonstration": "fine. any other questions?"}
+            for i in (0, 0, 1, 1)]
+    texts = ["Yes. Any other questions?", "yes.", "Yes. Any other questions?", "No. Any other questions?"]
+    sampled = Completions([[1]] * 4, [[5]] * 4, texts, [True] * 4, [[-1.0]] * 4, None)
+    replaced = {when: demonstrate_failed_prompts(rows, sampled, 2, "demonstration", tokenizer, 40, when)[1]
+                for when in ("none_follows_all", "a_constraint_none_follows")}
+    assert replaced == {"none_follows_all": [1, 3], "a_constraint_none_follows": [3]}

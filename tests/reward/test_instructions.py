@@ -28,7 +28,7 @@ from reward.verifiers import CONSTRAINT_TYPES, check_all, parse_constraints
 
 ALL_TOPICS = bank.TRAIN_TOPICS + bank.HELDOUT_TOPICS
 TRAINING = [("sft", "train"), ("pairs", "train"), ("prompts", "train")]
-PROMPT_KINDS = ("prompts", "unseen")  # rows {"prompt", "constraints", "task", "topic"}
+PROMPT_KINDS = ("prompts", "unseen")  # rows {"prompt", "constraints", "task", "topic"} (+ "demonstration")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,8 @@ def test_rows_have_the_documented_columns(data):
     for (kind, split), rows in data.items():
         for row in rows:
             if kind in PROMPT_KINDS:
-                assert set(row) == {"prompt", "constraints", "task", "topic"}
+                demonstration = {"demonstration"} if kind == "prompts" else set()
+                assert set(row) == {"prompt", "constraints", "task", "topic"} | demonstration
             assert isinstance(row["constraints"], str)  # a JSON string column, as the contract says
             assert 1 <= len(parse_constraints(row["constraints"])) <= (2 if kind == "unseen" else 3)
 
@@ -93,6 +94,13 @@ def test_every_sft_answer_verifies_strictly(data):
             prompt, answer = (m["content"] for m in row["messages"])
             results = check_all(parse_constraints(row["constraints"]), answer, prompt=prompt)
             assert all(results), (row["constraints"], answer)
+
+
+def test_every_prompt_rows_demonstration_verifies_strictly(data):
+    for (kind, split), rows in data.items():
+        for row in rows if kind == "prompts" else ():
+            results = check_all(parse_constraints(row["constraints"]), row["demonstration"], prompt=row["prompt"])
+            assert all(results), (row["constraints"], row["demonstration"])
 
 
 def test_sft_answers_are_short_and_about_their_topic(data):
@@ -334,8 +342,9 @@ def test_validation_rows_are_disjoint_from_heldout_rows(data):
 
 
 def test_prompts_heldout_keeps_its_first_200_rows():
-    """Raising the default size to 300 kept the first 200 rows: sha256 of them, computed before the change."""
-    rows = build_dataset("prompts", "heldout")[:200]
+    """Raising the default size to 300 kept the first 200 rows: sha256 of them, computed before the change (the
+    demonstration column came later and is left out)."""
+    rows = [{k: v for k, v in row.items() if k != "demonstration"} for row in build_dataset("prompts", "heldout")[:200]]
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     assert digest == "509773887899c9ba456a02546ee0bd85738f9a0ee270f2ada0ae43d342c55196"
 
