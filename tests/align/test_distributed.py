@@ -241,19 +241,29 @@ GRPO_LOGGED = ("reward/total", "reward/score", "response_length", "eos_rate", "e
                "advantage_abs_mean", "kl", "policy_loss", "entropy")
 
 
-@pytest.mark.parametrize("loss, data_parallel", [("grpo", "ddp"), ("dapo", "ddp"), ("dapo", "fsdp2")])
-def test_grpo_on_two_processes_equals_one(run_root, tmp_path, loss, data_parallel):
+DEMONSTRATIONS = ("train.demonstration_column=demonstration", "train.max_new_tokens=160")
+
+
+@pytest.mark.parametrize("loss, data_parallel, extra", [("grpo", "ddp", ()), ("dapo", "ddp", ()), ("dapo", "fsdp2", ()),
+                                                        ("grpo", "fsdp2", DEMONSTRATIONS)],
+                         ids=["grpo-ddp", "dapo-ddp", "dapo-fsdp2", "grpo-fsdp2-demonstrations"])
+def test_grpo_on_two_processes_equals_one(run_root, tmp_path, loss, data_parallel, extra):
     """4 prompts an iteration (2 per process), k 3 real samples each (temperature 1: every prompt draws from its
     own stream, so each process samples its prompts' completions as the 1-process run does), minibatches of 5
     drawn from both processes' completions, 2 iterations; with dapo, groups whose rewards are all equal are left
     out (DAPO's filter), so the processes can hold different numbers of completions to train on. The group
     advantages stay within a process; the per-completion mean (grpo) and the token mean over the minibatch (dapo),
-    the KL term and every logged mean must cover both processes for the weights and the logs to agree."""
+    the KL term and every logged mean must cover both processes for the weights and the logs to agree. With
+    demonstrations, a process whose groups got one recomputes the iteration's old log-probs and trunk states, and
+    so must the other, or FSDP2's gathers would not pair up."""
     common = [f"model.name={run_root / 'tiny' / 'sft'}", "data.eval=null", "train.iterations=2",
               "train.prompts_per_iteration=4", "train.completions_per_prompt=3", "train.minibatch_size=5",
               "train.temperature=1.0", f"train.loss={loss}", "train.save_every=1000",
-              f"train.skip_equal_groups={str(loss == 'dapo').lower()}"]
+              f"train.skip_equal_groups={str(loss == 'dapo').lower()}", *extra]
     one = run_one("grpo", tmp_path, *common)
     two = run_two("grpo", tmp_path, *common, f"run.data_parallel={data_parallel}")
-    assert_same_training(one, two, logged=tuple(f"grpo/{name}" for name in GRPO_LOGGED),
-                         data_parallel=data_parallel)
+    logged = GRPO_LOGGED + (("demonstrations",) if extra else ())
+    assert_same_training(one, two, logged=tuple(f"grpo/{name}" for name in logged), data_parallel=data_parallel)
+    if extra:  # some iteration had demonstrations (the random policy's completions follow few constraints)
+        rows = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+        assert any(row.get("grpo/demonstrations", 0) > 0 for row in rows)
