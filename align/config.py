@@ -149,8 +149,11 @@ def _quote_hint(tp: Any, value: Any, key: str) -> str:
 def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:
     """Check `value` against type `tp` (converting int->float and dict->dataclass); raise ConfigError if wrong."""
     origin = get_origin(tp)
-    wrong = ConfigError(f"{source}: config key '{key}' = {value!r} is not of the expected type {_type_name(tp)}"
-                        + _quote_hint(tp, value, key))
+
+    def wrong() -> ConfigError:  # built only when raised: a config's every value passes through here
+        return ConfigError(f"{source}: config key '{key}' = {value!r} is not of the expected type {_type_name(tp)}"
+                           + _quote_hint(tp, value, key))
+
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -164,7 +167,7 @@ def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:
                 return _coerce(option, value, source=source, key=key)
             except ConfigError:
                 continue
-        raise wrong
+        raise wrong()
     if origin is Literal:
         if value in get_args(tp):
             return value
@@ -173,37 +176,37 @@ def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:
         )
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise wrong
+            raise wrong()
         return from_dict(tp, value, source=source, prefix=key + ".")
     if origin is list:
         if not isinstance(value, list):
-            raise wrong
+            raise wrong()
         (item_type,) = get_args(tp)
         return [_coerce(item_type, v, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise wrong
+            raise wrong()
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise wrong
+        raise wrong()
     if tp is float:
         value = _yaml11_float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise wrong
+        raise wrong()
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise wrong
+        raise wrong()
     if tp is str:
         if isinstance(value, str):
             return value
-        raise wrong
+        raise wrong()
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise wrong
+    raise wrong()
 
 
 def to_dict(cfg: Any) -> dict:

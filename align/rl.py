@@ -263,7 +263,7 @@ DEMONSTRATE_WHEN = {  # which prompts get a demonstration, from their k response
 
 
 def demonstrate_failed_prompts(rows: list[dict], completions: Completions, k: int, column: str, tokenizer,
-                               max_new_tokens: int, when: str = "none_follows_all") -> tuple[Completions, list[int]]:
+                               max_new_tokens: int, when: str) -> tuple[Completions, list[int]]:
     """Off-policy guidance (LUFFY: Yan et al. 2025, "Learning to Reason under Off-Policy Guidance"): where a prompt's
     k responses fail it (`when`, strict checks of its constraints: none_follows_all, no response follows every
     constraint; a_constraint_none_follows, some constraint is followed by no response), its last response is

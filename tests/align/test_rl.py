@@ -140,7 +140,8 @@ def test_a_demonstration_replaces_the_last_response_of_each_prompt_no_response_f
     texts = ["No.", "Nope.", "Yes. Any other questions?", "No.", "No.", "No.", "No.", "No."]
     sampled = Completions([[1, 2]] * 8, [[5 + i] for i in range(8)], texts, [False] * 8,
                           [[-0.5 - i] for i in range(8)], None)
-    guided, replaced = demonstrate_failed_prompts(rows, sampled, 2, "demonstration", tokenizer, 40)
+    guided, replaced = demonstrate_failed_prompts(rows, sampled, 2, "demonstration", tokenizer, 40,
+                                                  "none_follows_all")
     assert replaced == [1]
     demo_ids = tokenizer(short, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert guided.response_ids == [[5], demo_ids] + [[7 + i] for i in range(6)]
@@ -148,7 +149,8 @@ def test_a_demonstration_replaces_the_last_response_of_each_prompt_no_response_f
     assert guided.finished == [False, True] + [False] * 6
     assert guided.sampled_logprobs == [[-0.5], None] + [[-2.5 - i] for i in range(6)]
     assert guided.prompt_ids == sampled.prompt_ids and sampled.texts == texts  # the input is left as it was
-    assert demonstrate_failed_prompts(rows, sampled, 2, "demonstration", tokenizer, len(demo_ids) - 1)[1] == []
+    assert demonstrate_failed_prompts(rows, sampled, 2, "demonstration", tokenizer, len(demo_ids) - 1,
+                                      "none_follows_all")[1] == []
 
 
 def test_demonstrations_need_answer_text_and_constraints_in_every_row():
