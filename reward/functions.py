@@ -213,6 +213,45 @@ def no_loops(
     return [-1.0 if repetition_loop(completion_text(c), ngram, min_repeats) else 0.0 for c in completions]
 
 
+# Layouts that a trained constraint type asks for and a plain answer never has: the types that ask for each, and how to
+# see it in a response.
+LAYOUTS: dict[str, tuple[frozenset[str], Callable[[str], bool]]] = {
+    "quotation marks around the answer": (frozenset({"startend:quotation"}),
+                                          lambda text: text.lstrip().startswith('"')),
+    "a separator line of asterisks": (frozenset({"length_constraints:number_paragraphs", "combination:two_responses"}),
+                                      lambda text: re.search(r"^[ \t]*\*{3,}[ \t]*$", text, re.MULTILINE) is not None),
+    "a <<title>>": (frozenset({"detectable_format:title"}), lambda text: re.search(r"<<[^\n]*>>", text) is not None),
+    "a JSON answer": (frozenset({"detectable_format:json_format"}),
+                      lambda text: text.lstrip().startswith(("{", "```"))),
+}
+
+
+def unasked_layouts(response: str, constraint_types: set[str]) -> list[str]:
+    """The `LAYOUTS` that `response` shows although none of `constraint_types` asks for them."""
+    return [name for name, (asked_by, shows) in LAYOUTS.items() if not asked_by & constraint_types and shows(response)]
+
+
+def no_unasked_layouts(
+    prompts: list[Prompt], completions: list[Completion], *, constraints: list[Any], **kwargs: Any
+) -> list[float | None]:
+    """-1.0 for a completion that shows a layout its constraints do not ask for (`LAYOUTS`: quotation marks around the
+    answer, a separator line of asterisks, a <<title>>, a JSON answer), else 0.0; None for a sample without
+    constraints, where nothing says what was asked. A verifier pays for the layout a prompt asks for and nothing
+    charges for one it does not: RL that learns a layout on some prompts then carries it to others."""
+    if len(constraints) != len(completions):
+        raise ValueError(f"column 'constraints' has {len(constraints)} values for {len(completions)} completions")
+    rewards: list[float | None] = []
+    for index, (completion, raw) in enumerate(zip(completions, constraints, strict=True)):
+        try:
+            parsed = parse_constraints(raw) if raw is not None else []
+        except Exception as err:
+            err.sample_index = index  # read by CompositeReward to name the sample in its error
+            raise
+        types = {constraint["type"] for constraint in parsed}
+        rewards.append(None if not parsed else -1.0 if unasked_layouts(completion_text(completion), types) else 0.0)
+    return rewards
+
+
 BUILTIN_REWARD_FUNCTIONS: dict[str, Callable[..., list[float | None]]] = {
     "instruction_following": instruction_following,
     "instruction_following_all": instruction_following_all,
@@ -221,4 +260,5 @@ BUILTIN_REWARD_FUNCTIONS: dict[str, Callable[..., list[float | None]]] = {
     "length_in_range": length_in_range,
     "overlong_penalty": overlong_penalty,
     "no_loops": no_loops,
+    "no_unasked_layouts": no_unasked_layouts,
 }

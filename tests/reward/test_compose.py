@@ -64,8 +64,8 @@ def test_an_unknown_builtin_suggests_the_closest_and_lists_them_all():
     with pytest.raises(RewardFunctionError, match=exact(
         "unknown reward function 'instruction_folowing' — did you mean 'instruction_following'? Built-ins: "
         "instruction_following, instruction_following_all, instruction_following_loose, length_in_range, "
-        "no_loops, no_repetition, overlong_penalty. Your own function is named 'package.module:function' or "
-        "'path/to/file.py:function'."
+        "no_loops, no_repetition, no_unasked_layouts, overlong_penalty. Your own function is named "
+        "'package.module:function' or 'path/to/file.py:function'."
     )):
         resolve_reward_function("instruction_folowing")
 

@@ -13,6 +13,7 @@ from reward.functions import (
     length_in_range,
     no_loops,
     no_repetition,
+    no_unasked_layouts,
     overlong_penalty,
     prompt_text,
 )
@@ -152,6 +153,24 @@ def test_no_loops_is_minus_one_for_a_repetition_loop_and_zero_otherwise():
     assert no_loops(prompts=["p"] * 4, completions=completions) == [-1.0, 0.0, 0.0, 0.0]
     assert no_loops(prompts=["p"], completions=[[{"role": "assistant", "content": "la la la la"}]], ngram=1,
                     min_repeats=4) == [-1.0]
+
+
+def test_no_unasked_layouts_charges_a_layout_only_where_no_constraint_asks_for_it():
+    """Each layout of `LAYOUTS` in an answer to a prompt that asks only for no commas: -1; the same answer where a
+    constraint asks for that layout: 0. Bullets and *highlights* are no separator line; a row without constraints
+    says nothing about what was asked (None)."""
+    quoted, separated = '"Tea is brewed hot."', "Tea is brewed hot.\n\n***\n\nIt cools."
+    titled, as_json = "<<Tea>>\nTea is brewed hot.", '{"tea": "brewed hot"}'
+    plain = "Tea is *brewed* hot.\n* green\n* black"
+    no_comma = json.dumps([NO_COMMA])
+    assert no_unasked_layouts(prompts=["p"] * 5, completions=[quoted, separated, titled, as_json, plain],
+                              constraints=[no_comma] * 5) == [-1.0, -1.0, -1.0, -1.0, 0.0]
+    asking = [[{"type": "startend:quotation"}], [{"type": "combination:two_responses"}],
+              [{"type": "detectable_format:title"}], [{"type": "detectable_format:json_format"}, NO_COMMA]]
+    assert no_unasked_layouts(prompts=["p"] * 4, completions=[quoted, separated, titled, as_json],
+                              constraints=[json.dumps(c) for c in asking]) == [0.0, 0.0, 0.0, 0.0]
+    assert no_unasked_layouts(prompts=["p"] * 2, completions=[quoted, [{"role": "assistant", "content": quoted}]],
+                              constraints=[None, no_comma]) == [None, -1.0]
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_REWARD_FUNCTIONS))

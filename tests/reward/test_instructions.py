@@ -15,6 +15,7 @@ from reward import instructions, unseen_bank
 from reward.degenerate_answers import SEPARATOR_LINES
 from reward.degeneration import repetition_loop
 from reward.extra_verifiers import ALIGN_TYPES
+from reward.functions import unasked_layouts
 from reward.instructions import (
     DEFAULT_SIZES,
     PAIR_TYPES,
@@ -101,6 +102,17 @@ def test_every_prompt_rows_demonstration_verifies_strictly(data):
         for row in rows if kind == "prompts" else ():
             results = check_all(parse_constraints(row["constraints"]), row["demonstration"], prompt=row["prompt"])
             assert all(results), (row["constraints"], row["demonstration"])
+
+
+def test_no_answer_of_the_data_shows_a_layout_it_was_not_asked_for(data):
+    """`reward.functions.no_unasked_layouts` never charges the built-in answers: SFT answers, chosen answers and
+    demonstrations use quotes around the answer, separator lines, titles and JSON only where a constraint asks."""
+    for (kind, _), rows in data.items():
+        answers = {"sft": lambda row: row["messages"][1]["content"], "pairs": lambda row: row["chosen"],
+                   "prompts": lambda row: row["demonstration"]}.get(kind)
+        for row in rows if answers else ():
+            types = {c["type"] for c in parse_constraints(row["constraints"])}
+            assert not unasked_layouts(answers(row), types), (row["constraints"], answers(row))
 
 
 def test_sft_answers_are_short_and_about_their_topic(data):
