@@ -86,24 +86,29 @@ def prompt_text(prompt: Prompt) -> str:
 # --- instruction following: the sample's `constraints` column, checked by reward.verifiers ---------------------
 
 
+def _each_constrained_sample(prompts: list[Prompt], completions: list[Completion], constraints: list[Any],
+                             judge: Callable[[Prompt, Completion, list[dict]], Any]) -> list[Any]:
+    """`judge(prompt, completion, its parsed constraints)` of each sample, or None for a sample without constraints.
+    An error raised on a sample carries its index (`sample_index`), which CompositeReward names."""
+    if len(constraints) != len(completions):
+        raise ValueError(f"column 'constraints' has {len(constraints)} values for {len(completions)} completions")
+    results = []
+    for index, (prompt, completion, raw) in enumerate(zip(prompts, completions, constraints, strict=True)):
+        try:
+            parsed = parse_constraints(raw) if raw is not None else []
+            results.append(judge(prompt, completion, parsed) if parsed else None)
+        except Exception as err:
+            err.sample_index = index
+            raise
+    return results
+
+
 def constraint_results(
     prompts: list[Prompt], completions: list[Completion], constraints: list[Any], *, loose: bool
 ) -> list[list[bool] | None]:
     """Per sample: one pass/fail per constraint, or None when the sample has no constraints."""
-    if len(constraints) != len(completions):
-        raise ValueError(f"column 'constraints' has {len(constraints)} values for {len(completions)} completions")
-    results: list[list[bool] | None] = []
-    for index, (prompt, completion, raw) in enumerate(zip(prompts, completions, constraints, strict=True)):
-        try:
-            parsed = parse_constraints(raw) if raw is not None else []
-            if not parsed:
-                results.append(None)
-                continue
-            results.append(check_all(parsed, completion_text(completion), prompt=prompt_text(prompt), loose=loose))
-        except Exception as err:
-            err.sample_index = index  # read by CompositeReward to name the sample in its error
-            raise
-    return results
+    return _each_constrained_sample(prompts, completions, constraints, lambda prompt, completion, parsed: check_all(
+        parsed, completion_text(completion), prompt=prompt_text(prompt), loose=loose))
 
 
 def instruction_following(
@@ -238,18 +243,9 @@ def no_unasked_layouts(
     answer, a separator line of asterisks, a <<title>>, a JSON answer), else 0.0; None for a sample without
     constraints, where nothing says what was asked. A verifier pays for the layout a prompt asks for and nothing
     charges for one it does not: RL that learns a layout on some prompts then carries it to others."""
-    if len(constraints) != len(completions):
-        raise ValueError(f"column 'constraints' has {len(constraints)} values for {len(completions)} completions")
-    rewards: list[float | None] = []
-    for index, (completion, raw) in enumerate(zip(completions, constraints, strict=True)):
-        try:
-            parsed = parse_constraints(raw) if raw is not None else []
-        except Exception as err:
-            err.sample_index = index  # read by CompositeReward to name the sample in its error
-            raise
-        types = {constraint["type"] for constraint in parsed}
-        rewards.append(None if not parsed else -1.0 if unasked_layouts(completion_text(completion), types) else 0.0)
-    return rewards
+    unasked = _each_constrained_sample(prompts, completions, constraints, lambda _, completion, parsed: unasked_layouts(
+        completion_text(completion), {constraint["type"] for constraint in parsed}))
+    return [None if layouts is None else -1.0 if layouts else 0.0 for layouts in unasked]
 
 
 BUILTIN_REWARD_FUNCTIONS: dict[str, Callable[..., list[float | None]]] = {
