@@ -35,13 +35,16 @@ def prompts_asking(type_id: str, wording: str | None, n: int) -> list[str]:
     return texts
 
 
-def first_token(model_name: str, prompts: list[str], token: str) -> tuple[float, int]:
-    """(mean probability of `token` as the answer's first token, prompts where it is the most likely one)."""
+def load(model_name: str):
+    """(model in fp32, eval mode; its tokenizer)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model_name)
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), load_tokenizer(path)
+
+
+def first_token(model, tokenizer, prompts: list[str], token: str) -> tuple[float, int]:
+    """(mean probability of `token` as the answer's first token, prompts where it is the most likely one)."""
     token_id = tokenizer(token, add_special_tokens=False)["input_ids"][0]
     probabilities, most_likely = [], 0
     for prompt in prompts:
@@ -63,12 +66,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=500, help="validation prompts to pick from")
     args = parser.parse_args()
     wordings = {"held-out wording": None, **({"--wording": args.wording} if args.wording else {})}
+    prompt_sets = [prompts_asking(args.type, wording, args.prompts) for wording in wordings.values()]
     print(f"| model | {' | '.join(f'{w}: mean p, most likely' for w in wordings)} |")
     for model_name in args.models:
+        model, tokenizer = load(model_name)
         cells = []
-        for wording in wordings.values():
-            prompts = prompts_asking(args.type, wording, args.prompts)
-            mean, most_likely = first_token(model_name, prompts, args.token)
+        for prompts in prompt_sets:
+            mean, most_likely = first_token(model, tokenizer, prompts, args.token)
             cells.append(f"{mean:.2f}, {most_likely} of {len(prompts)}")
         print(f"| {model_name} | {' | '.join(cells)} |")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from first_token import first_token, prompts_asking  # noqa: E402
+from first_token import first_token, load, prompts_asking  # noqa: E402
 
 PARAGRAPHS = "length_constraints:number_paragraphs"
 WORDING = "Write exactly {num_paragraphs} paragraphs and separate them with ***."
@@ -24,21 +24,23 @@ def test_the_prompts_ask_for_the_type_in_the_held_out_wording_or_the_one_given()
         assert "put a line with ***" not in after and "paragraphs and separate them with ***." in after
 
 
-def test_first_token_probability_matches_the_models_own_softmax(tiny_model_dir):
-    """The mean and the argmax count, computed again by hand from the tiny model's logits."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    prompts = ["Name a colour.", "Write two lines."]
-    mean, most_likely = first_token(str(tiny_model_dir), prompts, "the")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    token = tokenizer("the", add_special_tokens=False)["input_ids"][0]
-    by_hand, argmax = [], 0
+def test_first_token_figures_match_what_generation_samples_first(tiny_model_dir):
+    """The mean probability and the argmax count, against transformers' own greedy `generate` of one token and its
+    raw logits: the token is the first one greedy decoding writes for the first prompt, so it counts at least once."""
+    model, tokenizer = load(str(tiny_model_dir))
+    prompts = ["Name a colour.", "Write two lines.", "Say hello."]
+    first_ids, first_probabilities = [], []
     for prompt in prompts:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.no_grad():
-            logits = model(ids).logits[0, -1].float()
-        by_hand.append(logits.softmax(-1)[token].item())
-        argmax += int(logits.argmax() == token)
-    assert mean == pytest.approx(sum(by_hand) / 2, rel=1e-5) and most_likely == argmax
+                                            return_tensors="pt")
+        ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+        out = model.generate(ids, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=tokenizer.pad_token_id)
+        first_ids.append(int(out.sequences[0, -1]))
+        first_probabilities.append(out.logits[0][0].float().softmax(-1))
+    token = tokenizer.decode([first_ids[0]])
+    token_id = tokenizer(token, add_special_tokens=False)["input_ids"][0]
+    assert token_id == first_ids[0]  # the tokenizer reads the token back as itself
+    mean, most_likely = first_token(model, tokenizer, prompts, token)
+    assert most_likely == sum(first == token_id for first in first_ids) >= 1
+    assert mean == pytest.approx(sum(float(p[token_id]) for p in first_probabilities) / 3, rel=1e-5)
