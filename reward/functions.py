@@ -219,12 +219,15 @@ def no_loops(
 
 
 # Layouts that a trained constraint type asks for and a plain answer never has: the types that ask for each, and how to
-# see it in a response.
+# see it in a response. A separator goes between parts: one before the first part is asked for by no type (IFEval's
+# paragraph checker lets it pass; it is how the `***` loops on unfamiliar requests begin, docs/RESULTS.md).
 LAYOUTS: dict[str, tuple[frozenset[str], Callable[[str], bool]]] = {
     "quotation marks around the answer": (frozenset({"startend:quotation"}),
                                           lambda text: text.lstrip().startswith('"')),
     "a separator line of asterisks": (frozenset({"length_constraints:number_paragraphs", "combination:two_responses"}),
                                       lambda text: re.search(r"^[ \t]*\*{3,}[ \t]*$", text, re.MULTILINE) is not None),
+    "a separator line before the answer": (frozenset(), lambda text: re.match(r"\s*\*{3,}[ \t]*$", text, re.MULTILINE)
+                                           is not None),
     "a <<title>>": (frozenset({"detectable_format:title"}), lambda text: re.search(r"<<[^\n]*>>", text) is not None),
     "a JSON answer": (frozenset({"detectable_format:json_format"}),
                       lambda text: text.lstrip().startswith(("{", "```"))),
@@ -240,9 +243,9 @@ def no_unasked_layouts(
     prompts: list[Prompt], completions: list[Completion], *, constraints: list[Any], **kwargs: Any
 ) -> list[float | None]:
     """-1.0 for a completion that shows a layout its constraints do not ask for (`LAYOUTS`: quotation marks around the
-    answer, a separator line of asterisks, a <<title>>, a JSON answer), else 0.0; None for a sample without
-    constraints, where nothing says what was asked. A verifier pays for the layout a prompt asks for and nothing
-    charges for one it does not: RL that learns a layout on some prompts then carries it to others."""
+    answer, a separator line of asterisks, one before the answer, a <<title>>, a JSON answer), else 0.0; None for a
+    sample without constraints, where nothing says what was asked. A verifier pays for the layout a prompt asks for and
+    nothing charges for one it does not: RL that learns a layout on some prompts then carries it to others."""
     unasked = _each_constrained_sample(prompts, completions, constraints, lambda _, completion, parsed: unasked_layouts(
         completion_text(completion), {constraint["type"] for constraint in parsed}))
     return [None if layouts is None else -1.0 if layouts else 0.0 for layouts in unasked]

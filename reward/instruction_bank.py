@@ -11,37 +11,11 @@ Facts are plain sentences that end with a full stop and contain no markdown char
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from reward import rl_bank
+from reward.bank_types import Task, Topic
+from reward.bank_types import make_topic as _topic
 
-SPLITS = ("train", "heldout")
-
-
-@dataclass(frozen=True)
-class Topic:
-    name: str  # noun phrase that reads well after "Explain" / "facts about": "the water cycle"
-    title: str  # used for <<title>>
-    core: str  # a word used several times across the facts (keyword-frequency constraints count it)
-    keywords: tuple[str, ...]  # words that each appear in at least one fact (keyword constraints)
-    question: str  # a yes/no question the facts answer (constrained-response prompts)
-    answer: str  # "yes" | "no" | "maybe"
-    evidence: int  # index of the fact that supports the answer
-    facts: tuple[str, ...]
-    practical: bool  # something people do (takes advice and tips), not only something to know about
-
-
-def _topic(name: str, title: str, core: str, keywords: str, question: tuple[str, str, int], facts: str,
-           practical: bool = True) -> Topic:
-    lines = tuple(line.strip() for line in facts.strip().splitlines())
-    return Topic(name, title, core, tuple(keywords.split()), question[0], question[1], question[2], lines, practical)
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    templates: tuple[str, ...]  # the request; "{name}" is the topic name
-    openers: tuple[str, ...]  # optional first sentence of an answer (comma-free)
-    practical: bool = False  # only asked about practical topics ("advice about the moon" reads badly)
-
+SPLITS = ("train", "heldout", "rl")  # "rl": prompts for RL only, in `reward.rl_bank`
 
 # --------------------------------------------------------------------------------------------------
 # Topics
@@ -371,7 +345,7 @@ HELDOUT_TOPICS: tuple[Topic, ...] = (
     """),
 )
 
-TOPICS = {"train": TRAIN_TOPICS, "heldout": HELDOUT_TOPICS}
+TOPICS = {"train": TRAIN_TOPICS, "heldout": HELDOUT_TOPICS, "rl": rl_bank.RL_TOPICS}
 
 # --------------------------------------------------------------------------------------------------
 # Tasks. "answer_question" (the topic's own yes/no question) is used by constrained-response prompts
@@ -405,9 +379,11 @@ TASKS: dict[str, tuple[Task, ...]] = {
         Task("leaflet", ("Draft the text for a small leaflet on {name}.", "Put together a quick fact sheet on {name}."),
              ("Here are the essentials about {name}.", "Read on for the essentials.")),
     ),
+    "rl": rl_bank.RL_TASKS,
 }
 
-LIST_TASKS = frozenset({"list", "tips", "leaflet"})  # answered with a list when no layout is asked for
+# Tasks answered with a list when no layout is asked for.
+LIST_TASKS = frozenset({"list", "tips", "leaflet"}) | rl_bank.LIST_TASKS
 LIST_INTROS = ("Here are {n} key points about {name}:", "Here are {n} things to know:", "{n} points to remember:")
 
 # --------------------------------------------------------------------------------------------------
@@ -548,17 +524,19 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
         "change_case:english_lowercase": ("Reply in English without a single uppercase character.",),
         "punctuation:no_comma": ("Comma characters are not allowed anywhere in the reply.",),
     },
+    "rl": rl_bank.RL_PHRASINGS,
 }
 
 # Arguments that are phrases rather than numbers are split-specific too.
 START_PHRASES = {"train": ("Good question.", "Here is what I know.", "Happy to help."),
-                 "heldout": ("Great topic.", "Let us dive in.")}
+                 "heldout": ("Great topic.", "Let us dive in."), "rl": rl_bank.START_PHRASES}
 END_PHRASES = {"train": ("Is there anything else I can help with?", "Let me know if you have additional questions.",
                          "Hope this helps."),
-               "heldout": ("That is all for now.", "Thanks for reading.")}
+               "heldout": ("That is all for now.", "Thanks for reading."), "rl": rl_bank.END_PHRASES}
 # First words for nth-paragraph constraints by position: (first paragraph, middle, last).
 FIRST_WORDS = {"train": (("first",), ("also", "next"), ("finally", "overall")),
-               "heldout": (("firstly",), ("additionally", "moreover"), ("lastly", "ultimately"))}
+               "heldout": (("firstly",), ("additionally", "moreover"), ("lastly", "ultimately")),
+               "rl": rl_bank.FIRST_WORDS}
 SECTION_SPLITTERS = ("Section", "SECTION")
 POSTSCRIPT_MARKERS = ("P.S.", "P.P.S")
 

@@ -18,9 +18,11 @@ every chosen answer verifies, and every prompt-only row is one whose generated a
 Splits: "heldout" uses other topics, other tasks and other phrasings of every constraint type
 (and other start/end phrases) than "train", so held-out scores measure generalisation. "validation"
 (kinds "prompts" and "unseen", for tuning) uses the held-out content too, but its rows are drawn apart
-from the held-out rows and never repeat a prompt of the default-size held-out set.
+from the held-out rows and never repeat a prompt of the default-size held-out set. "rl" (kind "prompts",
+for RL) is written from a third content split, `reward.rl_bank`, new to both: RL then learns on requests
+as unfamiliar to the SFT model as held-out ones are, without training on them.
 
-Constraint types: training data ("sft", "pairs", "prompts" on "train") uses `USED_TYPES`, every IFEval
+Constraint types: training data ("sft", "pairs", "prompts" on "train" or "rl") uses `USED_TYPES`, every IFEval
 type of `reward.verifiers.CONSTRAINT_TYPES` except ``language:response_language`` (the shipped content is
 English only, and "answer in English" is not a constraint a model can fail in an interesting way), minus
 any ``heldout_types`` given to `build_dataset`. The "unseen" kind (1-2 constraints per prompt, see
@@ -55,11 +57,11 @@ from reward.verifiers import check
 __all__ = ["DEFAULT_SIZES", "KINDS", "PAIR_TYPES", "SPLITS", "UNSEEN_TYPES", "USED_TYPES", "build_dataset",
            "describe_dataset", "heldout_types_error"]
 
-SPLITS = ("train", "heldout", "validation")
+SPLITS = ("train", "heldout", "validation", "rl")
 DEFAULT_SIZES: dict[str, dict[str, int]] = {  # kind -> the splits it has -> default rows
     "sft": {"train": 2000, "heldout": 200},
     "pairs": {"train": 2000, "heldout": 200},
-    "prompts": {"train": 1000, "heldout": 300, "validation": 200},
+    "prompts": {"train": 1000, "heldout": 300, "validation": 200, "rl": 1000},
     "unseen": {"heldout": 300, "validation": 200},
 }
 KINDS = tuple(DEFAULT_SIZES)
@@ -81,6 +83,7 @@ _WORD = re.compile(r"\w+")
 
 _CONSTRAINT_COUNTS = {1: 0.35, 2: 0.40, 3: 0.25}  # constraints per prompt -> share
 _MAX_DRAWS = 200  # draws per row before giving up; a handful is typical
+_TRAINING_SPLITS = ("train", "rl")  # the splits a model trains on: they never ask for a held-out type
 
 
 def _content_split(split: str) -> str:
@@ -173,7 +176,7 @@ def _pair(split: str, rng: random.Random, stats: Counter, exclude: frozenset[str
 def _row(kind: str, split: str, rng: random.Random, stats: Counter, heldout: frozenset[str]) -> tuple[dict, str]:
     """One row of `kind` and its prompt. Training rows never ask for a held-out type."""
     content = _content_split(split)
-    exclude = heldout if split == "train" else frozenset()
+    exclude = heldout if split in _TRAINING_SPLITS else frozenset()
     if kind == "pairs":
         return _pair(content, rng, stats, exclude)
     if kind == "unseen":
@@ -227,7 +230,7 @@ def build_dataset(kind: str, split: str, n: int | None = None, seed: int = 0,
                   heldout_types: Collection[str] = ()) -> list[dict]:
     """`n` rows (default `DEFAULT_SIZES[kind][split]`) of kind "sft" | "pairs" | "prompts" | "unseen".
 
-    `heldout_types` (trained type ids) are left out of every training dataset (split "train") and asked
+    `heldout_types` (trained type ids) are left out of every training dataset (splits "train", "rl") and asked
     for by the "unseen" kind next to align's own types. Deterministic in (kind, split, seed,
     heldout_types), and prefix-stable: n=100 gives the first 100 rows of n=1000.
     """

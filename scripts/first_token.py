@@ -1,7 +1,9 @@
-"""How likely each model is to open its answer with a given token, on the built-in validation prompts that ask for one
-constraint type: asked in the prompts' own (held-out) wording, and again with that constraint asked in another
-wording. Greedy decoding writes the token wherever it is the most likely first token; a loop that opens an answer
-starts there (docs/RESULTS.md, "Negatives that loop the way the answers loop").
+"""How likely each model is to open its answer with a given token, on the built-in prompts that ask for one
+constraint type: asked in the prompts' own wording, and again with that constraint asked in another wording. Greedy
+decoding writes the token wherever it is the most likely first token; a loop that opens an answer starts there
+(docs/RESULTS.md, "Negatives that loop the way the answers loop"). The prompts are the validation split's (held-out
+wordings), or with `--split rl` the RL-only split's, which tracks validation without looking at it (docs/RESULTS.md,
+"RL prompts the SFT model has never seen").
 
     python scripts/first_token.py smollm2-135m-instruct runs/default/sft runs/default/ppo \
         --type length_constraints:number_paragraphs --token '***' \
@@ -20,17 +22,21 @@ from reward import instruction_bank as bank
 from reward.instructions import build_dataset
 
 
-def prompts_asking(type_id: str, wording: str | None, n: int) -> list[str]:
-    """The first `n` validation prompts' texts that ask for `type_id`; with `wording`, that constraint's phrase is
-    replaced by `wording` filled with the constraint's arguments (types whose arguments are numbers or strings)."""
+CONTENT = {"validation": "heldout", "rl": "rl"}  # split -> the bank content its prompts are phrased from
+
+
+def prompts_asking(type_id: str, wording: str | None, n: int, split: str = "validation") -> list[str]:
+    """The texts of the first `n` prompts of `split` that ask for `type_id`; with `wording`, that constraint's phrase
+    is replaced by `wording` filled with the constraint's arguments (types whose arguments are numbers or strings)."""
     texts = []
-    for row in build_dataset("prompts", "validation", n=n):
+    for row in build_dataset("prompts", split, n=n):
         constraint = next((c for c in json.loads(row["constraints"]) if c["type"] == type_id), None)
         if constraint is None:
             continue
-        phrase = bank.PHRASINGS["heldout"][type_id][0].format(**constraint)
-        if phrase not in row["prompt"]:
-            raise SystemExit(f"a prompt does not use the held-out phrasing of {type_id}: {row['prompt']!r}")
+        phrases = [p.format(**constraint) for p in bank.PHRASINGS[CONTENT[split]][type_id]]
+        phrase = next((p for p in phrases if p in row["prompt"]), None)
+        if phrase is None:
+            raise SystemExit(f"a prompt does not use a {split} phrasing of {type_id}: {row['prompt']!r}")
         texts.append(row["prompt"] if wording is None else row["prompt"].replace(phrase, wording.format(**constraint)))
     return texts
 
@@ -63,10 +69,11 @@ def main() -> None:
     parser.add_argument("--type", required=True, help="a trained constraint type id")
     parser.add_argument("--token", required=True, help="text whose first token is looked at")
     parser.add_argument("--wording", help="another phrasing of the type, with its arguments as {fields}")
-    parser.add_argument("--prompts", type=int, default=500, help="validation prompts to pick from")
+    parser.add_argument("--split", choices=sorted(CONTENT), default="validation", help="the prompts' split")
+    parser.add_argument("--prompts", type=int, default=500, help="prompts of the split to pick from")
     args = parser.parse_args()
-    wordings = {"held-out wording": None, **({"--wording": args.wording} if args.wording else {})}
-    prompt_sets = [prompts_asking(args.type, wording, args.prompts) for wording in wordings.values()]
+    wordings = {f"{args.split} wording": None, **({"--wording": args.wording} if args.wording else {})}
+    prompt_sets = [prompts_asking(args.type, wording, args.prompts, args.split) for wording in wordings.values()]
     print(f"| model | {' | '.join(f'{w}: mean p, most likely' for w in wordings)} |")
     for model_name in args.models:
         model, tokenizer = load(model_name)

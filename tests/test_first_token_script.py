@@ -24,6 +24,16 @@ def test_the_prompts_ask_for_the_type_in_the_held_out_wording_or_the_one_given()
         assert "put a line with ***" not in after and "paragraphs and separate them with ***." in after
 
 
+def test_the_rl_split_asks_in_either_of_its_own_wordings():
+    rl = prompts_asking(PARAGRAPHS, None, 300, "rl")
+    reworded = prompts_asking(PARAGRAPHS, WORDING, 300, "rl")
+    assert rl and len(reworded) == len(rl)
+    own = ("using *** on its own line as the divider", "with a row of *** between consecutive blocks")
+    assert {next(i for i, phrase in enumerate(own) if phrase in prompt) for prompt in rl} == {0, 1}
+    assert all(not any(phrase in prompt for phrase in own) and "paragraphs and separate them with ***." in prompt
+               for prompt in reworded)
+
+
 def test_first_token_figures_match_what_generation_samples_first(tiny_model_dir):
     """The mean probability and the argmax count, against transformers' own greedy `generate` of one token and its
     raw logits: the token is the first one greedy decoding writes for the first prompt, so it counts at least once."""

@@ -58,8 +58,8 @@ def torchrun(*args: str, nproc: int = 2, node: tuple[int, int, int] | None = Non
              env: dict | None = None) -> subprocess.Popen:
     """`python -m torch.distributed.run ... -m align ARGS` with one thread per process (2 processes on 2 cores).
     `node`: (node_rank, nnodes, master_port) for a multi-node launch over the loopback address."""
-    if node is None:  # a free port: the default one may be held by another run on this machine
-        nodes = ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    if node is None:  # as the README's launches: with no port given, torchrun meets on a port the OS picks (a c10d
+        nodes = []    # rendezvous on localhost:0), never one taken by another run or freed and taken again meanwhile
     else:
         nodes = ["--nnodes", str(node[1]), "--node_rank", str(node[0]), "--master_addr", "127.0.0.1",
                  "--master_port", str(node[2])]

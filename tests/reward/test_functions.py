@@ -17,6 +17,7 @@ from reward.functions import (
     overlong_penalty,
     prompt_text,
 )
+from reward.verifiers import check
 
 NO_COMMA = {"type": "punctuation:no_comma"}
 HAS_APPLE = {"type": "keywords:existence", "keywords": ["apple"]}
@@ -171,6 +172,18 @@ def test_no_unasked_layouts_charges_a_layout_only_where_no_constraint_asks_for_i
                               constraints=[json.dumps(c) for c in asking]) == [0.0, 0.0, 0.0, 0.0]
     assert no_unasked_layouts(prompts=["p"] * 2, completions=[quoted, [{"role": "assistant", "content": quoted}]],
                               constraints=[None, no_comma]) == [None, -1.0]
+
+
+def test_no_unasked_layouts_charges_a_separator_before_the_answer_even_where_separators_are_asked_for():
+    """IFEval's paragraph checker passes "***, A, ***, B" as two paragraphs (an empty first part is dropped); no type
+    asks for a separator before the first part, so it is charged whatever the constraints. A separator between the
+    parts, or asterisks that open a line of text, are not."""
+    paragraphs = json.dumps([{"type": "length_constraints:number_paragraphs", "num_paragraphs": 2}])
+    completions = ["***\n\nTea is brewed hot.\n\n***\n\nIt cools.", "\n  *****  \nTea is brewed hot.",
+                   "Tea is brewed hot.\n\n***\n\nIt cools.", "*** Tea is brewed hot.\n\n***\n\nIt cools."]
+    assert check(json.loads(paragraphs)[0], completions[0])  # the verifier alone would pay for it
+    assert no_unasked_layouts(prompts=["p"] * 4, completions=completions,
+                              constraints=[paragraphs] * 4) == [-1.0, -1.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_REWARD_FUNCTIONS))

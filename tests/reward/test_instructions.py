@@ -27,8 +27,9 @@ from reward.instructions import (
 )
 from reward.verifiers import CONSTRAINT_TYPES, check_all, parse_constraints
 
-ALL_TOPICS = bank.TRAIN_TOPICS + bank.HELDOUT_TOPICS
-TRAINING = [("sft", "train"), ("pairs", "train"), ("prompts", "train")]
+ALL_TOPICS = tuple(topic for topics in bank.TOPICS.values() for topic in topics)
+TRAINING = [("sft", "train"), ("pairs", "train"), ("prompts", "train"), ("prompts", "rl")]
+CONTENT = {"train": "train", "heldout": "heldout", "validation": "heldout", "rl": "rl"}  # split -> bank content
 PROMPT_KINDS = ("prompts", "unseen")  # rows {"prompt", "constraints", "task", "topic"} (+ "demonstration")
 
 
@@ -57,7 +58,7 @@ def test_default_sizes_are_thousands(data):
     assert DEFAULT_SIZES == {
         "sft": {"train": 2000, "heldout": 200},
         "pairs": {"train": 2000, "heldout": 200},
-        "prompts": {"train": 1000, "heldout": 300, "validation": 200},
+        "prompts": {"train": 1000, "heldout": 300, "validation": 200, "rl": 1000},
         "unseen": {"heldout": 300, "validation": 200},
     }
     for (kind, split), rows in data.items():
@@ -65,10 +66,11 @@ def test_default_sizes_are_thousands(data):
 
 
 def test_rows_have_the_documented_columns(data):
-    for split in bank.SPLITS:
+    for split in DEFAULT_SIZES["sft"]:
         for row in data[("sft", split)]:
             assert set(row) == {"messages", "constraints", "task", "topic"}
             assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    for split in DEFAULT_SIZES["pairs"]:
         for row in data[("pairs", split)]:
             assert set(row) == {"prompt", "chosen", "rejected", "constraints", "pair_type"}
     for (kind, split), rows in data.items():
@@ -90,7 +92,7 @@ def test_prompts_are_unique_within_each_dataset(data):
 
 
 def test_every_sft_answer_verifies_strictly(data):
-    for split in bank.SPLITS:
+    for split in DEFAULT_SIZES["sft"]:
         for row in data[("sft", split)]:
             prompt, answer = (m["content"] for m in row["messages"])
             results = check_all(parse_constraints(row["constraints"]), answer, prompt=prompt)
@@ -116,7 +118,7 @@ def test_no_answer_of_the_data_shows_a_layout_it_was_not_asked_for(data):
 
 
 def test_sft_answers_are_short_and_about_their_topic(data):
-    for split in bank.SPLITS:
+    for split in DEFAULT_SIZES["sft"]:
         rows = data[("sft", split)]
         words = sorted(len(re.findall(r"\w+", row["messages"][1]["content"])) for row in rows)
         assert 20 <= statistics.median(words) <= 120, words[len(words) // 2]
@@ -133,7 +135,7 @@ def test_every_prompt_only_row_is_satisfiable_and_names_its_topic(data):
     for (kind, split), rows in data.items():
         for row in rows if kind in PROMPT_KINDS else ():
             assert topic_of(row["prompt"]).name == row["topic"]
-            assert row["topic"] in [t.name for t in bank.TOPICS["train" if split == "train" else "heldout"]]
+            assert row["topic"] in [t.name for t in bank.TOPICS[CONTENT[split]]]
             parse_constraints(row["constraints"])  # validates every constraint
 
 
@@ -154,7 +156,7 @@ def test_rows_failing_verification_are_redrawn(monkeypatch):
 
 
 def test_chosen_always_verifies_and_rejected_differs(data):
-    for split in bank.SPLITS:
+    for split in DEFAULT_SIZES["pairs"]:
         for row in data[("pairs", split)]:
             constraints = parse_constraints(row["constraints"])
             assert all(check_all(constraints, row["chosen"], prompt=row["prompt"])), row
@@ -162,7 +164,7 @@ def test_chosen_always_verifies_and_rejected_differs(data):
 
 
 def test_constraint_violation_pairs_have_a_rejected_answer_that_fails(data):
-    for split in bank.SPLITS:
+    for split in DEFAULT_SIZES["pairs"]:
         for row in data[("pairs", split)]:
             results = check_all(parse_constraints(row["constraints"]), row["rejected"], prompt=row["prompt"])
             if row["pair_type"] == "ignores_constraints":
@@ -196,7 +198,7 @@ def test_degenerate_pairs_look_as_described(data):
 
 
 def test_only_looping_rejections_loop_and_no_chosen_answer_does(data):
-    for split in bank.SPLITS:
+    for split in DEFAULT_SIZES["pairs"]:
         for row in data[("pairs", split)]:
             assert not repetition_loop(row["chosen"]), row["chosen"]
             assert repetition_loop(row["rejected"]) is (row["pair_type"] == "repetitive"), row
@@ -214,10 +216,10 @@ def test_pair_types_follow_the_configured_shares(data):
 # --- constraint coverage and splits -----------------------------------------------------------------------
 
 
-def test_every_used_constraint_type_appears_in_both_splits(data):
+def test_every_used_constraint_type_appears_in_every_split(data):
     assert set(USED_TYPES) == set(CONSTRAINT_TYPES) - {"language:response_language"} - set(ALIGN_TYPES)
-    for split in bank.SPLITS:
-        seen = {c["type"] for row in data[("sft", split)] for c in json.loads(row["constraints"])}
+    for kind, split in [("sft", "train"), ("sft", "heldout"), ("prompts", "rl")]:
+        seen = {c["type"] for row in data[(kind, split)] for c in json.loads(row["constraints"])}
         assert seen == set(USED_TYPES), set(USED_TYPES) - seen
 
 
@@ -226,28 +228,29 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile(".+?".join(re.escape(part) for part in re.split(r"\{[^}]*\}", template)))
 
 
-def test_heldout_topics_tasks_and_phrasings_are_disjoint_from_train():
-    assert not {t.name for t in bank.TRAIN_TOPICS} & {t.name for t in bank.HELDOUT_TOPICS}
-    assert not {t.name for t in bank.TASKS["train"]} & {t.name for t in bank.TASKS["heldout"]}
-    templates = {split: {t for task in bank.TASKS[split] for t in task.templates} for split in bank.SPLITS}
-    assert not templates["train"] & templates["heldout"]
-    assert set(bank.PHRASINGS["train"]) == set(bank.PHRASINGS["heldout"])
-    for key in bank.PHRASINGS["train"]:
-        assert not set(bank.PHRASINGS["train"][key]) & set(bank.PHRASINGS["heldout"][key]), key
+@pytest.mark.parametrize("split, other", [("train", "heldout"), ("train", "rl"), ("heldout", "rl")])
+def test_the_content_splits_share_no_topic_task_phrasing_or_phrase(split, other):
+    assert not {t.name for t in bank.TOPICS[split]} & {t.name for t in bank.TOPICS[other]}
+    assert not {t.name for t in bank.TASKS[split]} & {t.name for t in bank.TASKS[other]}
+    templates = {s: {t for task in bank.TASKS[s] for t in task.templates} for s in (split, other)}
+    assert not templates[split] & templates[other]
+    assert set(bank.PHRASINGS[split]) == set(bank.PHRASINGS[other])
+    for key in bank.PHRASINGS[split]:
+        assert not set(bank.PHRASINGS[split][key]) & set(bank.PHRASINGS[other][key]), key
     for phrases in (bank.START_PHRASES, bank.END_PHRASES, bank.FIRST_WORDS):
-        assert not set(phrases["train"]) & set(phrases["heldout"])
+        assert not set(phrases[split]) & set(phrases[other])
 
 
-def test_no_heldout_prompt_uses_a_train_template_or_topic_and_vice_versa(data):
+def test_no_prompt_uses_a_template_or_topic_of_another_content_split(data):
     def templates(split: str) -> list[re.Pattern]:
         phrasings = [_template_regex(t) for ts in bank.PHRASINGS[split].values() for t in ts]
         tasks = [t for task in bank.TASKS[split] for t in task.templates]  # a request opens the prompt
         return phrasings + [re.compile("^" + _template_regex(t).pattern) for t in tasks]
 
     for (kind, split), rows in data.items():  # validation is written from the held-out content
-        other = "heldout" if split == "train" else "train"
-        foreign_templates = templates(other)
-        foreign_topics = [t.name for t in bank.TOPICS[other]]
+        others = [other for other in bank.SPLITS if other != CONTENT[split]]
+        foreign_templates = [pattern for other in others for pattern in templates(other)]
+        foreign_topics = [t.name for other in others for t in bank.TOPICS[other]]
         for row in rows:
             prompt = prompt_of(kind, row)
             assert not [p.pattern for p in foreign_templates if p.search(prompt)], prompt
@@ -387,7 +390,7 @@ def test_a_smaller_n_is_a_prefix_of_a_larger_one(data):
     ("arguments", "message"),
     [
         (("dpo", "train"), "unknown dataset kind 'dpo'; expected one of 'sft', 'pairs', 'prompts', 'unseen'"),
-        (("sft", "test"), "unknown split 'test'; expected one of 'train', 'heldout', 'validation'"),
+        (("sft", "test"), "unknown split 'test'; expected one of 'train', 'heldout', 'validation', 'rl'"),
         (("unseen", "train"), "kind 'unseen' has no split 'train'; it has 'heldout', 'validation'"),
         (("sft", "validation"), "kind 'sft' has no split 'validation'; it has 'train', 'heldout'"),
         (("sft", "train", -1), "n (number of rows) must be a non-negative int or None for the default, got -1"),
@@ -426,7 +429,7 @@ def test_describe_dataset_counts_the_default_data(data):
                     expected[constraint["type"]] = expected.get(constraint["type"], 0) + 1
         assert described["constraint_types"] == dict(sorted(expected.items()))
         assert sum(described["constraints_per_prompt"].values()) == sum(DEFAULT_SIZES[k][split] for k in kinds)
-        assert described["topics"] == [t.name for t in bank.TOPICS["train" if split == "train" else "heldout"]]
+        assert described["topics"] == [t.name for t in bank.TOPICS[CONTENT[split]]]
         if "pairs" in kinds:
             assert sum(described["pair_types"].values()) == DEFAULT_SIZES["pairs"][split]
         if "sft" in kinds:
