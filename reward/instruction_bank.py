@@ -3,7 +3,8 @@
 Everything the generator writes comes from here: everyday topics with short factual sentences,
 task phrasings, and natural-language phrasings of each constraint type. Train and held-out content
 is disjoint on purpose (topics, task templates, constraint phrasings, start/end phrases), so a
-model scored on held-out prompts has never seen their wording.
+model scored on held-out prompts has never seen their wording. A third split, "rl" (prompts for RL only,
+disjoint from both), keeps its content in `reward.rl_bank`; the dicts below hold all three.
 
 Facts are plain sentences that end with a full stop and contain no markdown characters
 (``*``, ``-`` at the start, ``[``, ``<<``), so the generator can lay them out freely.
