@@ -221,13 +221,13 @@ def no_loops(
 # Layouts that a trained constraint type asks for and a plain answer never has: the types that ask for each, and how to
 # see it in a response. A separator goes between parts: one before the first part is asked for by no type (IFEval's
 # paragraph checker lets it pass; it is how the `***` loops on unfamiliar requests begin, docs/RESULTS.md).
+SEPARATOR_LINE = re.compile(r"^[ \t]*\*{3,}[ \t]*$", re.MULTILINE)
 LAYOUTS: dict[str, tuple[frozenset[str], Callable[[str], bool]]] = {
     "quotation marks around the answer": (frozenset({"startend:quotation"}),
                                           lambda text: text.lstrip().startswith('"')),
     "a separator line of asterisks": (frozenset({"length_constraints:number_paragraphs", "combination:two_responses"}),
-                                      lambda text: re.search(r"^[ \t]*\*{3,}[ \t]*$", text, re.MULTILINE) is not None),
-    "a separator line before the answer": (frozenset(), lambda text: re.match(r"\s*\*{3,}[ \t]*$", text, re.MULTILINE)
-                                           is not None),
+                                      lambda text: SEPARATOR_LINE.search(text) is not None),
+    "a separator line before the answer": (frozenset(), lambda text: SEPARATOR_LINE.match(text.lstrip()) is not None),
     "a <<title>>": (frozenset({"detectable_format:title"}), lambda text: re.search(r"<<[^\n]*>>", text) is not None),
     "a JSON answer": (frozenset({"detectable_format:json_format"}),
                       lambda text: text.lstrip().startswith(("{", "```"))),

@@ -55,7 +55,7 @@ from reward.unseen_prompts import UNSEEN_TYPES, draw_unseen, unseen_pool
 from reward.verifiers import check
 
 __all__ = ["DEFAULT_SIZES", "KINDS", "PAIR_TYPES", "SPLITS", "UNSEEN_TYPES", "USED_TYPES", "build_dataset",
-           "describe_dataset", "heldout_types_error"]
+           "content_split", "describe_dataset", "heldout_types_error"]
 
 SPLITS = ("train", "heldout", "validation", "rl")
 DEFAULT_SIZES: dict[str, dict[str, int]] = {  # kind -> the splits it has -> default rows
@@ -86,8 +86,9 @@ _MAX_DRAWS = 200  # draws per row before giving up; a handful is typical
 _TRAINING_SPLITS = ("train", "rl")  # the splits a model trains on: they never ask for a held-out type
 
 
-def _content_split(split: str) -> str:
-    """The bank content a split is written from: validation shares the held-out topics, tasks and phrasings."""
+def content_split(split: str) -> str:
+    """The bank content (`reward.instruction_bank.SPLITS`) a split is written from: validation shares the held-out
+    topics, tasks and phrasings."""
     return "heldout" if split == "validation" else split
 
 
@@ -175,7 +176,7 @@ def _pair(split: str, rng: random.Random, stats: Counter, exclude: frozenset[str
 
 def _row(kind: str, split: str, rng: random.Random, stats: Counter, heldout: frozenset[str]) -> tuple[dict, str]:
     """One row of `kind` and its prompt. Training rows never ask for a held-out type."""
-    content = _content_split(split)
+    content = content_split(split)
     exclude = heldout if split in _TRAINING_SPLITS else frozenset()
     if kind == "pairs":
         return _pair(content, rng, stats, exclude)
@@ -264,7 +265,7 @@ def describe_dataset(seed: int = 0) -> dict:
             "constraint_types": dict(sorted(Counter(c["type"] for cs in constraints for c in cs).items())),
             "constraints_per_prompt": dict(sorted(Counter(len(cs) for cs in constraints).items())),
             "tasks": dict(sorted(Counter(row["task"] for row in rows if "task" in row).items())),
-            "topics": [t.name for t in bank.TOPICS[_content_split(split)]],
+            "topics": [t.name for t in bank.TOPICS[content_split(split)]],
             "redrawn": dict(sorted(sum((stats for _, stats in built.values()), Counter()).items())),
         }
         if "pairs" in built:

@@ -19,10 +19,7 @@ import torch
 
 from align.models import load_tokenizer, resolve_model_path
 from reward import instruction_bank as bank
-from reward.instructions import build_dataset
-
-
-CONTENT = {"validation": "heldout", "rl": "rl"}  # split -> the bank content its prompts are phrased from
+from reward.instructions import DEFAULT_SIZES, build_dataset, content_split
 
 
 def prompts_asking(type_id: str, wording: str | None, n: int, split: str = "validation") -> list[str]:
@@ -33,7 +30,7 @@ def prompts_asking(type_id: str, wording: str | None, n: int, split: str = "vali
         constraint = next((c for c in json.loads(row["constraints"]) if c["type"] == type_id), None)
         if constraint is None:
             continue
-        phrases = [p.format(**constraint) for p in bank.PHRASINGS[CONTENT[split]][type_id]]
+        phrases = [p.format(**constraint) for p in bank.PHRASINGS[content_split(split)][type_id]]
         phrase = next((p for p in phrases if p in row["prompt"]), None)
         if phrase is None:
             raise SystemExit(f"a prompt does not use a {split} phrasing of {type_id}: {row['prompt']!r}")
@@ -69,7 +66,8 @@ def main() -> None:
     parser.add_argument("--type", required=True, help="a trained constraint type id")
     parser.add_argument("--token", required=True, help="text whose first token is looked at")
     parser.add_argument("--wording", help="another phrasing of the type, with its arguments as {fields}")
-    parser.add_argument("--split", choices=sorted(CONTENT), default="validation", help="the prompts' split")
+    parser.add_argument("--split", choices=list(DEFAULT_SIZES["prompts"]), default="validation",
+                        help="the built-in prompts' split")
     parser.add_argument("--prompts", type=int, default=500, help="prompts of the split to pick from")
     args = parser.parse_args()
     wordings = {f"{args.split} wording": None, **({"--wording": args.wording} if args.wording else {})}
