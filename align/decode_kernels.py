@@ -9,7 +9,8 @@ The step's attention over the KV cache, each row's query heads against that row'
   and reads the masked positions too (docs/BENCHMARK.md, "A decode-attention kernel"). It is compiled on first use
   (once per machine and version of the source; torch's extension cache keeps it) with the C++ compiler and ninja
   that `torch.utils.cpp_extension` uses; where either is missing or the build fails, a warning says why and the
-  engine uses `reference`.
+  engine uses `reference`. One process builds at a time, under a lock that a build killed mid-way does not leave
+  behind (`build_lock`).
 - `reference`: PyTorch's fused attention (`scaled_dot_product_attention`) with the positions beyond each row's
   length masked: any dtype, any device.
 
@@ -27,12 +28,21 @@ tiles.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import sys
+import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+try:
+    import fcntl  # the build lock; where there is none (Windows), builds are not serialised by align
+except ImportError:
+    fcntl = None
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_kernels.cpp"
 HEAD_DIMS = (16, 32, 64, 128)  # the head sizes the kernel is built for
@@ -61,26 +71,80 @@ def kernel_runs(dtype: torch.dtype, device: torch.device, head_dim: int, groups:
 
 
 COMPILE_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"]  # and -fopenmp where it builds
+BUILD_WAIT_SECONDS = 600.0  # how long to wait for another process's build before using PyTorch's operations
+
+
+def build_directory() -> Path:
+    """Where the kernels are built and cached: TORCH_EXTENSIONS_DIR, else torch's extension cache, in a folder of
+    this Python and torch version (a module built for another cannot load)."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(root) / f"{python}_torch{torch.__version__}" / "align_decode_kernels"
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path, timeout: float = BUILD_WAIT_SECONDS):
+    """Held while this process builds or loads the kernels in `directory`; yields False when another process held
+    it for `timeout` seconds. An flock, which the system releases when its holder dies, however it dies.
+    torch's own lock (the `lock` file of `directory`) is only a file: a build killed mid-way (Ctrl-C, kill -9, a
+    CI timeout) leaves it behind, and every later build waits for it forever, silently. Under this lock no other
+    process of align is building, so a `lock` file found is such a leftover, and is removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # no flock (Windows): torch's lock alone
+        yield True
+        return
+    with open(directory / "align.lock", "w") as handle:
+        if not acquire(handle, time.monotonic() + timeout):
+            yield False
+            return
+        (directory / "lock").unlink(missing_ok=True)
+        yield True  # the flock goes with the file's closing
+
+
+def acquire(handle, deadline: float) -> bool:
+    """Take an exclusive flock of the open file `handle`, polling until `deadline` (time.monotonic())."""
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
 
 
 @functools.cache
 def load_kernel():
     """The compiled kernels' module, built on first use; None (with a warning) where it cannot be built."""
+    directory = build_directory()
+    with build_lock(directory) as locked:
+        if not locked:
+            warnings.warn(f"align's decode kernels: another process has been building them in {directory} for "
+                          f"{BUILD_WAIT_SECONDS:.0f} s; generation uses PyTorch's operations", stacklevel=2)
+            return None
+        return build(directory)
+
+
+def build(directory: Path):
+    """Build (or load the cached build of) the kernels in `directory`; None, with a warning, where that fails."""
     from torch.utils import cpp_extension
 
     try:  # with OpenMP, or at::parallel_for runs every loop on one thread
-        return cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False,
+        return cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False, build_directory=str(directory),
                                   extra_cflags=COMPILE_FLAGS + ["-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception:  # a compiler without OpenMP: the kernels still beat PyTorch's operations on one thread
         pass
     try:
-        module = cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False, extra_cflags=COMPILE_FLAGS)
-        warnings.warn("align's decode kernels were built without OpenMP: each runs on one thread", stacklevel=2)
+        module = cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False,
+                                    build_directory=str(directory), extra_cflags=COMPILE_FLAGS)
+        warnings.warn("align's decode kernels were built without OpenMP: each runs on one thread", stacklevel=3)
         return module
     except Exception as error:  # no compiler, no ninja, a failed build: the reference attention still runs
         reason = str(error).strip().splitlines()
         warnings.warn(f"align's decode kernels could not be built ({reason[-1] if reason else error!r}); "
-                      f"generation uses PyTorch's operations", stacklevel=2)
+                      f"generation uses PyTorch's operations", stacklevel=3)
         return None
 
 

@@ -4,12 +4,17 @@ Llama modules in bf16. The kernels' tests run where they do: bf16 on a CPU with 
 build them."""
 
 import math
+import os
+import signal
+import sys
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from align import decode_kernels
+from tests.align.launch import finish, kill_launch, launch, printed
 
 needs_kernel = pytest.mark.skipif(
     not decode_kernels.kernel_runs(torch.bfloat16, torch.device("cpu"), 64, 3) or decode_kernels.load_kernel()
@@ -199,3 +204,53 @@ def test_the_kernels_loops_run_on_every_thread_torch_has():
         assert decode_kernels.load_kernel().parallel_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+HOLD_THE_LOCK = """
+import sys, time
+from pathlib import Path
+from align.decode_kernels import build_lock
+with build_lock(Path(sys.argv[1])) as locked:
+    print("holding", locked, flush=True)
+    time.sleep(600)
+"""
+
+
+def wait_for(process, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in printed(process):
+        assert process.poll() is None and time.monotonic() < deadline, printed(process)
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(decode_kernels.fcntl is None, reason="the build lock is an flock")
+def test_a_build_killed_mid_way_leaves_no_lock_that_a_later_build_waits_for(tmp_path):
+    """torch's own lock is a file that a killed build leaves behind; align's flock dies with its holder, and the
+    file torch left is then removed. While the holder lives, another process waits and then gives up."""
+    holder = launch([sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path)])
+    try:
+        wait_for(holder, "holding True")
+        (tmp_path / "lock").touch()  # torch's lock, as the holder's build would have made it
+        with decode_kernels.build_lock(tmp_path, timeout=0.5) as locked:
+            assert not locked
+        assert (tmp_path / "lock").exists()  # the live holder's lock is left alone
+        os.kill(holder.pid, signal.SIGKILL)  # killed mid-build: torch's file stays, the flock goes
+        holder.wait()
+        assert (tmp_path / "lock").exists()
+        with decode_kernels.build_lock(tmp_path, timeout=5.0) as locked:
+            assert locked and not (tmp_path / "lock").exists()
+    finally:
+        kill_launch(holder.token)
+
+
+@needs_kernel
+def test_a_stale_torch_lock_does_not_hang_loading_the_kernels():
+    """What a build killed mid-way leaves: torch's `lock` file in the build directory. Before align's lock, every
+    later load waited for it forever (in a process of its own here, so that such a wait fails the test)."""
+    script = ("from align import decode_kernels\n"
+              "decode_kernels.build_directory().joinpath('lock').touch()\n"
+              "assert decode_kernels.load_kernel() is not None\n"
+              "assert not decode_kernels.build_directory().joinpath('lock').exists()\n"
+              "print('loaded')")
+    result = finish(launch([sys.executable, "-c", script]), timeout=600)
+    assert result.returncode == 0 and "loaded" in result.stdout, result.stdout
