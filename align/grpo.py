@@ -50,9 +50,9 @@ from align.precision import autocast
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.rl import (StepTimer, check_demonstrations, check_prompt_split, completion_metrics, demonstrated_share,
                       global_completions, iteration_prompts, iteration_trunk, last_metrics, log_samples,
-                      minibatch_updates, old_logprobs_from_rollout, pad_right, penalised_scores, read_logged,
-                      rollout_generator, same_prompt, sample_completions, trunk_from_rollout, window_means,
-                      with_demonstrations)
+                      loop_share_at, minibatch_updates, old_logprobs_from_rollout, pad_right, penalised_scores,
+                      read_logged, rollout_generator, same_prompt, sample_completions, trunk_from_rollout,
+                      window_means, with_demonstrations, with_greedy_members)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -156,6 +156,7 @@ class Groups:
     sampled_states: list[torch.Tensor] | None = None  # 1. the rollout copy's frozen-trunk states, or None
     demonstrated: list[int] = field(default_factory=list)  # 1. the positions of completions replaced by a reference
     # answer (train.demonstration_column), left out of what the iteration's metrics say about the policy's own
+    greedy: list[int] = field(default_factory=list)  # 1. the positions of greedy answers (train.greedy_member)
     breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
     reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
@@ -177,14 +178,16 @@ class Groups:
 def sample_groups(training: Training, models: GRPOModels, rows: list[dict], t: GRPOTrainConfig, seed: int,
                   first: int = 0) -> Groups:
     """1. k completions of each prompt from the current policy's rollout copy (`align.rl.sample_completions`; the
-    rows are prompts `first`, `first` + 1, ... of the iteration); with `train.demonstration_column`, a reference
-    answer replaces a completion of each prompt no completion followed (`align.rl.with_demonstrations`)."""
+    rows are prompts `first`, `first` + 1, ... of the iteration); with `train.greedy_member`, the first completion
+    of each prompt is its greedy answer (`align.rl.with_greedy_members`); with `train.demonstration_column`, a
+    reference answer replaces a completion of each prompt no completion followed (`align.rl.with_demonstrations`)."""
     k = t.completions_per_prompt
     states_at = models.trunk_layers if models.rollout_trunk else None
     repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, k, t, seed, first,
                                            states_at)
+    sampled, greedy = with_greedy_members(models.generator, repeated, sampled, k, t)
     sampled, replaced = with_demonstrations(repeated, sampled, k, t, models.generator.tokenizer)
-    return Groups(repeated, k, *sampled, demonstrated=replaced)
+    return Groups(repeated, k, *sampled, demonstrated=replaced, greedy=greedy)
 
 
 def score_groups(groups: Groups, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
@@ -297,6 +300,8 @@ def iteration_metrics(groups: Groups, stats: dict[str, float], t: GRPOTrainConfi
         "advantage_abs_mean": global_mean(groups.advantages.abs()),
         **({"demonstrations": demonstrated_share(len(groups.rows), groups.demonstrated)}
            if t.demonstration_column else {}),  # the share of the completions that were reference answers
+        **({"greedy_loop_share": loop_share_at(groups.texts, groups.greedy)}
+           if t.greedy_member else {}),  # the share of the greedy answers that loop
         **stats, **{f"time/{k}": v for k, v in groups.timings.items()},
     }
     if groups.kl is not None:

@@ -96,6 +96,9 @@ class RLTrainConfig(TrainConfig):
         # such iterations recompute the old log-probs and trunk states. null: only the policy's own responses
     demonstrate_when: Literal["none_follows_all", "a_constraint_none_follows"] = "none_follows_all"  # which prompts
         # get a demonstration: none of whose responses follows every constraint, or with a constraint none follows
+    greedy_member: bool = False  # each prompt's first response is the policy's greedy decode of it, the answer
+        # evaluation sees, judged against the other k - 1 (align.rl.with_greedy_members): sampled responses seldom
+        # loop where greedy decoding does. Such iterations recompute the old log-probs and trunk states
 
 
 def plan_steps(steps_per_epoch: int, cfg: DatasetTrainConfig, too_few: str) -> int:

@@ -50,9 +50,9 @@ from align.distributed import (count_share, global_masked_mean, global_masked_wh
                                global_sums, token_share)
 from align.rl import (GreedyLoops, StepTimer, check_demonstrations, check_prompt_split, completion_metrics,
                       demonstrated_share, global_completions, greedy_loops, iteration_prompts, iteration_trunk,
-                      last_metrics, log_samples, minibatch_updates, old_logprobs_from_rollout, pad_right,
+                      last_metrics, log_samples, loop_share_at, minibatch_updates, old_logprobs_from_rollout, pad_right,
                       penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
-                      trunk_from_rollout, window_means, with_demonstrations)
+                      trunk_from_rollout, window_means, with_demonstrations, with_greedy_members)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -104,6 +104,9 @@ class PPOTrainConfig(RLTrainConfig):
         if self.demonstration_column and self.completions_per_prompt < 2:
             raise ValueError(f"train.demonstration_column needs train.completions_per_prompt >= 2 (a demonstration "
                              f"replaces one of a prompt's responses), got {self.completions_per_prompt}")
+        if self.greedy_member and self.completions_per_prompt < 2:
+            raise ValueError(f"train.greedy_member needs train.completions_per_prompt >= 2 (the greedy answer is "
+                             f"judged against the sampled ones), got {self.completions_per_prompt}")
 
 
 @dataclass
@@ -264,6 +267,7 @@ class Rollout:
     sampled_states: list[torch.Tensor] | None = None  # 1. the rollout copy's frozen-trunk states, or None
     demonstrated: list[int] = field(default_factory=list)  # 1. the positions of responses replaced by a reference
     # answer (train.demonstration_column), left out of what the iteration's metrics say about the policy's own
+    greedy: list[int] = field(default_factory=list)  # 1. the positions of greedy answers (train.greedy_member)
     breakdown: object = None  # 2. the composite reward's total and components (reward.compose.RewardBreakdown)
     reward_log: RewardLog = None  # 2. what the reward functions logged (log_metric, log_extra)
     scores: torch.Tensor = None  # 2. [B] total reward after the missing-EOS penalty
@@ -286,12 +290,15 @@ def generate_rollout(training: Training, models: PPOModels, rows: list[dict], t:
                      first: int = 0) -> Rollout:
     """1. `completions_per_prompt` responses of each prompt from the current policy's rollout copy
     (`align.rl.sample_completions`; the rows are prompts `first`, `first` + 1, ... of the iteration); with
+    `train.greedy_member`, the first response of each prompt is its greedy answer; with
     `train.demonstration_column`, a reference answer replaces a response of each prompt no response followed."""
     states_at = models.trunk_layers[0] if models.rollout_trunk else None
-    repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, t.completions_per_prompt,
-                                           t, seed, first, states_at)
-    sampled, replaced = with_demonstrations(repeated, sampled, t.completions_per_prompt, t, models.generator.tokenizer)
-    return Rollout(repeated, *sampled, demonstrated=replaced)
+    k = t.completions_per_prompt
+    repeated, sampled = sample_completions(training.raw["policy"], models.generator, rows, k, t, seed, first,
+                                           states_at)
+    sampled, greedy = with_greedy_members(models.generator, repeated, sampled, k, t)
+    sampled, replaced = with_demonstrations(repeated, sampled, k, t, models.generator.tokenizer)
+    return Rollout(repeated, *sampled, demonstrated=replaced, greedy=greedy)
 
 
 def score_rollout(rollout: Rollout, reward_fn, columns: list[str], missing_eos_penalty: float, state) -> None:
@@ -493,6 +500,8 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         stats.update(loop_stats)
         if t.demonstration_column:  # the share of the iteration's responses that were reference answers
             stats["demonstrations"] = demonstrated_share(len(rollout.rows), rollout.demonstrated)
+        if t.greedy_member:  # the share of the iteration's greedy answers that loop
+            stats["greedy_loop_share"] = loop_share_at(rollout.texts, rollout.greedy)
         timer.lap("update")
         rollout.timings = timer.seconds
         # 6. adapt beta; log, checkpoint

@@ -277,20 +277,45 @@ def demonstrate_failed_prompts(rows: list[dict], completions: Completions, k: in
 
     passed = constraint_results([row["prompt"] for row in rows], completions.texts,
                                 [row.get("constraints") for row in rows], loose=False)
-    fields = {name: list(values) for name, values in completions._asdict().items() if name != "sampled_states"}
-    replaced = []
+    replacements = {}
     for last in range(k - 1, len(rows), k):
         group = passed[last - k + 1 : last + 1]  # [k][constraints] pass/fail, None without constraints
         if None in group or not DEMONSTRATE_WHEN[when](group):
             continue
         answer = rows[last][column]
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(ids) > max_new_tokens:
-            continue
-        fields["response_ids"][last], fields["texts"][last], fields["finished"][last] = ids, answer, True
-        fields["sampled_logprobs"][last] = None
-        replaced.append(last)
-    return Completions(**fields, sampled_states=completions.sampled_states), replaced
+        if len(ids) <= max_new_tokens:
+            replacements[last] = (ids, answer, True)
+    return replace_completions(completions, replacements), list(replacements)
+
+
+def replace_completions(completions: Completions, replacements: dict[int, tuple[list[int], str, bool]]) -> Completions:
+    """`completions` with the completion at each position of `replacements` replaced by (token ids, text,
+    finished); a replaced completion has no sampled log-probs (step 3 recomputes the iteration's)."""
+    fields = {name: list(values) for name, values in completions._asdict().items() if name != "sampled_states"}
+    for position, (ids, text, finished) in replacements.items():
+        fields["response_ids"][position], fields["texts"][position] = ids, text
+        fields["finished"][position], fields["sampled_logprobs"][position] = finished, None
+    return Completions(**fields, sampled_states=completions.sampled_states)
+
+
+def with_greedy_members(generator, rows: list[dict], completions: Completions, k: int,
+                        t) -> tuple[Completions, list[int]]:
+    """Step 1c of the RL stages: with `t.greedy_member`, the first completion of each prompt is replaced by the
+    policy's greedy decode of it (the rollout copy, its weights already the current policy's), the answer
+    evaluation will see. Sampled completions seldom loop where greedy decoding does, so without it the loops
+    evaluation counts never get an advantage; in the group, the greedy answer is judged against the k - 1 samples
+    and trained on as if sampled, under the same clipped ratio and KL. The rollout copy's log-probs and trunk
+    states are then dropped and step 3 recomputes them. `rows`: every row k times in a row. Returns the
+    completions and the positions replaced."""
+    if not t.greedy_member:
+        return completions, []
+    firsts = range(0, len(rows), k)
+    gens = generator.generate([rows[i]["prompt"] for i in firsts], max_new_tokens=t.max_new_tokens, temperature=0.0)
+    replacements = {position: (ids or [generator.tokenizer.eos_token_id], text, finished)
+                    for position, ids, text, finished in zip(firsts, gens.token_ids, gens.texts, gens.finished)}
+    greedy = replace_completions(completions, replacements)
+    return greedy._replace(sampled_logprobs=None, sampled_states=None), list(replacements)
 
 
 def with_demonstrations(rows: list[dict], completions: Completions, k: int, t,
@@ -306,6 +331,14 @@ def with_demonstrations(rows: list[dict], completions: Completions, k: int, t,
     if global_sum(len(replaced)):
         completions = completions._replace(sampled_logprobs=None, sampled_states=None)
     return completions, replaced
+
+
+def loop_share_at(texts: list[str], positions: list[int]) -> float:
+    """The share of every process's completions at `positions` (this process's) that are repetition loops
+    (reward.degeneration.repetition_loop)."""
+    from reward.degeneration import repetition_loop
+
+    return global_mean(torch.tensor([repetition_loop(texts[i]) for i in positions], dtype=torch.float32))
 
 
 def demonstrated_share(completions: int, demonstrated: list[int]) -> float:

@@ -306,6 +306,24 @@ def test_demonstrations_replace_a_completion_of_the_prompts_no_completion_follow
     assert any(completion in demonstrations for completion in logged_completions)
 
 
+def test_a_greedy_member_joins_each_group_and_its_loops_are_logged(tmp_path):
+    """train.greedy_member: each prompt's first completion is its greedy answer, the same at any sampling
+    temperature, where the other completions are samples that change with it; the share of the greedy answers that
+    loop is logged each iteration."""
+    def first_group(temperature: float) -> list[str]:
+        cfg = load_config(GRPOConfig, CONFIG, [
+            f"run.root={tmp_path / str(temperature)}", "model.name=tiny-random", "data.max_rows=8",
+            "train.iterations=1", "train.greedy_member=true", f"train.temperature={temperature}"])
+        out = train(cfg)
+        assert 0 <= logged(out)[1]["grpo/greedy_loop_share"] <= 1
+        table = json.loads((out / "tables" / "grpo" / "samples.jsonl").read_text().splitlines()[0])
+        return [row[table["columns"].index("completion")] for row in table["rows"]]
+
+    cool, hot = first_group(0.5), first_group(2.0)
+    assert len(cool) == len(hot) == 4  # the first prompt's group: its greedy answer, then three samples
+    assert cool[0] == hot[0] and cool[1:] != hot[1:]
+
+
 def test_demonstrations_need_the_column_in_every_row(tmp_path):
     cfg = load_config(GRPOConfig, CONFIG, [f"run.root={tmp_path}", "model.name=tiny-random",
                                            "train.demonstration_column=answer"])

@@ -135,6 +135,33 @@ def test_a_demonstration_is_trained_on_with_the_policys_own_log_probs_and_trunk(
     assert metrics["reward/total"] == 2.0 and metrics["eos_rate"] == sum(rollout.finished[::2]) / 3
 
 
+def test_a_greedy_member_is_each_prompts_greedy_answer_trained_on_with_the_policys_own_log_probs(tiny_model_dir):
+    """train.greedy_member with k = 3: each prompt's first response is the policy's greedy answer (every token the
+    policy's most likely next one), the other two are the samples drawn without it. The rollout copy computed
+    nothing for the greedy answers, so the iteration's old log-probs and trunk states are recomputed: the policy's
+    own for every response."""
+    options = dict(rollout_logprobs=True, k=3, trunk=True, value_shares_trunk=True, rollout_trunk=True)
+    rollout, training = first_steps(tiny_model_dir, "engine", greedy_member=True, **options)
+    sampled, _ = first_steps(tiny_model_dir, "engine", **options)
+    assert rollout.greedy == [0, 3, 6] and rollout.sampled_logprobs is None and rollout.sampled_states is None
+    samples = (1, 2, 4, 5, 7, 8)
+    assert [rollout.response_ids[i] for i in samples] == [sampled.response_ids[i] for i in samples]
+    policy = training.raw["policy"]
+    with torch.no_grad():
+        for i in rollout.greedy:
+            prompt, response = rollout.prompt_ids[i], rollout.response_ids[i]
+            logits = policy(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
+            assert logits.argmax(-1).tolist() == response
+        old = response_logprobs(policy, rollout.prompt_ids, rollout.response_ids, 1024, 0.8)
+    for i, ids in enumerate(rollout.response_ids):
+        torch.testing.assert_close(rollout.old_logprobs[i, :len(ids)], old[i], rtol=1e-5, atol=1e-5)
+
+
+def test_a_greedy_member_needs_two_responses_per_prompt():
+    with pytest.raises(ValueError, match="train.greedy_member needs train.completions_per_prompt >= 2"):
+        PPOTrainConfig(completions_per_prompt=1, score_baseline="none", greedy_member=True)
+
+
 def test_bf16_trunk_states_from_the_rollout_are_within_bf16_rounding_of_the_trunks_own_run(tiny_model_dir):
     """train.trunk_states=rollout with a bf16 rollout copy: the reference log-probs and values start from the states
     the copy kept as it sampled, which differ from a run of the trunk under autocast by bf16 rounding only."""
