@@ -49,10 +49,11 @@ from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns
 from align.distributed import (count_share, global_masked_mean, global_masked_whiten, global_mean, global_sum,
                                global_sums, token_share)
 from align.rl import (GreedyLoops, StepTimer, check_demonstrations, check_prompt_split, completion_metrics,
-                      demonstrated_share, global_completions, greedy_loops, iteration_prompts, iteration_trunk,
-                      last_metrics, log_samples, loop_share_at, minibatch_updates, old_logprobs_from_rollout, pad_right,
-                      penalised_scores, read_logged, rollout_generator, same_prompt, sample_completions,
-                      trunk_from_rollout, window_means, with_demonstrations, with_greedy_members)
+                      demonstrated_share, global_completions, greedy_loops, greedy_loops_in, iteration_prompts,
+                      iteration_trunk, last_metrics, log_samples, loop_share_at, minibatch_updates,
+                      old_logprobs_from_rollout, pad_right, penalised_scores, read_logged, rollout_generator,
+                      same_prompt, sample_completions, trunk_from_rollout, window_means, with_demonstrations,
+                      with_greedy_members)
 from align.rollout import GenerationConfig, TextGenerator
 from align.sharding import gathered
 from align.stage import RunConfig, Stage, resolve_stage_model, run_stage
@@ -484,7 +485,8 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         timer.lap("generate")
         loops = None
         if t.loop_unlikelihood:  # 1b. greedy continuations of the same prompts: the loops evaluation will see
-            loops = greedy_loops(models.generator, batch, t.max_new_tokens)
+            loops = (greedy_loops_in(rollout, rollout.greedy) if t.greedy_member else
+                     greedy_loops(models.generator, batch, t.max_new_tokens))
             timer.lap("greedy")
         # 2. composite reward at the end of each response
         score_rollout(rollout, reward_fn, columns, t.missing_eos_penalty, trainer_state(iteration, t.iterations))

@@ -399,12 +399,24 @@ class GreedyLoops(NamedTuple):
 def greedy_loops(generator, rows: list[dict], max_new_tokens: int) -> GreedyLoops:
     """Decode `rows`' prompts greedily with the rollout copy (its weights already the current policy's, as after
     `sample_completions`): the loops evaluation will see, which sampled rollouts rarely show."""
+    gens = generator.generate([row["prompt"] for row in rows], max_new_tokens=max_new_tokens, temperature=0.0)
+    response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
+    return loops_of(gens.prompt_ids, response_ids, gens.texts)
+
+
+def greedy_loops_in(completions, positions: list[int]) -> GreedyLoops:
+    """`greedy_loops` of the greedy answers already among `completions` (a Rollout or Groups) at `positions`
+    (`with_greedy_members`), without decoding them again."""
+    return loops_of([completions.prompt_ids[i] for i in positions], [completions.response_ids[i] for i in positions],
+                    [completions.texts[i] for i in positions])
+
+
+def loops_of(prompt_ids: list[list[int]], response_ids: list[list[int]], texts: list[str]) -> GreedyLoops:
+    """Greedy continuations with which of them loop and their repeated 4-grams."""
     from align.losses import repeated_ngram_tokens
     from reward.degeneration import repetition_loop
 
-    gens = generator.generate([row["prompt"] for row in rows], max_new_tokens=max_new_tokens, temperature=0.0)
-    response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
-    return GreedyLoops(gens.prompt_ids, response_ids, [repetition_loop(text) for text in gens.texts],
+    return GreedyLoops(prompt_ids, response_ids, [repetition_loop(text) for text in texts],
                        [repeated_ngram_tokens(ids, n=4) for ids in response_ids])
 
 

@@ -12,15 +12,17 @@ import pytest
 import torch
 
 from align.config import ConfigError, load_config
+from align.losses import repeated_ngram_tokens
 from align.logprobs import FrozenReference, response_logprobs, response_values, same_trunk
 from align.models import LoraConfig, ModelConfig, load_model
 from align.ppo import (PPOConfig, PPOModels, PPOTrainConfig, Rollout, compute_advantages, evaluate_rollout,
                        generate_rollout, iteration_metrics, shared_trunk_layers)
 from align.rewards import RewardLog
-from align.rl import old_logprobs_from_rollout, pad_right, rollout_generator
+from align.rl import greedy_loops_in, old_logprobs_from_rollout, pad_right, rollout_generator
 from align.rollout import GenerationConfig
 from align.values import TokenValues, load_reward_backbone
 from reward.compose import RewardBreakdown
+from reward.degeneration import repetition_loop
 
 CPU = torch.device("cpu")
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ppo-tiny.yaml"
@@ -155,6 +157,12 @@ def test_a_greedy_member_is_each_prompts_greedy_answer_trained_on_with_the_polic
         old = response_logprobs(policy, rollout.prompt_ids, rollout.response_ids, 1024, 0.8)
     for i, ids in enumerate(rollout.response_ids):
         torch.testing.assert_close(rollout.old_logprobs[i, :len(ids)], old[i], rtol=1e-5, atol=1e-5)
+    # with train.loop_unlikelihood too, its greedy continuations are these answers, not decoded again
+    loops = greedy_loops_in(rollout, rollout.greedy)
+    assert loops.response_ids == [rollout.response_ids[i] for i in (0, 3, 6)]
+    assert loops.prompt_ids == [rollout.prompt_ids[i] for i in (0, 3, 6)]
+    assert loops.looping == [repetition_loop(rollout.texts[i]) for i in (0, 3, 6)]
+    assert loops.candidates == [repeated_ngram_tokens(rollout.response_ids[i], n=4) for i in (0, 3, 6)]
 
 
 def test_a_greedy_member_needs_two_responses_per_prompt():
