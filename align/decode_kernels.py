@@ -131,14 +131,14 @@ def build(directory: Path):
     """Build (or load the cached build of) the kernels in `directory`; None, with a warning, where that fails."""
     from torch.utils import cpp_extension
 
+    load = functools.partial(cpp_extension.load, "align_decode_kernels", [str(SOURCE)], verbose=False,
+                             build_directory=str(directory))
     try:  # with OpenMP, or at::parallel_for runs every loop on one thread
-        return cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False, build_directory=str(directory),
-                                  extra_cflags=COMPILE_FLAGS + ["-fopenmp"], extra_ldflags=["-fopenmp"])
+        return load(extra_cflags=COMPILE_FLAGS + ["-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception:  # a compiler without OpenMP: the kernels still beat PyTorch's operations on one thread
         pass
     try:
-        module = cpp_extension.load("align_decode_kernels", [str(SOURCE)], verbose=False,
-                                    build_directory=str(directory), extra_cflags=COMPILE_FLAGS)
+        module = load(extra_cflags=COMPILE_FLAGS)
         warnings.warn("align's decode kernels were built without OpenMP: each runs on one thread", stacklevel=3)
         return module
     except Exception as error:  # no compiler, no ninja, a failed build: the reference attention still runs

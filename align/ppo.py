@@ -99,15 +99,16 @@ class PPOTrainConfig(RLTrainConfig):
     sample_table_rows: int = 4  # completions logged per iteration, with their per-component rewards
 
     def __post_init__(self) -> None:  # refused when the config is read, as GRPOTrainConfig's group size is
-        if self.score_baseline == "leave_one_out" and self.completions_per_prompt < 2:
-            raise ValueError(f"train.score_baseline=leave_one_out needs train.completions_per_prompt >= 2 (the other "
-                             f"responses to the same prompt), got {self.completions_per_prompt}")
-        if self.demonstration_column and self.completions_per_prompt < 2:
-            raise ValueError(f"train.demonstration_column needs train.completions_per_prompt >= 2 (a demonstration "
-                             f"replaces one of a prompt's responses), got {self.completions_per_prompt}")
-        if self.greedy_member and self.completions_per_prompt < 2:
-            raise ValueError(f"train.greedy_member needs train.completions_per_prompt >= 2 (the greedy answer is "
-                             f"judged against the sampled ones), got {self.completions_per_prompt}")
+        needs_two = {  # the settings that judge a response against other responses to its prompt, and why
+            "score_baseline=leave_one_out": (self.score_baseline == "leave_one_out",
+                                             "the other responses to the same prompt"),
+            "demonstration_column": (self.demonstration_column, "a demonstration replaces one of a prompt's responses"),
+            "greedy_member": (self.greedy_member, "the greedy answer is judged against the sampled ones"),
+        }
+        for setting, (chosen, why) in needs_two.items():
+            if chosen and self.completions_per_prompt < 2:
+                raise ValueError(f"train.{setting} needs train.completions_per_prompt >= 2 ({why}), got "
+                                 f"{self.completions_per_prompt}")
 
 
 @dataclass

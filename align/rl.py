@@ -311,9 +311,9 @@ def with_greedy_members(generator, rows: list[dict], completions: Completions, k
     if not t.greedy_member:
         return completions, []
     firsts = range(0, len(rows), k)
-    gens = generator.generate([rows[i]["prompt"] for i in firsts], max_new_tokens=t.max_new_tokens, temperature=0.0)
-    replacements = {position: (ids or [generator.tokenizer.eos_token_id], text, finished)
-                    for position, ids, text, finished in zip(firsts, gens.token_ids, gens.texts, gens.finished)}
+    gens, response_ids = greedy_answers(generator, [rows[i]["prompt"] for i in firsts], t.max_new_tokens)
+    replacements = {position: (ids, text, finished)
+                    for position, ids, text, finished in zip(firsts, response_ids, gens.texts, gens.finished)}
     greedy = replace_completions(completions, replacements)
     return greedy._replace(sampled_logprobs=None, sampled_states=None), list(replacements)
 
@@ -399,9 +399,15 @@ class GreedyLoops(NamedTuple):
 def greedy_loops(generator, rows: list[dict], max_new_tokens: int) -> GreedyLoops:
     """Decode `rows`' prompts greedily with the rollout copy (its weights already the current policy's, as after
     `sample_completions`): the loops evaluation will see, which sampled rollouts rarely show."""
-    gens = generator.generate([row["prompt"] for row in rows], max_new_tokens=max_new_tokens, temperature=0.0)
-    response_ids = [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
+    gens, response_ids = greedy_answers(generator, [row["prompt"] for row in rows], max_new_tokens)
     return loops_of(gens.prompt_ids, response_ids, gens.texts)
+
+
+def greedy_answers(generator, prompts: list, max_new_tokens: int):
+    """The rollout copy's greedy answers to `prompts`: its generations, and each answer's tokens (an empty answer
+    reads as an immediate EOS, as in `sample_completions`)."""
+    gens = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+    return gens, [ids or [generator.tokenizer.eos_token_id] for ids in gens.token_ids]
 
 
 def greedy_loops_in(completions, positions: list[int]) -> GreedyLoops:

@@ -165,11 +165,6 @@ def test_a_greedy_member_is_each_prompts_greedy_answer_trained_on_with_the_polic
     assert loops.candidates == [repeated_ngram_tokens(rollout.response_ids[i], n=4) for i in (0, 3, 6)]
 
 
-def test_a_greedy_member_needs_two_responses_per_prompt():
-    with pytest.raises(ValueError, match="train.greedy_member needs train.completions_per_prompt >= 2"):
-        PPOTrainConfig(completions_per_prompt=1, score_baseline="none", greedy_member=True)
-
-
 def test_bf16_trunk_states_from_the_rollout_are_within_bf16_rounding_of_the_trunks_own_run(tiny_model_dir):
     """train.trunk_states=rollout with a bf16 rollout copy: the reference log-probs and values start from the states
     the copy kept as it sampled, which differ from a run of the trunk under autocast by bf16 rounding only."""
@@ -273,8 +268,9 @@ def test_leave_one_out_baseline_replaces_each_score_by_its_advantage_over_its_si
     torch.testing.assert_close(with_baseline.returns, plain.returns)
 
 
-@pytest.mark.parametrize("setting", ["train.score_baseline=leave_one_out", "train.demonstration_column=demonstration"])
-def test_leave_one_out_baseline_and_demonstrations_need_two_responses_per_prompt(setting):
+@pytest.mark.parametrize("setting", ["train.score_baseline=leave_one_out", "train.demonstration_column=demonstration",
+                                     "train.greedy_member=true"])
+def test_leave_one_out_baseline_demonstrations_and_greedy_members_need_two_responses_per_prompt(setting):
     """Refused when the config is read (so `align validate` and the CLI's one-line error say it), before any model
     loads."""
     with pytest.raises(ConfigError, match=rf"configs/ppo-tiny.yaml: train: {setting.split('=')[0]}\S* needs "
