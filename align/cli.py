@@ -58,7 +58,7 @@ def validate(cfg, path: str) -> list[str]:
     for source, purpose in sources:
         rows, report = load_rows(source, purpose, cfg.data)
         loaded.append(rows)
-        checked.append(f"data {source}: {report.rows_kept} rows ({report.format})")
+        checked.append(f"data {report.source}: {report.rows_kept} rows ({report.format})")
     if hasattr(cfg, "reward"):  # checked as the stage checks them: with its training data's columns
         from align.rewards import check_functions, dataset_columns
 

@@ -1,6 +1,7 @@
 """Load training data from a file, a hub dataset or a builtin generator, and normalise it per purpose.
 
-Every stage reads its rows through `load_rows(source, purpose, cfg)`, which returns plain dicts:
+Every stage reads its rows through `load_rows(source, purpose, cfg)`, which returns plain dicts (`source` may
+also be a list of sources, mixed row by row):
 
     purpose "sft"        -> {"messages": [{"role", "content"}, ... ending with an assistant turn], **extra}
     purpose "preference" -> {"prompt": [messages ending with a user turn], "chosen": str, "rejected": str, **extra}
@@ -40,6 +41,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from itertools import chain, zip_longest
 from typing import Any, Callable, Literal
 
 from align.data_sources import FILE_EXTENSIONS, DataError, json_type_name, read_source  # noqa: F401
@@ -75,8 +77,10 @@ FORMAT_PRIORITY = {
 class DataConfig:
     """The `data:` section of a stage config."""
 
-    train: str = "builtin:sft:train"  # local file, hub dataset id ("id" or "id:split"), or builtin:<kind>:<split>
-    eval: str | None = "builtin:sft:heldout"  # held-out data, same forms as train; null: no held-out evaluation
+    # local file, hub dataset id ("id" or "id:split"), or builtin:<kind>:<split>; or a list of these, mixed row by
+    # row (the first row of each, then the second of each, ...), so that max_rows keeps an even mix
+    train: str | list[str] = "builtin:sft:train"
+    eval: str | list[str] | None = "builtin:sft:heldout"  # held-out data, same forms as train; null: no evaluation
     split: str = "train"  # hub split used when a hub id has no ":split" suffix
     # the rows' format; auto: detected from the first row's columns
     format: Literal["auto", "messages", "prompt_completion", "preference", "prompt_only", "hh"] = "auto"
@@ -93,6 +97,9 @@ class DataConfig:
             from reward.instructions import heldout_types_error  # lazily, as for the builtin generator
             if error := heldout_types_error(self.heldout_types):
                 raise DataError(f"data.heldout_types: {error}")
+        for name in ("train", "eval"):
+            if getattr(self, name) == []:
+                raise DataError(f"data.{name} is an empty list: name at least one source (or null for data.eval)")
         for name in ("max_rows", "builtin_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -116,10 +123,33 @@ class LoadReport:
         return line
 
 
-def load_rows(source: str, purpose: str, cfg: DataConfig) -> tuple[list[dict], LoadReport]:
+def load_rows(source: str | list[str], purpose: str, cfg: DataConfig) -> tuple[list[dict], LoadReport]:
     """Read `source`, validate every row and normalise it for `purpose` ("sft" | "preference" | "prompt")."""
     if purpose not in PURPOSES:
         raise DataError(f"unknown data purpose {purpose!r}; expected one of {', '.join(PURPOSES)}")
+    if isinstance(source, list):
+        return _load_mixture(source, purpose, cfg)
+    return _load_source(source, purpose, cfg, cfg.max_rows)
+
+
+def _load_mixture(sources: list[str], purpose: str, cfg: DataConfig) -> tuple[list[dict], LoadReport]:
+    """The rows of several sources, interleaved: the first row of each, then the second of each, and so on, a source
+    that runs out dropping out; `max_rows` then keeps the first rows of the mix. Each source is read and validated
+    as it would be alone (its own format)."""
+    if not sources:
+        raise DataError(f"an empty list of data sources for purpose {purpose!r}")
+    loaded = [_load_source(source, purpose, cfg, max_rows=None) for source in sources]
+    gap = object()  # fills the rounds after a shorter source has run out
+    rows = [row for row in chain.from_iterable(zip_longest(*(rows for rows, _ in loaded), fillvalue=gap))
+            if row is not gap][: cfg.max_rows]
+    reports = [report for _, report in loaded]
+    return rows, LoadReport(" + ".join(sources), sum(r.rows_read for r in reports), len(rows),
+                            [bad for r in reports for bad in r.bad_rows],
+                            ", ".join(dict.fromkeys(r.format for r in reports)))
+
+
+def _load_source(source: str, purpose: str, cfg: DataConfig, max_rows: int | None) -> tuple[list[dict], LoadReport]:
+    """One source's rows, every one validated; the first `max_rows` of them kept."""
     if not source:
         raise DataError(f"no data source given for purpose {purpose!r}")
     if cfg.format != "auto":
@@ -167,8 +197,7 @@ def load_rows(source: str, purpose: str, cfg: DataConfig) -> tuple[list[dict], L
         raise DataError(
             f"{source}: no usable rows: all {rows_read} rows are bad; first: {bad_rows[0][1]}"
         )
-    if cfg.max_rows is not None:
-        rows = rows[: cfg.max_rows]
+    rows = rows[:max_rows]
     report = LoadReport(source, rows_read, len(rows), bad_rows, file_format or "")
     return rows, report
 

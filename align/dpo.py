@@ -165,7 +165,7 @@ def direct_preference_optimisation(stage: Stage) -> None:
     pairs, cut = tokenize_pairs(tokenizer, train_rows, t.max_prompt_length, t.max_response_length)
     eval_pairs, _ = tokenize_pairs(tokenizer, eval_rows[: t.eval_max_pairs], t.max_prompt_length,
                                    t.max_response_length)
-    print(f"[align] dpo: {len(pairs)} pairs from {cfg.data.train}; {cut['prompts_truncated']} prompts and "
+    print(f"[align] dpo: {len(pairs)} pairs from {report.source}; {cut['prompts_truncated']} prompts and "
           f"{cut['responses_truncated']} responses longer than the limits were cut (kept prompt ends, response starts)")
 
     per_step = t.pairs_per_batch * stage.processes  # pairs of one optimiser step, every process together

@@ -324,11 +324,11 @@ def group_relative_policy_optimisation(stage: Stage) -> None:
     # rather than at the first step
     policy, models, policy_path = load_models(cfg, device, stage.precision)
     rows, report = load_rows(cfg.data.train, "prompt", cfg.data)
-    check_demonstrations(rows, t.demonstration_column, cfg.data.train)
+    check_demonstrations(rows, t.demonstration_column, report.source)
     columns = dataset_columns(rows)
     reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
     reward_model = resolve_stage_model(cfg.reward.reward_model, cfg.run) if cfg.reward.reward_model else None
-    print(f"[align] grpo: {len(rows)} prompts from {cfg.data.train}, {t.prompts_per_iteration} x "
+    print(f"[align] grpo: {len(rows)} prompts from {report.source}, {t.prompts_per_iteration} x "
           f"{t.completions_per_prompt} completions per iteration; reward = {reward_fn.describe()}")
     training = Training(stage, {"policy": policy}, t, t.iterations, throughput="completions",
                         state=lambda: {"reward": reward_fn.state_dict()},

@@ -462,12 +462,12 @@ def proximal_policy_optimisation(stage: Stage) -> None:
     # models (policy and value model trained; reference and rollout copy frozen), prompts and the composite reward,
     # checked now rather than at the first step
     policy, value_model, models, parents = load_models(cfg, device, stage.precision)
-    rows, _ = load_rows(cfg.data.train, "prompt", cfg.data)
+    rows, report = load_rows(cfg.data.train, "prompt", cfg.data)
     columns = dataset_columns(rows)
     reward_fn = build_reward(cfg.reward, cfg.run, columns, device=device)
-    print(f"[align] ppo: {len(rows)} prompts from {cfg.data.train}; reward = {reward_fn.describe()}")
+    print(f"[align] ppo: {len(rows)} prompts from {report.source}; reward = {reward_fn.describe()}")
     check_batch(t, accelerator.num_processes)
-    check_demonstrations(rows, t.demonstration_column, cfg.data.train)
+    check_demonstrations(rows, t.demonstration_column, report.source)
     kl = {"coef": t.kl_coef}  # beta, adapted after every iteration when train.adaptive_kl
     training = Training(stage, {"policy": policy, "value": value_model}, t, t.iterations,
                         learning_rates={"value": t.value_learning_rate},

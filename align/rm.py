@@ -141,7 +141,7 @@ def reward_modelling(stage: Stage) -> None:
     # 2. tokens, and a fixed shuffle per epoch
     pairs, truncated = tokenize_pairs(tokenizer, train_rows, t.max_length)
     eval_pairs, _ = tokenize_pairs(tokenizer, eval_rows, t.max_length)
-    print(f"[align] rm: {len(pairs)} training pairs from {cfg.data.train}; {truncated} sequences longer than "
+    print(f"[align] rm: {len(pairs)} training pairs from {report.source}; {truncated} sequences longer than "
           f"max_length={t.max_length} keep their last {t.max_length} tokens")
 
     per_step = t.pairs_per_batch * stage.processes  # pairs of one optimiser step, every process together

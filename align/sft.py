@@ -167,12 +167,12 @@ def load_conversations(cfg: SFTConfig, tokenizer, own: list[dict] = ()):
                                                t.on_overflow)
     eval_examples, _ = tokenize_conversations(tokenizer, [r["messages"] for r in eval_rows], t.max_length,
                                               t.on_overflow)
-    print(f"[align] sft: {report.rows_kept} training conversations from {cfg.data.train}; "
+    print(f"[align] sft: {report.rows_kept} training conversations from {report.source}; "
           f"{lengths.describe(t.max_length)}")
     if report.bad_rows:
         print(f"[align] sft: skipped {len(report.bad_rows)} bad rows (data.skip_bad_rows=true)")
     if not examples:
-        raise ValueError(f"no training examples left from {cfg.data.train} after length filtering")
+        raise ValueError(f"no training examples left from {report.source} after length filtering")
     if t.repeated_line_negatives:
         negatives = repetition_negatives(examples, tokenizer, t.repeated_line_negatives, cfg.run.seed,
                                          t.max_length)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from align.config import ConfigError, load_config
 from align.data import DataConfig, DataError, LoadReport, data_fingerprint, load_rows
+from align.ppo import PPOConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HH_TEST_FILE = REPO_ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -406,6 +408,43 @@ def test_max_rows_keeps_the_first_valid_rows_and_still_validates_all(tmp_path):
     assert (report.rows_read, report.rows_kept, len(report.bad_rows)) == (6, 2, 1)
     with pytest.raises(DataError, match=re.escape(f"{src}, line 6: field 'completion': empty response")):
         load(src, "sft", max_rows=2)
+
+
+def test_a_list_of_sources_is_mixed_row_by_row_each_in_its_own_format(tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"prompt": f"q{i}"} for i in range(3)])
+    chats = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "c0"}, ASSISTANT]}])
+    rows, report = load([questions, chats], "prompt")
+    assert [r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][0]["content"] for r in rows] == [
+        "q0", "c0", "q1", "q2"]  # the shorter source drops out once it has run out
+    assert (report.source, report.rows_read, report.rows_kept) == (f"{questions} + {chats}", 4, 4)
+    assert report.format == "prompt_only, messages"
+    # max_rows keeps the first rows of the mix: an even share of each source
+    mixed, _ = load([questions, questions], "prompt", max_rows=3)
+    assert [r["prompt"] for r in mixed] == ["q0", "q0", "q1"]
+
+
+def test_a_bad_row_in_a_mix_is_named_by_its_own_source(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "fine"}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, {"prompt": ""}])
+    assert load_error([good, bad], "prompt").startswith(f"{bad}, line 2: ")
+    rows, report = load([good, bad], "prompt", skip_bad_rows=True)
+    assert len(rows) == 2 and report.bad_rows[0][1].startswith(f"{bad}, line 2: ")
+    assert report.summary().startswith(f"{good} + {bad}: 2 rows kept of 3 read (format prompt_only); 1 bad rows ")
+
+
+def test_a_mix_of_sources_from_yaml_and_from_an_override(tmp_path):
+    config_file = tmp_path / "ppo.yaml"
+    config_file.write_text("stage: ppo\ndata:\n  train: [builtin:prompts:train, builtin:prompts:rl]\n")
+    cfg = load_config(PPOConfig, config_file)
+    assert cfg.data.train == ["builtin:prompts:train", "builtin:prompts:rl"]
+    cfg = load_config(PPOConfig, config_file, ["data.train=[a.jsonl, b.jsonl]"])
+    assert cfg.data.train == ["a.jsonl", "b.jsonl"]
+    with pytest.raises(ConfigError, match=re.escape("ppo.yaml: data: data.train is an empty list: name at least one")):
+        load_config(PPOConfig, config_file, ["data.train=[]"])
+    rows, report = load_rows(["builtin:prompts:train", "builtin:prompts:rl"], "prompt", DataConfig(builtin_size=3))
+    assert len(rows) == 6 and report.source == "builtin:prompts:train + builtin:prompts:rl"
+    assert rows[0::2] == load("builtin:prompts:train", "prompt", builtin_size=3)[0]
+    assert rows[1::2] == load("builtin:prompts:rl", "prompt", builtin_size=3)[0]
 
 
 def test_data_config_rejects_bad_values():
