@@ -503,7 +503,8 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         stats.update(loop_stats)
         if t.demonstration_column:  # the share of the iteration's responses that were reference answers
             stats["demonstrations"] = demonstrated_share(len(rollout.rows), rollout.demonstrated)
-        if t.greedy_member:  # the share of the iteration's greedy answers that loop
+        if t.greedy_member and not t.loop_unlikelihood:  # the share of the iteration's greedy answers that loop
+            # (with train.loop_unlikelihood, push_down_loops has logged it, from the same answers)
             stats["greedy_loop_share"] = loop_share_at(rollout.texts, rollout.greedy)
         timer.lap("update")
         rollout.timings = timer.seconds
