@@ -54,6 +54,8 @@ def validate(cfg, path: str) -> list[str]:
         return checked
     sources = [(cfg.prompts, "prompt")] if cfg.stage == "eval" else [
         (s, STAGES[cfg.stage].data_purpose) for s in (cfg.data.train, cfg.data.eval) if s]
+    if getattr(getattr(cfg, "train", None), "preference_pairs", None):  # PPO's DPO term (align.preference_term)
+        sources.append((cfg.train.preference_pairs, "preference"))
     loaded = []
     for source, purpose in sources:
         rows, report = load_rows(source, purpose, cfg.data)

@@ -29,6 +29,7 @@ The maths lives in the pure functions below and in align.losses; `tests/align/te
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -45,6 +46,7 @@ from align.losses import (POLICY_LOSSES, PolicyLossName, kl_per_token, masked_me
 from align.loop import RLTrainConfig, Training
 from align.models import LoraConfig, ModelConfig, count_parameters, load_model
 from align.precision import autocast
+from align.preference_term import PreferenceTerm, load_preference_term
 from align.rewards import RewardConfig, RewardLog, build_reward, dataset_columns, trainer_state
 from align.distributed import (count_share, global_masked_mean, global_masked_whiten, global_mean, global_sum,
                                global_sums, token_share)
@@ -97,6 +99,13 @@ class PPOTrainConfig(RLTrainConfig):
         # tell from the prompt; against its siblings a response is judged only by what it did
     pack_length: int = 1024  # tokens per packed row in the log-prob, value and update passes
     sample_table_rows: int = 4  # completions logged per iteration, with their per-component rewards
+    preference_pairs: str | list[str] | None = None  # preference pairs (a source as data.train, read with data's
+        # max_rows and skip_bad_rows; e.g. builtin:pairs:train) whose DPO loss is added to every optimiser step's
+        # policy loss (align.preference_term): what the pairs reject, e.g. loops that PPO's samples never show, is
+        # pushed down directly. null: off
+    preference_coef: float = 1.0  # weight of that DPO loss in the total loss
+    preference_beta: float = 0.1  # its beta (DPO's train.beta), against PPO's reference
+    preference_pairs_per_step: int = 2  # pairs per optimiser step, every process together
 
     def __post_init__(self) -> None:  # refused when the config is read, as GRPOTrainConfig's group size is
         needs_two = {  # the settings that judge a response against other responses to its prompt, and why
@@ -105,6 +114,9 @@ class PPOTrainConfig(RLTrainConfig):
             "demonstration_column": (self.demonstration_column, "a demonstration replaces one of a prompt's responses"),
             "greedy_member": (self.greedy_member, "the greedy answer is judged against the sampled ones"),
         }
+        if self.preference_pairs_per_step < 1:
+            raise ValueError(f"train.preference_pairs_per_step must be at least 1, got "
+                             f"{self.preference_pairs_per_step}")
         for setting, (chosen, why) in needs_two.items():
             if chosen and self.completions_per_prompt < 2:
                 raise ValueError(f"train.{setting} needs train.completions_per_prompt >= 2 ({why}), got "
@@ -410,12 +422,29 @@ def push_down_loops(training: Training, loops: GreedyLoops, t: PPOTrainConfig, d
     return {**stats, "loop_unlikelihood": total / counted if counted else 0.0}
 
 
-def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, seed: int,
-               precision: str) -> dict[str, float]:
-    """5. `ppo_epochs` passes over the responses in shuffled minibatches, an optimiser step each; returns the mean
-    of every statistic over the minibatches."""
+def ppo_update(training: Training, rollout: Rollout, t: PPOTrainConfig, device, seed: int, precision: str,
+               preference: PreferenceTerm | None = None) -> dict[str, float]:
+    """5. `ppo_epochs` passes over the responses in shuffled minibatches, an optimiser step each (with
+    `preference`, the gradient of c_pref x its DPO term is left in the gradients for each step's to add to, as
+    `push_down_loops` does); returns the mean of every statistic over the minibatches."""
+    steps = itertools.count(training.step * optimiser_steps(t))  # the run's optimiser steps so far: the pairs' place
+
+    def loss_of(idx, real):
+        step, pair_stats = next(steps), {}
+        if preference is not None and training.step >= t.value_warmup_iterations:  # not while the policy waits
+            pair_loss, pair_stats = preference.loss(training.models["policy"], training.raw["policy"], step,
+                                                    device, precision)
+            training.backward(t.preference_coef * pair_loss)
+        loss, stats = minibatch_loss(training, rollout, idx, t, device, precision, real)
+        return loss, {**stats, **pair_stats}
+
     return minibatch_updates(training, torch.arange(len(rollout.rows)), t.ppo_epochs, t.minibatch_size, seed,
-                             lambda idx, real: minibatch_loss(training, rollout, idx, t, device, precision, real))
+                             loss_of)
+
+
+def optimiser_steps(t: PPOTrainConfig) -> int:
+    """Optimiser steps per iteration: `ppo_epochs` passes over minibatches of the iteration's responses."""
+    return t.ppo_epochs * -(-t.prompts_per_iteration * t.completions_per_prompt // t.minibatch_size)
 
 
 def iteration_metrics(rollout: Rollout, kl_coef: float, stats: dict[str, float]) -> dict[str, float]:
@@ -468,6 +497,9 @@ def proximal_policy_optimisation(stage: Stage) -> None:
     print(f"[align] ppo: {len(rows)} prompts from {report.source}; reward = {reward_fn.describe()}")
     check_batch(t, accelerator.num_processes)
     check_demonstrations(rows, t.demonstration_column, report.source)
+    # with train.preference_pairs, a DPO term in every optimiser step (align.preference_term); else None
+    preference = load_preference_term(cfg, models.tokenizer, models.reference,
+                                      models.trunk_layers and models.trunk_layers[0])
     kl = {"coef": t.kl_coef}  # beta, adapted after every iteration when train.adaptive_kl
     training = Training(stage, {"policy": policy, "value": value_model}, t, t.iterations,
                         learning_rates={"value": t.value_learning_rate},
@@ -499,7 +531,8 @@ def proximal_policy_optimisation(stage: Stage) -> None:
         # 5. PPO epochs over minibatches
         training.plan_learning_rate()
         loop_stats = push_down_loops(training, loops, t, device, stage.precision) if loops is not None else {}
-        stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision)
+        stats = ppo_update(training, rollout, t, device, cfg.run.seed * 7919 + iteration, stage.precision,
+                           preference)
         stats.update(loop_stats)
         if t.demonstration_column:  # the share of the iteration's responses that were reference answers
             stats["demonstrations"] = demonstrated_share(len(rollout.rows), rollout.demonstrated)

@@ -47,6 +47,9 @@ CASES = {
     "YAML": (lambda t: ["sft", t / "broken.yaml"], "broken.yaml:3: not valid YAML"),
     "data row": (lambda t: ["validate", SFT, f"data.train={t / 'bad.jsonl'}"],
                  "bad.jsonl, line 1: field 'messages': must end with an assistant turn"),
+    "preference pairs": (lambda t: ["validate", PPO, f"train.preference_pairs={t / 'bad.jsonl'}"],
+                         "bad.jsonl: format 'messages' (detected from line 1) cannot be used for purpose "
+                         "'preference'; it needs one of: preference, hh"),
     "model path": (lambda t: ["chat", "/no/such/model", "--prompt", "hi"],
                    "model.name '/no/such/model' does not exist"),
     "chat usage": (lambda t: ["chat", "tiny-random", "--out", t / "answers.jsonl"], "--out needs --prompts"),

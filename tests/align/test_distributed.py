@@ -194,7 +194,8 @@ def test_preference_stages_on_two_processes_equal_one(run_root, tmp_path, stage,
 PPO_REWARD = ("[{name: instruction_following}, "
               "{name: length_in_range, weight: 0.5, kwargs: {min_words: 1, max_words: 8}}]")
 PPO_LOGGED = ("reward/total", "reward/score", "reward/length_in_range", "response_length", "kl", "kl_coef",
-              "value_explained_variance", "policy_loss", "value_loss", "entropy", "approx_kl", "greedy_loop_share")
+              "value_explained_variance", "policy_loss", "value_loss", "entropy", "approx_kl", "greedy_loop_share",
+              "preference/rewards/margin", "preference/rewards/accuracy")
 
 
 @pytest.mark.parametrize("data_parallel", ["ddp", "fsdp2"])
@@ -212,7 +213,8 @@ def test_ppo_on_two_processes_equals_one(run_root, tmp_path, data_parallel):
               "train.minibatch_size=3", "train.temperature=1.0", "train.top_k=8", "train.adaptive_kl=true",
               "train.kl_horizon=100",
               "train.learning_rate=1e-3", "train.value_learning_rate=1e-3", "train.save_every=1000",
-              "train.loop_unlikelihood=1.0"]  # the greedy decodes too (the tiny model's never loop: nothing to push)
+              "train.loop_unlikelihood=1.0",  # the greedy decodes too (the tiny model's never loop: nothing to push)
+              "train.preference_pairs=builtin:pairs:train", "train.preference_pairs_per_step=3"]  # 2 + 1 a process
     one = run_one("ppo", tmp_path, *common)
     two = run_two("ppo", tmp_path, *common, f"run.data_parallel={data_parallel}")
     assert_same_training(one, two, logged=tuple(f"ppo/{name}" for name in PPO_LOGGED), data_parallel=data_parallel)
