@@ -92,12 +92,19 @@ def tokenize_pairs(tokenizer, rows, max_prompt: int, max_response: int) -> tuple
     return pairs, cut
 
 
-def pair_logps(logprobs_fn, pairs, pack_length: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs of chosen and rejected: ([B], [B]); the 2B sequences packed together, each pair's
-    prompt computed once. `logprobs_fn` is `response_logprobs` bound to a model (or a reference's `logprobs`)."""
+def pair_layout(pairs) -> tuple[list, list, list[tuple[int, int]]]:
+    """B pairs as 2B sequences: (prompts, responses, groups), every chosen response first, then every rejected
+    one; pair i's two sequences form a group, which computes their prompt once (`align.batching.flat_passes`)."""
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
-    shared = [(i, i + len(pairs)) for i in range(len(pairs))]
+    return prompts, responses, [(i, i + len(pairs)) for i in range(len(pairs))]
+
+
+def pair_logps(logprobs_fn, pairs, pack_length: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of chosen and rejected: ([B], [B]); the 2B sequences packed together (`pair_layout`),
+    each pair's prompt computed once. `logprobs_fn` is `response_logprobs` bound to a model (or a reference's
+    `logprobs`)."""
+    prompts, responses, shared = pair_layout(pairs)
     logps = sequence_logps(logprobs_fn(prompts, responses, pack_length, groups=shared), average)
     return logps[: len(pairs)], logps[len(pairs) :]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from align.data import load_rows
-from align.distributed import count_share, processes, process_index, step_share, share_loss_sum
-from align.dpo import DPOTrainConfig, pair_logps, pair_stats, policy_logps, tokenize_pairs
+from align.distributed import ddp_scale, process_index, processes, share_loss_sum, step_share
+from align.dpo import DPOTrainConfig, pair_layout, pair_logps, pair_stats, policy_logps, tokenize_pairs
 from align.logprobs import FrozenReference, trunk_states
 from align.loop import epoch_permutation
 from align.losses import dpo_sigmoid_loss
@@ -43,12 +43,10 @@ class PreferenceTerm:
     def step_pairs(self, step: int) -> list[int]:
         """The indices of optimiser step `step`'s pairs (every process's): positions step * per_step, ... of the
         concatenated shuffles of the pairs (epoch e shuffled with the seed and e)."""
-        n = len(self.pairs)
-        positions = range(step * self.per_step, (step + 1) * self.per_step)
-        orders: dict[int, list[int]] = {}
-        for position in positions:
-            orders.setdefault(position // n, epoch_permutation(n, self.seed, position // n))
-        return [orders[position // n][position % n] for position in positions]
+        n, start = len(self.pairs), step * self.per_step
+        first_epoch, last_epoch = start // n, (start + self.per_step - 1) // n  # the shuffles the step reaches into
+        order = [i for epoch in range(first_epoch, last_epoch + 1) for i in epoch_permutation(n, self.seed, epoch)]
+        return order[start - first_epoch * n :][: self.per_step]
 
     def loss(self, policy, raw_policy, step: int, device, precision: str) -> tuple[torch.Tensor, dict[str, float]]:
         """This process's part of the DPO loss of step `step`'s pairs (with gradients through `policy`; `raw_policy`
@@ -60,18 +58,18 @@ class PreferenceTerm:
         # FSDP2: the reference's pass and the frozen layers' with the shards gathered, as PPO's own (align.sharding)
         with torch.no_grad(), gathered(raw_policy), autocast(device, precision):
             if self.trunk_layers:  # the frozen layers' output, once for the reference and the policy
-                prompts = [p for p, _, _ in pairs] * 2
-                responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
-                shared = [(i, i + len(pairs)) for i in range(len(pairs))]
+                prompts, responses, shared = pair_layout(pairs)  # the sequences `pair_logps` computes
                 trunk = trunk_states(raw_policy, [p + r for p, r in zip(prompts, responses)], self.trunk_layers,
                                      self.pack_length, shared)
             ref_c, ref_r = pair_logps(_with_trunk(self.reference.logprobs, trunk), pairs, self.pack_length, False)
         with autocast(device, precision):
             pol_c, pol_r = pair_logps(_with_trunk(policy_logps(policy), trunk), pairs, self.pack_length, False)
         outputs = (pol_c.float().cpu(), pol_r.float().cpu(), ref_c.float().cpu(), ref_r.float().cpu())
-        share = count_share(real)
-        loss = share_loss_sum(lambda *o: dpo_sigmoid_loss(*o, self.beta), real, *outputs) / max(real, 1) * share
-        # a process without pairs of its own logs its padding copy's, weighted 0
+        # this process's part of the mean over the step's pairs on every process, as DPO's (align.distributed)
+        loss = share_loss_sum(lambda *o: dpo_sigmoid_loss(*o, self.beta), real, *outputs) * ddp_scale(self.per_step)
+        # the statistics likewise: this process's means weighted by its share of the pairs (a process without pairs
+        # of its own logs its padding copy's, weighted 0)
+        share = real * processes() / self.per_step
         stats = pair_stats(*(o[:max(real, 1)].detach() for o in outputs), self.beta)
         return loss, {f"preference/{name}": value * share for name, value in stats.items()}
 
